@@ -1,0 +1,3 @@
+from galorekit.cli import main
+
+raise SystemExit(main())
