@@ -1,1 +1,31 @@
-"""projection."""
+"""Subspace math: projection sides, projecting and projecting back, and the subspace refresh."""
+
+from galorekit.projection.projector import (
+    PROJ_TYPES,
+    Side,
+    add_projected_,
+    choose_side,
+    low_rank_shape,
+    project,
+    project_back,
+)
+from galorekit.projection.svd import (
+    SVD_METHODS,
+    NonFiniteGradientError,
+    check_finite,
+    compute_projector,
+)
+
+__all__ = [
+    "PROJ_TYPES",
+    "SVD_METHODS",
+    "NonFiniteGradientError",
+    "Side",
+    "add_projected_",
+    "check_finite",
+    "choose_side",
+    "compute_projector",
+    "low_rank_shape",
+    "project",
+    "project_back",
+]

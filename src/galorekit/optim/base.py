@@ -1,0 +1,235 @@
+"""What every GaLore optimizer shares: group validation, the per-parameter projector state and its
+refresh, the non-finite policy, and a dtype-preserving ``load_state_dict``.
+
+Per-parameter state of a GaLore parameter (only tensors and plain numbers, so that
+``torch.load(weights_only=True)`` reads a checkpoint):
+
+- ``step`` (int): updates applied so far.
+- ``proj_side`` (int): a ``galorekit.projection.Side``, recorded at the first projection.
+- ``proj_left`` (m×r) and/or ``proj_right`` (r×n = Qᵀ): the projector, in the parameter's dtype.
+- ``proj_refresh_step`` (int): the ``step`` at which the projector was last computed.
+- ``nonfinite_skips`` (int, only with ``on_nonfinite="skip"``): updates skipped for NaN/Inf.
+- the inner optimizer's moments, shaped like the projected gradient.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from galorekit.projection import (
+    PROJ_TYPES,
+    SVD_METHODS,
+    NonFiniteGradientError,
+    Side,
+    check_finite,
+    choose_side,
+    compute_projector,
+    project,
+)
+
+GALORE_DEFAULTS: dict[str, Any] = {
+    "update_proj_gap": 200,
+    "scale": 0.25,
+    "proj_type": "std",
+    "svd": "exact",
+}
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def validate_galore_group(group: dict[str, Any]) -> None:
+    """Fill GaLore defaults into a group that has ``rank`` and check every hyper-parameter."""
+    for key, value in GALORE_DEFAULTS.items():
+        group.setdefault(key, value)
+    rank, gap, scale = group["rank"], group["update_proj_gap"], group["scale"]
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        raise ValueError(f"GaLore rank must be a positive integer, got {rank!r}")
+    if not isinstance(gap, int) or isinstance(gap, bool) or gap <= 0:
+        raise ValueError(f"GaLore update_proj_gap must be a positive integer, got {gap!r}")
+    if not _is_number(scale) or scale <= 0:
+        raise ValueError(f"GaLore scale must be a positive finite number, got {scale!r}")
+    if group["proj_type"] not in PROJ_TYPES:
+        raise ValueError(
+            f"unknown proj_type {group['proj_type']!r}; valid: {', '.join(PROJ_TYPES)}"
+        )
+    if group["svd"] not in SVD_METHODS:
+        raise ValueError(f"unknown svd method {group['svd']!r}; valid: {', '.join(SVD_METHODS)}")
+    names = group.get("param_names")
+    for i, p in enumerate(group["params"]):
+        if p.dim() != 2:
+            name = names[i] if names else f"parameter {i} of the group"
+            raise ValueError(
+                f"GaLore projects 2-D weight matrices only, but the group with rank={rank} holds "
+                f"{name} of shape {tuple(p.shape)}. Put biases, norms and embeddings in a group "
+                "without 'rank' (galorekit.param_groups(model) does this)."
+            )
+
+
+def validate_lr(lr: Any, *, allow_none: bool = False) -> None:
+    if lr is None and allow_none:
+        return
+    if isinstance(lr, Tensor):
+        lr = float(lr)
+    if not _is_number(lr) or lr < 0:
+        raise ValueError(f"learning rate must be a finite number ≥ 0, got {lr!r}")
+
+
+def validate_betas(betas: Any) -> None:
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for b in betas:
+        if not _is_number(b) or not 0.0 <= b < 1.0:
+            raise ValueError(f"each beta must be in [0, 1), got {betas!r}")
+
+
+class GaLoreOptimizer(torch.optim.Optimizer):
+    """Base class: subclasses implement ``_update_param(p, grad, group)`` for one parameter.
+
+    ``step()`` applies it to every parameter with a gradient; ``galorekit.LayerwiseOptimizer`` calls
+    it from backward hooks instead, one parameter at a time.
+    """
+
+    #: state keys whose tensors keep their own dtype on load (8-bit codes, their absmax and maps);
+    #: every other floating state tensor follows the parameter's dtype, as in torch.
+    _keep_dtype_keys: frozenset[str] = frozenset()
+
+    def __init__(
+        self, params: Iterable[Any], defaults: dict[str, Any], *, on_nonfinite: str = "raise"
+    ) -> None:
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {on_nonfinite!r}"
+            )
+        self.on_nonfinite = on_nonfinite
+        self._rank_warned = False
+        super().__init__(params, defaults)
+
+    # ---- groups -------------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate_group(group)
+        if "rank" in group:
+            validate_galore_group(group)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        validate_lr(group["lr"])
+
+    # ---- the step -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update_param(p, p.grad, group)
+        return loss
+
+    def _update_param(self, p: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # ---- GaLore machinery shared by the subclasses -------------------------------------------
+    def _param_name(self, p: Tensor, group: dict[str, Any]) -> str:
+        names = group.get("param_names")
+        if names:
+            for name, q in zip(names, group["params"]):
+                if q is p:
+                    return name
+        return f"a parameter of shape {tuple(p.shape)}"
+
+    def _effective_rank(self, p: Tensor, group: dict[str, Any]) -> int:
+        rank = group["rank"]
+        limit = min(p.shape)
+        if rank >= limit:
+            if not self._rank_warned:
+                warnings.warn(
+                    f"GaLore rank {rank} ≥ min(m, n) = {limit} for {self._param_name(p, group)}"
+                    " (and possibly others): clamped to min(m, n); such a matrix gets no memory "
+                    "saving. This warning is shown once.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                self._rank_warned = True
+            return limit
+        return rank
+
+    def _refresh_due(self, state: dict[str, Any], group: dict[str, Any]) -> bool:
+        return state["step"] % group["update_proj_gap"] == 0 or "proj_side" not in state
+
+    def _nonfinite(self, tensor: Tensor, p: Tensor, group: dict[str, Any], state: dict) -> bool:
+        """True when ``tensor`` is not finite and the update must be skipped; raises by default."""
+        try:
+            check_finite(tensor, self._param_name(p, group))
+        except NonFiniteGradientError:
+            if self.on_nonfinite == "raise":
+                raise
+            state["nonfinite_skips"] = state.get("nonfinite_skips", 0) + 1
+            return True
+        return False
+
+    def _project_grad(
+        self, p: Tensor, grad: Tensor, group: dict[str, Any], state: dict[str, Any]
+    ) -> Tensor | None:
+        """R = projection of ``grad``, refreshing the projector when due; None means skip."""
+        state.setdefault("step", 0)
+        if self._refresh_due(state, group):
+            if self._nonfinite(grad, p, group, state):
+                return None
+            side = Side(
+                state.setdefault("proj_side", int(choose_side(group["proj_type"], p.shape)))
+            )
+            left, right = compute_projector(
+                grad,
+                self._effective_rank(p, group),
+                side,
+                method=group["svd"],
+                previous_left=state.get("proj_left"),
+                previous_right=state.get("proj_right"),
+                out_dtype=p.dtype,
+            )
+            if left is not None:
+                state["proj_left"] = left
+            if right is not None:
+                state["proj_right"] = right
+            state["proj_refresh_step"] = state["step"]
+        side = Side(state["proj_side"])
+        low_rank = project(grad, side, state.get("proj_left"), state.get("proj_right"))
+        # a NaN that appears between refreshes is caught on the small projected gradient
+        if self._nonfinite(low_rank, p, group, state):
+            return None
+        return low_rank
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load, except that the tensors named in ``_keep_dtype_keys`` and non-floating
+        tensors keep their dtype (torch would cast 8-bit codes to the parameter's float dtype)."""
+        saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+        kept: dict[Any, dict[str, Tensor]] = {}
+        for pid, pstate in state_dict["state"].items():
+            kept[pid] = {
+                k: v
+                for k, v in pstate.items()
+                if isinstance(v, Tensor)
+                and k != "step"
+                and (k in self._keep_dtype_keys or not v.is_floating_point())
+            }
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(saved_ids, params):
+            for key, value in kept.get(pid, {}).items():
+                self.state[p][key] = value.to(device=p.device, copy=True)
+        for group in self.param_groups:
+            if "rank" in group:
+                validate_galore_group(group)

@@ -1,0 +1,133 @@
+"""Build an optimizer by name, as the CLIs do: ``create_optimizer(model, "galore_adamw", ...)``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from galorekit.optim.param_groups import DEFAULT_TARGET_MODULES, param_groups
+
+OPTIMIZER_NAMES = (
+    "adamw",
+    "adamw8bit",
+    "adafactor",
+    "galore_adamw",
+    "galore_adamw8bit",
+    "galore_adafactor",
+)
+
+
+@dataclass
+class OptimizerConfig:
+    """Everything ``create_optimizer`` needs besides the model."""
+
+    name: str = "galore_adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float | None = None  # None: the optimizer's own default
+    rank: int = 128
+    update_proj_gap: int = 200
+    scale: float = 0.25
+    proj_type: str = "std"
+    svd: str = "exact"
+    target_modules: str | Sequence[str] = DEFAULT_TARGET_MODULES
+    layerwise: bool = False
+    accumulation_steps: int = 1
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The galorekit class behind a method name (plain methods use the same classes without a
+    GaLore group, so every method shares one update formula per family)."""
+    if name not in OPTIMIZER_NAMES:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZER_NAMES)}")
+    if name.endswith("adamw8bit"):
+        from galorekit.optim.galore_adamw8bit import GaLoreAdamW8bit
+
+        return GaLoreAdamW8bit
+    if name.endswith("adafactor"):
+        from galorekit.optim.galore_adafactor import GaLoreAdafactor
+
+        return GaLoreAdafactor
+    from galorekit.optim.galore_adamw import GaLoreAdamW
+
+    return GaLoreAdamW
+
+
+def create_optimizer(
+    model: nn.Module,
+    name: str,
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float | None = None,
+    rank: int = 128,
+    update_proj_gap: int = 200,
+    scale: float = 0.25,
+    proj_type: str = "std",
+    svd: str = "exact",
+    target_modules: str | Sequence[str] = DEFAULT_TARGET_MODULES,
+    layerwise: bool = False,
+    accumulation_steps: int = 1,
+    **extra: Any,
+) -> torch.optim.Optimizer:
+    """An optimizer for ``model``'s trainable parameters.
+
+    ``name`` is one of ``OPTIMIZER_NAMES``. ``galore_*`` put the targeted linear weights in a GaLore
+    group (see ``galorekit.param_groups``); the plain names optimize every parameter full-rank.
+    ``layerwise=True`` returns a ``galorekit.LayerwiseOptimizer`` that updates each parameter
+    during backward. Adafactor with ``lr`` runs with ``relative_step=False``. ``extra`` goes to
+    the optimizer's constructor.
+    """
+    cls = optimizer_class(name)
+    if name.startswith("galore_"):
+        groups: list[dict[str, Any]] = param_groups(
+            model,
+            rank=rank,
+            update_proj_gap=update_proj_gap,
+            scale=scale,
+            proj_type=proj_type,
+            target_modules=target_modules,
+            svd=svd,
+        )
+    else:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for _, p in named], "param_names": [n for n, _ in named]}]
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay, **extra}
+    if not name.endswith("adafactor"):
+        kwargs["betas"] = betas
+        if eps is not None:
+            kwargs["eps"] = eps
+    elif eps is not None:
+        kwargs["eps"] = (1e-30, eps)
+    if layerwise:
+        from galorekit.optim.layerwise import LayerwiseOptimizer
+
+        return LayerwiseOptimizer(groups, cls, accumulation_steps=accumulation_steps, **kwargs)
+    return cls(groups, **kwargs)
+
+
+def create_optimizer_from_config(model: nn.Module, config: OptimizerConfig, **extra: Any):
+    """``create_optimizer`` driven by an ``OptimizerConfig``."""
+    return create_optimizer(
+        model,
+        config.name,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        betas=config.betas,
+        eps=config.eps,
+        rank=config.rank,
+        update_proj_gap=config.update_proj_gap,
+        scale=config.scale,
+        proj_type=config.proj_type,
+        svd=config.svd,
+        target_modules=config.target_modules,
+        layerwise=config.layerwise,
+        accumulation_steps=config.accumulation_steps,
+        **extra,
+    )

@@ -1,0 +1,122 @@
+"""GaLore-Adafactor: Adafactor's factored second moment on the low-rank projected gradient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from galorekit.optim.base import GaLoreOptimizer, validate_lr
+from galorekit.optim.functional import adafactor_beta2, adafactor_lr, adafactor_update, rms
+from galorekit.projection import Side, add_projected_
+
+
+class GaLoreAdafactor(GaLoreOptimizer):
+    """Adafactor (Shazeer & Stern, 2018) with GaLore projection.
+
+    Semantics and defaults as ``transformers.Adafactor``: ``eps=(1e-30, 1e-3)``,
+    ``clip_threshold=1.0``, ``decay_rate=-0.8``, ``beta1=None`` (no first moment),
+    ``scale_parameter=True``, ``warmup_init=False``. ``relative_step`` defaults to True when no
+    ``lr`` is given (time-dependent step min(1e-2, 1/√t)) and to False when one is, so that a manual
+    ``lr`` works (with ``scale_parameter`` it is relative to the weight's RMS). A 2-D (projected)
+    gradient uses the factored second moment: one row and one column vector.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | None = None,
+        eps: tuple[float, float] = (1e-30, 1e-3),
+        clip_threshold: float = 1.0,
+        decay_rate: float = -0.8,
+        beta1: float | None = None,
+        weight_decay: float = 0.0,
+        scale_parameter: bool = True,
+        relative_step: bool | None = None,
+        warmup_init: bool = False,
+        *,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        if relative_step is None:
+            relative_step = lr is None
+        if lr is not None and relative_step:
+            raise ValueError("GaLoreAdafactor: give either lr or relative_step=True, not both")
+        if lr is None and not relative_step:
+            raise ValueError("GaLoreAdafactor: relative_step=False needs an lr")
+        if warmup_init and not relative_step:
+            raise ValueError("GaLoreAdafactor: warmup_init=True needs relative_step=True")
+        if beta1 is not None and not 0.0 <= beta1 < 1.0:
+            raise ValueError(f"beta1 must be None or in [0, 1), got {beta1!r}")
+        if not clip_threshold > 0:
+            raise ValueError(f"clip_threshold must be > 0, got {clip_threshold!r}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"weight_decay must be ≥ 0, got {weight_decay!r}")
+        defaults = dict(
+            lr=lr,
+            eps=tuple(eps),
+            clip_threshold=clip_threshold,
+            decay_rate=decay_rate,
+            beta1=beta1,
+            weight_decay=weight_decay,
+            scale_parameter=scale_parameter,
+            relative_step=relative_step,
+            warmup_init=warmup_init,
+        )
+        super().__init__(params, defaults, on_nonfinite=on_nonfinite)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        validate_lr(group["lr"], allow_none=group.get("relative_step", False))
+
+    def _update_param(self, p: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        if grad.is_sparse:
+            raise RuntimeError("GaLoreAdafactor does not support sparse gradients")
+        state = self.state[p]
+        galore = "rank" in group
+        if galore:
+            grad = self._project_grad(p, grad, group, state)
+            if grad is None:
+                return
+        state.setdefault("step", 0)
+        factored = grad.dim() >= 2
+        if "exp_avg_sq_row" not in state and "exp_avg_sq" not in state:
+            if factored:
+                state["exp_avg_sq_row"] = grad.new_zeros(grad.shape[:-1])
+                state["exp_avg_sq_col"] = grad.new_zeros(grad.shape[:-2] + grad.shape[-1:])
+            else:
+                state["exp_avg_sq"] = torch.zeros_like(grad)
+            if group["beta1"] is not None:
+                state["exp_avg"] = torch.zeros_like(grad)
+        state["step"] += 1
+        eps1, eps2 = group["eps"]
+        lr = adafactor_lr(
+            lr=group["lr"],
+            step=state["step"],
+            param_rms=float(rms(p)) if group["scale_parameter"] else 0.0,
+            relative_step=group["relative_step"],
+            scale_parameter=group["scale_parameter"],
+            warmup_init=group["warmup_init"],
+            eps2=eps2,
+        )
+        update = adafactor_update(
+            grad,
+            lr=lr,
+            beta2t=adafactor_beta2(state["step"], group["decay_rate"]),
+            eps1=eps1,
+            clip_threshold=group["clip_threshold"],
+            exp_avg_sq_row=state.get("exp_avg_sq_row"),
+            exp_avg_sq_col=state.get("exp_avg_sq_col"),
+            exp_avg_sq=state.get("exp_avg_sq"),
+            exp_avg=state.get("exp_avg"),
+            beta1=group["beta1"],
+        )
+        if group["weight_decay"] > 0.0:
+            p.mul_(1.0 - group["weight_decay"] * lr)
+        if galore:
+            side = Side(state["proj_side"])
+            add_projected_(
+                p, update, side, state.get("proj_left"), state.get("proj_right"), -group["scale"]
+            )
+        else:
+            p.sub_(update)

@@ -1,0 +1,162 @@
+"""GaLore-AdamW with 8-bit block-wise moments, stored and updated by bitsandbytes.
+
+The moments are bitsandbytes' own 8-bit block-wise states (uint8 codes, one float32 absmax per
+block of 256, dynamic quantization maps), updated by its fused ``optimizer_update_8bit_blockwise``
+kernel on CUDA and its CPU implementation elsewhere — no quantizer is written here. Unlike
+galore-torch 1.0 this never swaps ``p.data``, never calls ``torch.cuda.synchronize`` and passes
+every bitsandbytes option by keyword (positional arguments bind to the wrong options from
+bitsandbytes 0.50 on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import bitsandbytes.functional as bnbf
+import torch
+from torch import Tensor
+
+from galorekit.optim.base import GaLoreOptimizer, validate_betas
+from galorekit.projection import Side, add_projected_
+
+BLOCK_SIZE = 256  # bitsandbytes' block size for 8-bit optimizer states
+
+
+class GaLoreAdamW8bit(GaLoreOptimizer):
+    """AdamW with 8-bit block-wise moments (bitsandbytes) and GaLore projection.
+
+    Param groups as in ``GaLoreAdamW``. The update is bitsandbytes' Adam (``m̂ / (√v̂ + eps)``, its
+    defaults ``eps=1e-8``, ``weight_decay=1e-2``). States with fewer than ``min_8bit_size``
+    elements stay 32-bit, as in bitsandbytes; for a GaLore parameter that is counted on the
+    low-rank moments.
+
+    State keys follow bitsandbytes: ``state1``/``state2`` (first/second moment, uint8 or float32),
+    ``absmax1``/``absmax2`` (float32 per block), ``qmap1``/``qmap2`` (the dynamic maps).
+    """
+
+    _keep_dtype_keys = frozenset({"state1", "state2", "absmax1", "absmax2", "qmap1", "qmap2"})
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        min_8bit_size: int = 4096,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        validate_betas(betas)
+        if not eps >= 0.0:
+            raise ValueError(f"eps must be ≥ 0, got {eps!r}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"weight_decay must be ≥ 0, got {weight_decay!r}")
+        if min_8bit_size < 0:
+            raise ValueError(f"min_8bit_size must be ≥ 0, got {min_8bit_size}")
+        self.min_8bit_size = min_8bit_size
+        self._qmap_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
+            on_nonfinite=on_nonfinite,
+        )
+
+    def _qmaps(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The signed (first moment) and unsigned (second moment) dynamic maps, one per device."""
+        if device not in self._qmap_cache:
+            self._qmap_cache[device] = (
+                bnbf.create_dynamic_map(signed=True).to(device),
+                bnbf.create_dynamic_map(signed=False).to(device),
+            )
+        return self._qmap_cache[device]
+
+    def _init_state(self, state: dict[str, Any], like: Tensor) -> None:
+        if like.numel() < self.min_8bit_size:
+            state["state1"] = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
+            state["state2"] = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
+            return
+        blocks = -(-like.numel() // BLOCK_SIZE)
+        state["state1"] = torch.zeros(like.shape, dtype=torch.uint8, device=like.device)
+        state["state2"] = torch.zeros(like.shape, dtype=torch.uint8, device=like.device)
+        state["absmax1"] = torch.zeros(blocks, dtype=torch.float32, device=like.device)
+        state["absmax2"] = torch.zeros(blocks, dtype=torch.float32, device=like.device)
+        state["qmap1"], state["qmap2"] = self._qmaps(like.device)
+
+    def _adam(self, grad: Tensor, target: Tensor, state: dict, group: dict, lr: float, wd: float):
+        """bitsandbytes' in-place Adam step on ``target`` (the weight, or a low-rank buffer)."""
+        beta1, beta2 = group["betas"]
+        if state["state1"].dtype == torch.uint8:
+            bnbf.optimizer_update_8bit_blockwise(
+                "adam",
+                grad,
+                target,
+                state["state1"],
+                state["state2"],
+                beta1=beta1,
+                beta2=beta2,
+                beta3=0.0,
+                alpha=0.0,
+                eps=group["eps"],
+                step=state["step"],
+                lr=lr,
+                qmap1=state["qmap1"],
+                qmap2=state["qmap2"],
+                absmax1=state["absmax1"],
+                absmax2=state["absmax2"],
+                weight_decay=wd,
+                gnorm_scale=1.0,
+                skip_zeros=False,
+            )
+        else:
+            bnbf.optimizer_update_32bit(
+                "adam",
+                grad,
+                target,
+                state["state1"],
+                beta1=beta1,
+                eps=group["eps"],
+                step=state["step"],
+                lr=lr,
+                state2=state["state2"],
+                beta2=beta2,
+                weight_decay=wd,
+                gnorm_scale=1.0,
+            )
+
+    def _update_param(self, p: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        if grad.is_sparse:
+            raise RuntimeError("GaLoreAdamW8bit does not support sparse gradients")
+        state = self.state[p]
+        lr, wd = float(group["lr"]), group["weight_decay"]
+        if "rank" not in group:
+            state.setdefault("step", 0)
+            if "state1" not in state:
+                self._init_state(state, p)
+            state["step"] += 1
+            self._adam(grad.contiguous(), p, state, group, lr, wd)
+            return
+        low_rank = self._project_grad(p, grad, group, state)
+        if low_rank is None:
+            return
+        if "state1" not in state:
+            self._init_state(state, low_rank)
+        state["step"] += 1
+        # bitsandbytes applies its step to a tensor in place: give it a zero low-rank buffer (never
+        # the weight itself), which then holds -N; project it back into the weight.
+        buffer = torch.zeros_like(low_rank, memory_format=torch.contiguous_format)
+        self._adam(low_rank.contiguous(), buffer, state, group, lr=1.0, wd=0.0)
+        side = Side(state["proj_side"])
+        add_projected_(
+            p, buffer, side, state.get("proj_left"), state.get("proj_right"), lr * group["scale"]
+        )
+        if wd > 0.0:
+            p.mul_(1.0 - lr * wd)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # share the quantization maps again instead of one copy per parameter
+        for pstate in self.state.values():
+            if "qmap1" in pstate:
+                pstate["qmap1"], pstate["qmap2"] = self._qmaps(pstate["qmap1"].device)
