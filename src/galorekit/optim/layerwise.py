@@ -135,7 +135,6 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
         # what torch.optim.Optimizer's own __init__ would set (schedulers and hooks rely on it)
         self.defaults = self.inner.defaults
-        self.param_groups = self.inner.param_groups
         self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
         self._optimizer_step_post_hooks: OrderedDict = OrderedDict()
         self._optimizer_state_dict_pre_hooks: OrderedDict = OrderedDict()
@@ -152,12 +151,17 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._mode = "update"  # "update" | "measure" (first pass of exact clipping)
         self._clip_coef = 1.0
         self._params: list[Tensor] = []
-        self._group_of: list[dict[str, Any]] = []
+        self._group_index: list[int] = []  # by index: load_state_dict replaces the group dicts
         self._handles: list[Any] = []
-        for group in self.param_groups:
-            self._register(group)
+        for index in range(len(self.param_groups)):
+            self._register(index)
 
     # ---- torch.optim.Optimizer surface -------------------------------------------------------
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        """The inner optimizer's groups (schedulers set ``lr`` here)."""
+        return self.inner.param_groups
+
     @property
     def state(self) -> Any:  # type: ignore[override]
         if self._galore:
@@ -169,7 +173,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self.inner.add_param_group(param_group)
-        self._register(self.param_groups[-1])
+        self._register(len(self.param_groups) - 1)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clears gradients (those left by a partial accumulation too) and the pass counters."""
@@ -189,13 +193,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         )
 
     # ---- hooks -------------------------------------------------------------------------------
-    def _register(self, group: dict[str, Any]) -> None:
-        for p in group["params"]:
+    def _register(self, group_index: int) -> None:
+        for p in self.param_groups[group_index]["params"]:
             if not p.requires_grad:
                 continue
             index = len(self._params)
             self._params.append(p)
-            self._group_of.append(group)
+            self._group_index.append(group_index)
             self._handles.append(p.register_post_accumulate_grad_hook(self._make_hook(index)))
 
     def _make_hook(self, index: int) -> Callable[[Tensor], None]:
@@ -249,7 +253,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         p.grad = None
 
     def _update(self, index: int, p: Tensor, grad: Tensor) -> None:
-        group = self._group_of[index]
+        group = self.param_groups[self._group_index[index]]
         if self._galore:
             self.inner._update_param(p, grad, group)
             return
@@ -362,7 +366,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for index, sd in state_dict.get("per_param", {}).items():
             index = int(index)
             p = self._params[index]
-            group = self._group_of[index]
+            group = self.param_groups[self._group_index[index]]
             hyper = {k: v for k, v in group.items() if k not in ("params", "param_names")}
             opt = self.optimizer_cls([{"params": [p], **hyper}], **self.optimizer_kwargs)
             opt.load_state_dict(sd)
