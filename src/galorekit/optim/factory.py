@@ -34,7 +34,7 @@ class OptimizerConfig:
     update_proj_gap: int = 200
     scale: float = 0.25
     proj_type: str = "std"
-    svd: str = "exact"
+    svd: str | None = None  # None: GALORE_DEFAULTS["svd"]
     target_modules: str | Sequence[str] = DEFAULT_TARGET_MODULES
     layerwise: bool = False
     accumulation_steps: int = 1
@@ -70,7 +70,7 @@ def create_optimizer(
     update_proj_gap: int = 200,
     scale: float = 0.25,
     proj_type: str = "std",
-    svd: str = "exact",
+    svd: str | None = None,
     target_modules: str | Sequence[str] = DEFAULT_TARGET_MODULES,
     layerwise: bool = False,
     accumulation_steps: int = 1,

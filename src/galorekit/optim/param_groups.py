@@ -48,7 +48,7 @@ def param_groups(
     scale: float = 0.25,
     proj_type: str = "std",
     target_modules: str | Sequence[str] = DEFAULT_TARGET_MODULES,
-    svd: str = "exact",
+    svd: str | None = None,
     exclude: Sequence[str] = ("lm_head", "embed", "classifier", "score"),
 ) -> list[dict[str, Any]]:
     """``[plain_group, galore_group]`` for ``model``'s trainable parameters.
@@ -86,8 +86,9 @@ def param_groups(
         "update_proj_gap": update_proj_gap,
         "scale": scale,
         "proj_type": proj_type,
-        "svd": svd,
     }
+    if svd is not None:  # else the optimizer's default (GALORE_DEFAULTS["svd"])
+        galore["svd"] = svd
     seen: set[int] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:  # tied weights appear once

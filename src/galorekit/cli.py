@@ -1,0 +1,75 @@
+"""The ``galore`` command: one sub-command per job, each defined in the module that does the job.
+
+Each module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and imports its heavy
+dependencies inside ``run`` so that ``galore --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from galorekit import __version__
+
+#: name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": (
+        "galorekit.train.pretrain_cli",
+        "pre-train a LLaMA with GaLore or a baseline (offline default: a small model on KJV text)",
+    ),
+    "finetune": (
+        "galorekit.train.finetune",
+        "fine-tune a pretrained encoder on GLUE or your own classification data",
+    ),
+    "memory": (
+        "galorekit.memory.cli",
+        "estimate (or measure) training memory per method; which configurations fit a budget",
+    ),
+    "bench": (
+        "galorekit.bench",
+        "time one optimizer step (steady, refresh, amortized) against AdamW and galore-torch",
+    ),
+}
+
+
+def available_commands() -> dict[str, tuple[str, str]]:
+    """The commands whose module is present (all of them in a release)."""
+    found = {}
+    for name, (module, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            found[name] = (module, help_text)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="galore",
+        description="GaLore — memory-efficient full-parameter training by gradient low-rank "
+        "projection (Zhao et al., 2024).",
+    )
+    parser.add_argument("--version", action="version", version=f"galorekit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in available_commands().items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(command)
+        command.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

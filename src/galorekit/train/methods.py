@@ -1,0 +1,135 @@
+"""Training methods of the paper: an optimizer (GaLore or full-rank) or a baseline that changes the
+model (LoRA, ReLoRA, Low-Rank) plus AdamW. ``setup_method`` turns a method name into the model to
+train, its optimizer and, for ReLoRA, the restart controller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from galorekit.optim import OPTIMIZER_NAMES, create_optimizer
+
+BASELINES = ("lora", "relora", "low_rank")
+METHODS = (*OPTIMIZER_NAMES, *BASELINES)
+
+#: peak learning rates used when --lr is not given: the paper's 0.01 for GaLore, and the usual
+#: 1e-3 for full-rank Adam-family training and the adapter baselines
+DEFAULT_LR = {
+    "adamw": 1e-3,
+    "adamw8bit": 1e-3,
+    "adafactor": 1e-3,
+    "galore_adamw": 1e-2,
+    "galore_adamw8bit": 1e-2,
+    "galore_adafactor": 1e-2,
+    "lora": 1e-3,
+    "relora": 1e-3,
+    "low_rank": 1e-3,
+}
+
+
+@dataclass
+class MethodConfig:
+    """What ``setup_method`` needs; the CLI fills it from its flags."""
+
+    method: str = "galore_adamw"
+    lr: float | None = None
+    weight_decay: float = 0.0
+    rank: int | None = None  # None: hidden_size // 4, the paper's ratio
+    update_proj_gap: int = 200
+    scale: float = 0.25
+    proj_type: str = "std"
+    svd: str | None = None  # None: galorekit's default
+    layerwise: bool = False
+    accumulation_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    relora_reset_every: int | None = None
+    relora_prune: float = 0.99
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.layerwise and self.method in BASELINES:
+            raise ValueError(
+                f"--layerwise applies to the optimizer methods ({', '.join(OPTIMIZER_NAMES)}), "
+                f"not to {self.method}"
+            )
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+
+@dataclass
+class MethodSetup:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    relora: Any = None  # galorekit.train.baselines.ReLoRA for method "relora"
+
+
+def default_rank(model: nn.Module) -> int:
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    if not hidden:
+        raise ValueError("cannot derive a default rank: the model has no config.hidden_size")
+    return max(1, hidden // 4)
+
+
+def setup_method(model: nn.Module, cfg: MethodConfig, *, total_steps: int) -> MethodSetup:
+    """Apply ``cfg.method`` to ``model`` and build its optimizer."""
+    rank = cfg.rank if cfg.rank is not None else default_rank(model)
+    lr = cfg.peak_lr
+    if cfg.method in OPTIMIZER_NAMES:
+        from galorekit.models import default_target_modules
+
+        extra: dict[str, Any] = {}
+        if cfg.layerwise and cfg.max_grad_norm is not None:
+            extra["max_grad_norm"] = cfg.max_grad_norm  # clipped in the hooks (previous-step norm)
+        if cfg.svd is not None:
+            extra["svd"] = cfg.svd
+        optimizer = create_optimizer(
+            model,
+            cfg.method,
+            lr=lr,
+            weight_decay=cfg.weight_decay,
+            rank=rank,
+            update_proj_gap=cfg.update_proj_gap,
+            scale=cfg.scale,
+            proj_type=cfg.proj_type,
+            target_modules=default_target_modules(model),
+            layerwise=cfg.layerwise,
+            accumulation_steps=cfg.accumulation_steps,
+            **extra,
+        )
+        return MethodSetup(model, optimizer)
+
+    from galorekit.optim import GaLoreAdamW
+    from galorekit.train.baselines import ReLoRA, apply_lora, apply_low_rank
+
+    relora = None
+    if cfg.method == "lora":
+        model = apply_lora(model, rank=rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+    elif cfg.method == "relora":
+        reset_every = cfg.relora_reset_every or max(2, total_steps // 4)
+        relora = ReLoRA(
+            model,
+            rank=rank,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            reset_every=reset_every,
+            optimizer_reset_prune=cfg.relora_prune,
+        )
+        model = relora.model
+    else:
+        model = apply_low_rank(model, rank=rank)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # plain AdamW (GaLoreAdamW without a GaLore group), the baselines' optimizer in the paper
+    optimizer = GaLoreAdamW(
+        [{"params": [p for _, p in named], "param_names": [n for n, _ in named]}],
+        lr=lr,
+        weight_decay=cfg.weight_decay,
+    )
+    return MethodSetup(model, optimizer, relora)

@@ -1,0 +1,465 @@
+"""LLaMA pre-training with GaLore or any baseline of the paper — the loop, top to bottom.
+
+config → data + model → method (optimizer / adapters) → loop → metrics, checkpoints, plots.
+Everything needed to continue a run bit-identically is in its checkpoints: model, optimizer (with
+GaLore's projectors), scheduler, ReLoRA counters, data-loader position and every RNG state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from galorekit.data import DataConfig
+from galorekit.train.methods import MethodConfig, setup_method
+from galorekit.train.schedule import warmup_cosine
+
+#: fields that must match between a checkpoint and the run resuming from it
+RESUME_KEYS = ("model", "method", "seq_len", "batch_size", "total_batch_size", "data_fingerprint")
+RUN_FILES = ("metrics.jsonl", "config.json", "checkpoints", "tensorboard", "summary.md")
+
+
+@dataclass
+class PretrainConfig:
+    """One pre-training run. ``galore pretrain --help`` documents each field."""
+
+    model: str = "llama_9m"
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    max_steps: int = 300
+    batch_size: int = 8  # sequences per micro-batch
+    total_batch_size: int | None = None  # sequences per optimizer step; None: batch_size
+    warmup_ratio: float = 0.1
+    min_lr_ratio: float = 0.1
+    eval_every: int = 100
+    eval_batch_size: int | None = None  # None: batch_size
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    output_dir: str | None = None  # None: runs/pretrain-<model>-<method>-<time>
+    resume: str | None = None  # "latest" or a checkpoint path
+    overwrite: bool = False
+    dtype: str = "float32"  # autocast dtype of the forward/backward: float32 or bfloat16
+    activation_checkpointing: bool = False
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+    tensorboard: bool = True
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        errors = []
+        for name in ("max_steps", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name} must be ≥ 0 (0: only at the end), got {getattr(self, name)}")
+        if self.keep_checkpoints < 1:
+            errors.append(f"keep_checkpoints must be ≥ 1, got {self.keep_checkpoints}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            errors.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            errors.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.dtype not in ("float32", "bfloat16"):
+            errors.append(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.total_batch_size is not None and (
+            self.total_batch_size < self.batch_size or self.total_batch_size % self.batch_size
+        ):
+            errors.append(
+                f"total_batch_size ({self.total_batch_size}) must be a multiple of batch_size "
+                f"({self.batch_size})"
+            )
+        if self.resume is not None and self.overwrite:
+            errors.append("--resume and --overwrite contradict each other")
+        if errors:
+            raise ValueError("invalid pre-training config: " + "; ".join(errors))
+        self.method.accumulation_steps = self.accumulation_steps
+
+    @property
+    def accumulation_steps(self) -> int:
+        return (self.total_batch_size or self.batch_size) // self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PretrainResult:
+    output_dir: Path
+    final_step: int
+    eval_loss: float
+    eval_ppl: float
+    train_loss: float
+    seconds: float
+    summary: str
+
+
+# ---------------------------------------------------------------------------- helpers
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available")
+    return device
+
+
+def prepare_output_dir(cfg: PretrainConfig) -> Path:
+    """The run directory; refuses one that holds a run unless resuming or overwriting."""
+    if cfg.output_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"pretrain-{cfg.model}-{cfg.method.method}-{stamp}"
+    else:
+        out = Path(cfg.output_dir)
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and cfg.resume is None:
+        if not cfg.overwrite:
+            raise FileExistsError(
+                f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue "
+                "it, --overwrite to replace it, or another --output-dir"
+            )
+        for name in existing:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if cfg.resume is not None and not existing and cfg.resume == "latest":
+        raise FileNotFoundError(f"--resume: {out} holds no run to resume")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": list(np.random.get_state()[1].tolist()),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": repr(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import ast
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(
+        ("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0)
+    )
+    random.setstate(ast.literal_eval(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process: the CUDA allocator's peak, or the peak RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+
+
+@torch.no_grad()
+def evaluate(model, batches: list[torch.Tensor], device: torch.device, autocast) -> float:
+    """Mean token-level cross-entropy over the validation split."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = batch.to(device)
+        with autocast():
+            loss = model(input_ids=batch, labels=batch).loss
+        tokens = batch.numel() - batch.shape[0]  # the model predicts seq_len - 1 tokens a row
+        total += float(loss) * tokens
+        count += tokens
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def truncate_metrics(path: Path, after_step: int) -> None:
+    """On resume, drop the events logged after the checkpoint (they will be logged again)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            event = json.loads(line)
+            if event.get("step", 0) <= after_step:
+                kept.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class StopFlag:
+    """Set by SIGTERM / SIGINT: the loop finishes its step, checkpoints and exits."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------- the run
+def pretrain(cfg: PretrainConfig) -> PretrainResult:
+    from galorekit.data import build_tokenizer, load_pretraining_data
+    from galorekit.models import build_model, count_parameters
+    from galorekit.train.checkpoint import (
+        checkpoint_name,
+        load_checkpoint,
+        load_module_state,
+        save_checkpoint,
+    )
+    from galorekit.train.logging import MetricsLogger, summary_table, write_run_config
+
+    device = resolve_device(cfg.device)
+    out = prepare_output_dir(cfg)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    # data and model
+    cfg.data.seed = cfg.seed
+    tokenizer = build_tokenizer(cfg.data)
+    data = load_pretraining_data(cfg.data, tokenizer)
+    model = build_model(
+        cfg.model,
+        vocab_size=data.vocab_size,
+        max_position_embeddings=max(cfg.data.seq_len, 1024),
+        seed=cfg.seed,
+        device=device,
+    )
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    setup = setup_method(model, cfg.method, total_steps=cfg.max_steps)
+    model, optimizer, relora = setup.model, setup.optimizer, setup.relora
+    warmup = int(cfg.warmup_ratio * cfg.max_steps)
+    if relora is not None:
+        lr_lambda = relora.lr_lambda(warmup=warmup, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
+    else:
+
+        def lr_lambda(step: int) -> float:
+            return warmup_cosine(
+                step, warmup=warmup, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio
+            )
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    loader = data.train_loader(cfg.batch_size)
+    val_batches = data.val_batches(cfg.eval_batch_size or cfg.batch_size)
+    layerwise = cfg.method.layerwise
+    accumulation = cfg.accumulation_steps
+    autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+
+    def autocast():
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=autocast_dtype)
+
+    identity = {
+        "model": cfg.model,
+        "method": cfg.method.method,
+        "seq_len": cfg.data.seq_len,
+        "batch_size": cfg.batch_size,
+        "total_batch_size": cfg.total_batch_size or cfg.batch_size,
+        "data_fingerprint": data.fingerprint,
+    }
+
+    # resume
+    step = 0
+    if cfg.resume is not None:
+        where = out / "checkpoints" if cfg.resume == "latest" else Path(cfg.resume)
+        ckpt = load_checkpoint(where, map_location=device, required_keys=("model", "optimizer"))
+        mismatched = [
+            f"{k}: checkpoint {ckpt['identity'].get(k)!r} vs now {identity[k]!r}"
+            for k in RESUME_KEYS
+            if ckpt.get("identity", {}).get(k) != identity[k]
+        ]
+        if mismatched:
+            from galorekit.train.checkpoint import CheckpointError
+
+            raise CheckpointError(
+                f"checkpoint {where} belongs to another run: " + "; ".join(mismatched)
+            )
+        load_module_state(model, ckpt["model"], what="model")
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        loader.load_state_dict(ckpt["loader"])
+        if relora is not None:
+            relora.load_state_dict(ckpt["relora"])
+        set_rng_state(ckpt["rng"])
+        step = int(ckpt["step"])
+        truncate_metrics(out / "metrics.jsonl", step)
+
+    write_run_config(out, {**cfg.to_dict(), "output_dir": str(out), **identity})
+    n_params = count_parameters(model)
+    n_trainable = count_parameters(model, trainable_only=True)
+    tokens_per_step = (cfg.total_batch_size or cfg.batch_size) * cfg.data.seq_len
+
+    def save(at_step: int) -> Path:
+        state = {
+            "step": at_step,
+            "identity": identity,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "loader": loader.state_dict(),
+            "rng": rng_state(),
+        }
+        if relora is not None:
+            state["relora"] = relora.state_dict()
+        return save_checkpoint(
+            out / "checkpoints" / checkpoint_name(at_step), state, keep_last=cfg.keep_checkpoints
+        )
+
+    from tqdm.auto import tqdm
+
+    logger = MetricsLogger(out, tensorboard=cfg.tensorboard)
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=step,
+        disable=not cfg.progress,
+        desc=f"{cfg.model} {cfg.method.method}",
+        dynamic_ncols=True,
+    )
+    eval_loss = math.nan
+    train_loss = math.nan
+    started = time.perf_counter()
+    model.train()
+    with StopFlag() as stop:
+        if step == 0:
+            logger.log({"event": "start", "step": 0, "params": n_params, "trainable": n_trainable})
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            loss_sum = 0.0
+            for _ in range(accumulation):
+                batch = next(loader).to(device)
+                with autocast():
+                    loss = model(input_ids=batch, labels=batch).loss / accumulation
+                loss.backward()  # layer-wise: the last micro-batch updates here
+                loss_sum += loss.item()
+            if layerwise:
+                optimizer.step()
+                grad_norm = optimizer.grad_norm
+            else:
+                clip = cfg.method.max_grad_norm
+                params = [p for p in model.parameters() if p.grad is not None]
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip or math.inf))
+                optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            if relora is not None and relora.maybe_reset(step, optimizer):
+                logger.log({"event": "relora_reset", "step": step})
+            if not math.isfinite(loss_sum):
+                raise FloatingPointError(
+                    f"the training loss became {loss_sum} at step {step}; lower --lr or check --dtype"
+                )
+            train_loss = loss_sum
+            dt = time.perf_counter() - t0
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                mem = peak_memory_bytes(device)
+                logger.log(
+                    {
+                        "event": "train",
+                        "step": step,
+                        "loss": loss_sum,
+                        "lr": lr,
+                        "tokens_per_s": tokens_per_step / dt,
+                        "grad_norm": grad_norm,
+                        "peak_memory_bytes": mem,
+                    }
+                )
+                bar.set_postfix(
+                    loss=f"{loss_sum:.3f}",
+                    lr=f"{lr:.2e}",
+                    tok_s=f"{tokens_per_step / dt:,.0f}",
+                    mem=f"{mem / 2**30:.2f}G",
+                )
+            bar.update(1)
+            if val_batches and (
+                (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
+            ):
+                eval_loss = evaluate(model, val_batches, device, autocast)
+                logger.log(
+                    {
+                        "event": "eval",
+                        "step": step,
+                        "eval_loss": eval_loss,
+                        "eval_ppl": math.exp(min(eval_loss, 50.0)),
+                    }
+                )
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
+                save(step)
+            if stop.signal is not None:
+                path = save(step)
+                bar.close()
+                logger.log({"event": "interrupted", "step": step, "signal": stop.signal})
+                logger.close()
+                print(
+                    f"\nstopped by signal {stop.signal} at step {step}; checkpoint {path}\n"
+                    f"continue with: galore pretrain --resume --output-dir {out} …",
+                    file=sys.stderr,
+                )
+                raise SystemExit(128 + stop.signal)
+    bar.close()
+    seconds = time.perf_counter() - started
+    logger.log({"event": "end", "step": step, "seconds": seconds})
+    logger.close()
+    eval_ppl = math.exp(min(eval_loss, 50.0)) if math.isfinite(eval_loss) else math.nan
+    summary = summary_table(
+        [
+            {
+                "model": cfg.model,
+                "method": cfg.method.method + (" (layer-wise)" if layerwise else ""),
+                "steps": step,
+                "params": n_params,
+                "trainable": n_trainable,
+                "train_loss": train_loss,
+                "eval_loss": eval_loss,
+                "eval_ppl": eval_ppl,
+                "peak_mem_GiB": peak_memory_bytes(device) / 2**30,
+                "seconds": seconds,
+            }
+        ],
+        title=f"galore pretrain — {out}",
+    )
+    (out / "summary.md").write_text(f"```\n{summary}\n```\n", encoding="utf-8")
+    if cfg.plot:
+        from galorekit.train.plots import plot_run
+
+        plot_run(out)
+    return PretrainResult(out, step, eval_loss, eval_ppl, train_loss, seconds, summary)
