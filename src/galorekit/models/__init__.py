@@ -1,1 +1,18 @@
-"""models."""
+"""Models: the paper's LLaMA configs, built from random init (``device="meta"`` included)."""
+
+from galorekit.models.build import build_model, count_parameters, resolve_dtype
+from galorekit.models.config import model_config
+from galorekit.models.registry import NAMED_SHAPES, LlamaShape, list_models
+from galorekit.models.targets import default_target_modules, linear_shape
+
+__all__ = [
+    "NAMED_SHAPES",
+    "LlamaShape",
+    "build_model",
+    "count_parameters",
+    "default_target_modules",
+    "linear_shape",
+    "list_models",
+    "model_config",
+    "resolve_dtype",
+]

@@ -1,0 +1,94 @@
+"""Build a causal LM from random init, on any device (``"meta"`` included) and dtype."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from galorekit.models.config import ModelSpec, model_config
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.float32`` or one of ``float32/fp32/bfloat16/bf16/float16/fp16``."""
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(_DTYPES)} or a torch.dtype")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed the init without disturbing the caller's RNG streams."""
+    if seed is None:
+        yield
+        return
+    cuda = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_model(
+    name_or_path_or_config: ModelSpec,
+    *,
+    vocab_size: int | None = None,
+    max_position_embeddings: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str = torch.float32,
+    seed: int | None = None,
+) -> PreTrainedModel:
+    """A randomly initialised causal LM (``LlamaForCausalLM`` for the named configs).
+
+    The spec is anything :func:`galorekit.models.model_config` accepts. The parameters are
+    created directly on ``device`` (default CPU) in ``dtype``: ``device="meta"`` allocates nothing,
+    which is how memory estimates build a 7B model. ``seed`` makes the init reproducible (for a
+    given device type) without changing the global RNG state; ``None`` draws from the global RNG.
+    The model is returned in training mode.
+    """
+    config = model_config(
+        name_or_path_or_config,
+        vocab_size=vocab_size,
+        max_position_embeddings=max_position_embeddings,
+    )
+    torch_dtype = resolve_dtype(dtype)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    with _seeded(seed, dev), torch.device(dev):
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        except ValueError as err:
+            raise ValueError(
+                f"cannot build a causal LM from a {type(config).__name__} "
+                f"(model_type={config.model_type!r}): {err}"
+            ) from None
+    model.train()
+    return model
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameters (tied weights once; ``trainable_only``: those with requires_grad)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total

@@ -1,0 +1,151 @@
+"""Resolve a model spec (named config, JSON file, HF config name/path, dict) to a config object."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, LlamaConfig, PretrainedConfig
+
+from galorekit.models.registry import NAMED_SHAPES, list_models, normalise_name
+
+logger = logging.getLogger(__name__)
+
+ModelSpec = str | os.PathLike | dict | PretrainedConfig
+
+
+def _named_config(name: str) -> LlamaConfig:
+    shape = NAMED_SHAPES[name]
+    return LlamaConfig(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_attention_heads,
+        num_hidden_layers=shape.num_hidden_layers,
+        max_position_embeddings=shape.max_position_embeddings,
+        hidden_act="silu",
+        initializer_range=0.02,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        # pre-training never decodes; a KV cache would only hold memory during training steps
+        use_cache=False,
+        pad_token_id=None,
+    )
+
+
+def _config_from_dict(raw: dict[str, Any], source: str) -> PretrainedConfig:
+    d = dict(raw)
+    # GaLore's/ReLoRA's JSON configs predate `max_position_embeddings` and call it this
+    if "max_sequence_length" in d:
+        d.setdefault("max_position_embeddings", d.pop("max_sequence_length"))
+    # those configs also write pad_token_id=-1 for "no padding token"; passed through, LLaMA would
+    # make the last vocabulary row a zero, never-trained padding embedding
+    if isinstance(d.get("pad_token_id"), int) and d["pad_token_id"] < 0:
+        logger.warning("%s: pad_token_id=%s read as 'no padding token'", source, d["pad_token_id"])
+        d["pad_token_id"] = None
+    model_type = d.pop("model_type", "llama")  # this project's configs are LLaMA unless they say so
+    try:
+        return AutoConfig.for_model(model_type, **d)
+    except ValueError as err:
+        raise ValueError(f"{source}: unknown model_type {model_type!r} ({err})") from None
+
+
+def _config_from_json_file(path: Path) -> PretrainedConfig:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"model config {str(path)!r} is not a readable JSON file: {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"model config {str(path)!r} must hold a JSON object, got {type(raw).__name__}"
+        )
+    return _config_from_dict(raw, str(path))
+
+
+def _unknown_model_message(name: str, reason: str | None = None) -> str:
+    close = difflib.get_close_matches(normalise_name(name), list_models(), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    why = f" ({reason})" if reason else ""
+    return (
+        f"unknown model {name!r}{why}. Valid named configs: {', '.join(list_models())}. "
+        "A path to a JSON config file, a local model directory with a config.json, or a "
+        f"Hugging Face config name (needs internet or the HF cache) also works.{hint}"
+    )
+
+
+def _config_from_string(spec: str) -> PretrainedConfig:
+    key = normalise_name(spec)
+    if key in NAMED_SHAPES:
+        return _named_config(key)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return _config_from_json_file(path)
+    if path.is_dir():
+        try:
+            return AutoConfig.from_pretrained(str(path))
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                _unknown_model_message(spec, f"directory without a usable config: {err}")
+            ) from None
+    # Names in our own family, or JSON paths that don't exist, are typos: fail now rather than
+    # after the hub client's retries time out on an offline machine.
+    if key.startswith("llama_") or spec.endswith(".json"):
+        reason = "no such file" if spec.endswith(".json") else None
+        raise ValueError(_unknown_model_message(spec, reason))
+    try:
+        return AutoConfig.from_pretrained(spec)
+    except Exception as err:  # hub errors come in many types (OSError, HTTP errors, ValueError)
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(_unknown_model_message(spec, f"AutoConfig failed: {first_line}")) from err
+
+
+def _positive_int(value: int | None, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def model_config(
+    name_or_path: ModelSpec,
+    *,
+    vocab_size: int | None = None,
+    max_position_embeddings: int | None = None,
+) -> PretrainedConfig:
+    """The config for ``name_or_path``, with optional overrides.
+
+    ``name_or_path`` is one of :func:`list_models` (case/dash-insensitive, a fresh
+    ``LlamaConfig`` with vocab 32000, untied head, rms_norm_eps 1e-6, ``use_cache=False``), a
+    JSON config file (``model_type`` defaults to ``"llama"``; the legacy ``max_sequence_length``
+    key of the GaLore/ReLoRA configs is read as ``max_position_embeddings`` and a negative
+    ``pad_token_id`` as none), a local model directory, a Hugging Face config name (hub names need
+    internet or a populated HF cache), a ``dict`` of config fields, or a ``PretrainedConfig``
+    (copied, never modified).
+
+    ``vocab_size`` matches the model to a tokenizer (CPU runs use a small BPE vocabulary);
+    ``max_position_embeddings`` sets the longest sequence. Raises ``ValueError`` for an unknown
+    name (listing the valid ones) or a malformed file.
+    """
+    if isinstance(name_or_path, PretrainedConfig):
+        config = copy.deepcopy(name_or_path)
+    elif isinstance(name_or_path, dict):
+        config = _config_from_dict(name_or_path, "model config dict")
+    elif isinstance(name_or_path, str | os.PathLike):
+        config = _config_from_string(os.fspath(name_or_path))
+    else:
+        raise ValueError(
+            "model must be a config name, a path, a dict or a PretrainedConfig, got "
+            f"{type(name_or_path).__name__}. Valid named configs: {', '.join(list_models())}"
+        )
+    if _positive_int(vocab_size, "vocab_size") is not None:
+        config.vocab_size = vocab_size
+    if _positive_int(max_position_embeddings, "max_position_embeddings") is not None:
+        config.max_position_embeddings = max_position_embeddings
+    return config

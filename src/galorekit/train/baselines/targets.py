@@ -1,0 +1,99 @@
+"""Resolve and check the linear layers a baseline replaces or adapts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+from galorekit.models.targets import LINEAR_TYPES, default_target_modules, linear_shape, output_head
+
+TargetSpec = str | Sequence[str] | None
+
+
+def _available(candidates: dict[str, nn.Module]) -> str:
+    leaves = sorted({name.rsplit(".", 1)[-1] for name in candidates})
+    return ", ".join(leaves) if leaves else "(none)"
+
+
+def resolve_target_modules(model: nn.Module, target_modules: TargetSpec = None) -> list[str]:
+    """Qualified names of the linear layers selected by ``target_modules``, in module order.
+
+    ``None`` selects :func:`galorekit.models.default_target_modules` (attention and MLP
+    projections). Otherwise the same rules as GaLore's parameter groups: a list of strings selects
+    the linear layers whose qualified name *contains* one of them (``["attn", "mlp"]``,
+    ``["q_proj", "v_proj"]`` or full names), a string is ``"all-linear"`` or a regular expression
+    searched in the names. The output head is never selected. Raises ``ValueError`` when an entry
+    selects nothing, listing the linear layer names that exist.
+    """
+    head = output_head(model)
+    candidates = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, LINEAR_TYPES) and module is not head
+    }
+    if target_modules is None:
+        names = default_target_modules(model)
+        if not names:
+            raise ValueError(
+                f"{type(model).__name__} has no linear layers inside its transformer blocks; "
+                f"pass target_modules explicitly (available linear layers: {_available(candidates)})"
+            )
+        return names
+    if isinstance(target_modules, str):
+        if target_modules == "all-linear":
+            selected = list(candidates)
+        else:
+            try:
+                pattern = re.compile(target_modules)
+            except re.error as err:
+                raise ValueError(
+                    f"target_modules {target_modules!r} is not a valid regular expression ({err}); "
+                    "pass 'all-linear', a regular expression or a list of name substrings"
+                ) from None
+            selected = [n for n in candidates if pattern.search(n)]
+        if not selected:
+            raise ValueError(
+                f"target_modules {target_modules!r} matches no linear layer; "
+                f"available linear layers: {_available(candidates)}"
+            )
+        return selected
+    targets = list(target_modules)
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(
+            f"target_modules must be a non-empty list of non-empty strings, got {targets!r}"
+        )
+    unmatched = [t for t in targets if not any(t in n for n in candidates)]
+    if unmatched:
+        raise ValueError(
+            f"target_modules {unmatched!r} match no linear layer (the output head is never "
+            f"targeted); available linear layers: {_available(candidates)} "
+            "(entries match as substrings of the qualified names)"
+        )
+    return [n for n in candidates if any(t in n for t in targets)]
+
+
+def check_rank(model: nn.Module, names: Sequence[str], rank: int, method: str) -> None:
+    """``ValueError`` unless ``0 < rank < min(in, out)`` for every named linear layer.
+
+    A rank of ``min(in, out)`` or more is no longer low-rank: the factors hold at least as many
+    numbers as the dense matrix, so the method would only cost memory.
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise ValueError(f"{method}: rank must be a positive integer, got {rank!r}")
+    modules = dict(model.named_modules())
+    too_small = []
+    for name in names:
+        n_in, n_out = linear_shape(modules[name])
+        if rank >= min(n_in, n_out):
+            too_small.append(f"{name} ({n_out}x{n_in})")
+    if too_small:
+        limit = min(min(linear_shape(modules[n])) for n in names) - 1
+        shown = ", ".join(too_small[:4]) + (
+            f" and {len(too_small) - 4} more" if len(too_small) > 4 else ""
+        )
+        raise ValueError(
+            f"{method}: rank {rank} is not below min(in, out) of {shown}; "
+            f"the largest valid rank for these target modules is {limit}"
+        )
