@@ -164,9 +164,11 @@ def test_unknown_method_lists_choices(capsys):
     assert "galore_adamw" in capsys.readouterr().err
 
 
-def test_rank_larger_than_matrices_is_clamped_with_a_warning(corpus, tmp_path):
+@pytest.mark.parametrize("method", ["galore_adamw", "lora"])
+def test_rank_larger_than_matrices_is_clamped_with_a_warning(corpus, tmp_path, method):
+    argv = args(corpus, tmp_path / "run", "--rank", "1000", "--max-steps", "2", "--method", method)
     with pytest.warns(UserWarning, match="clamped"):
-        assert main(args(corpus, tmp_path / "run", "--rank", "1000", "--max-steps", "2")) == 0
+        assert main(argv) == 0
 
 
 def test_activation_checkpointing_and_bf16_autocast(corpus, tmp_path):

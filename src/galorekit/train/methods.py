@@ -78,6 +78,26 @@ def default_rank(model: nn.Module) -> int:
     return max(1, hidden // 4)
 
 
+def _clamp_adapter_rank(model: nn.Module, rank: int, method: str) -> int:
+    """Adapters need rank < min(in, out) of every targeted layer: clamp with one warning (as
+    GaLore's rank is), rather than fail a long run's launch."""
+    import warnings
+
+    from galorekit.models import default_target_modules, linear_shape
+
+    modules = dict(model.named_modules())
+    smallest = min(min(linear_shape(modules[n])) for n in default_target_modules(model))
+    if rank >= smallest:
+        warnings.warn(
+            f"{method}: rank {rank} ≥ the smallest targeted dimension {smallest}; clamped to "
+            f"{smallest - 1}",
+            UserWarning,
+            stacklevel=3,
+        )
+        return smallest - 1
+    return rank
+
+
 def setup_method(model: nn.Module, cfg: MethodConfig, *, total_steps: int) -> MethodSetup:
     """Apply ``cfg.method`` to ``model`` and build its optimizer."""
     rank = cfg.rank if cfg.rank is not None else default_rank(model)
@@ -109,6 +129,7 @@ def setup_method(model: nn.Module, cfg: MethodConfig, *, total_steps: int) -> Me
     from galorekit.optim import GaLoreAdamW
     from galorekit.train.baselines import ReLoRA, apply_lora, apply_low_rank
 
+    rank = _clamp_adapter_rank(model, rank, cfg.method)
     relora = None
     if cfg.method == "lora":
         model = apply_lora(model, rank=rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
