@@ -27,6 +27,7 @@ from galorekit.projection import (
     SVD_METHODS,
     NonFiniteGradientError,
     Side,
+    add_projected_,
     check_finite,
     choose_side,
     compute_projector,
@@ -178,6 +179,30 @@ class GaLoreOptimizer(torch.optim.Optimizer):
             state["nonfinite_skips"] = state.get("nonfinite_skips", 0) + 1
             return True
         return False
+
+    def _inner_grad(
+        self, p: Tensor, grad: Tensor, group: dict[str, Any]
+    ) -> tuple[dict[str, Any], Tensor | None]:
+        """``(state, g)``: the gradient the inner optimizer updates on — the projection for a
+        GaLore group, ``grad`` itself otherwise; ``g`` is None when the update is skipped."""
+        if grad.is_sparse:
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        state = self.state[p]
+        if "rank" in group:
+            grad = self._project_grad(p, grad, group, state)
+        state.setdefault("step", 0)
+        return state, grad
+
+    def _apply_update(
+        self, p: Tensor, update: Tensor, group: dict[str, Any], state: dict, alpha: float
+    ) -> None:
+        """p += alpha · update, projected back (and scaled) for a GaLore group."""
+        if "rank" in group:
+            side = Side(state["proj_side"])
+            left, right = state.get("proj_left"), state.get("proj_right")
+            add_projected_(p, update, side, left, right, alpha * group["scale"])
+        else:
+            p.add_(update, alpha=alpha)
 
     def _project_grad(
         self, p: Tensor, grad: Tensor, group: dict[str, Any], state: dict[str, Any]

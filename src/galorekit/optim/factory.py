@@ -81,7 +81,8 @@ def create_optimizer(
     ``name`` is one of ``OPTIMIZER_NAMES``. ``galore_*`` put the targeted linear weights in a GaLore
     group (see ``galorekit.param_groups``); the plain names optimize every parameter full-rank.
     ``layerwise=True`` returns a ``galorekit.LayerwiseOptimizer`` that updates each parameter
-    during backward. Adafactor with ``lr`` runs with ``relative_step=False``. ``extra`` goes to
+    during backward. Adafactor with ``lr`` runs with ``relative_step=False`` and
+    ``scale_parameter=False`` (the lr is absolute). ``extra`` goes to
     the optimizer's constructor.
     """
     cls = optimizer_class(name)
@@ -103,8 +104,12 @@ def create_optimizer(
         kwargs["betas"] = betas
         if eps is not None:
             kwargs["eps"] = eps
-    elif eps is not None:
-        kwargs["eps"] = (1e-30, eps)
+    else:
+        # an external lr is absolute (HF's recommended external-lr Adafactor), not relative to
+        # each weight's RMS; pass scale_parameter=True to get the relative form
+        kwargs.setdefault("scale_parameter", False)
+        if eps is not None:
+            kwargs["eps"] = (1e-30, eps)
     if layerwise:
         from galorekit.optim.layerwise import LayerwiseOptimizer
 

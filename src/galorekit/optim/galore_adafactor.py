@@ -10,7 +10,6 @@ from torch import Tensor
 
 from galorekit.optim.base import GaLoreOptimizer, validate_lr
 from galorekit.optim.functional import adafactor_beta2, adafactor_lr, adafactor_update, rms
-from galorekit.projection import Side, add_projected_
 
 
 class GaLoreAdafactor(GaLoreOptimizer):
@@ -70,15 +69,9 @@ class GaLoreAdafactor(GaLoreOptimizer):
         validate_lr(group["lr"], allow_none=group.get("relative_step", False))
 
     def _update_param(self, p: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
-        if grad.is_sparse:
-            raise RuntimeError("GaLoreAdafactor does not support sparse gradients")
-        state = self.state[p]
-        galore = "rank" in group
-        if galore:
-            grad = self._project_grad(p, grad, group, state)
-            if grad is None:
-                return
-        state.setdefault("step", 0)
+        state, grad = self._inner_grad(p, grad, group)
+        if grad is None:
+            return
         factored = grad.dim() >= 2
         if "exp_avg_sq_row" not in state and "exp_avg_sq" not in state:
             if factored:
@@ -113,10 +106,4 @@ class GaLoreAdafactor(GaLoreOptimizer):
         )
         if group["weight_decay"] > 0.0:
             p.mul_(1.0 - group["weight_decay"] * lr)
-        if galore:
-            side = Side(state["proj_side"])
-            add_projected_(
-                p, update, side, state.get("proj_left"), state.get("proj_right"), -group["scale"]
-            )
-        else:
-            p.sub_(update)
+        self._apply_update(p, update, group, state, -1.0)

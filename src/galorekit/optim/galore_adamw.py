@@ -10,7 +10,6 @@ from torch import Tensor
 
 from galorekit.optim.base import GaLoreOptimizer, validate_betas
 from galorekit.optim.functional import adam_update
-from galorekit.projection import Side, add_projected_
 
 
 class GaLoreAdamW(GaLoreOptimizer):
@@ -58,15 +57,9 @@ class GaLoreAdamW(GaLoreOptimizer):
         super().__init__(params, defaults, on_nonfinite=on_nonfinite)
 
     def _update_param(self, p: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
-        if grad.is_sparse:
-            raise RuntimeError("GaLoreAdamW does not support sparse gradients")
-        state = self.state[p]
-        galore = "rank" in group
-        if galore:
-            grad = self._project_grad(p, grad, group, state)
-            if grad is None:
-                return
-        state.setdefault("step", 0)
+        state, grad = self._inner_grad(p, grad, group)
+        if grad is None:
+            return
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.contiguous_format)
             state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.contiguous_format)
@@ -83,13 +76,6 @@ class GaLoreAdamW(GaLoreOptimizer):
             correct_bias=group["correct_bias"],
         )
         lr = float(group["lr"])
-        if galore:
-            alpha = -lr * step_size * group["scale"]
-            side = Side(state["proj_side"])
-            add_projected_(
-                p, direction, side, state.get("proj_left"), state.get("proj_right"), alpha
-            )
-        else:
-            p.add_(direction, alpha=-lr * step_size)
+        self._apply_update(p, direction, group, state, -lr * step_size)
         if group["weight_decay"] > 0.0:
             p.mul_(1.0 - lr * group["weight_decay"])

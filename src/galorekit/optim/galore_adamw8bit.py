@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from galorekit.optim.base import GaLoreOptimizer, validate_betas
-from galorekit.projection import Side, add_projected_
 
 BLOCK_SIZE = 256  # bitsandbytes' block size for 8-bit optimizer states
 
@@ -126,19 +125,15 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
             )
 
     def _update_param(self, p: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
-        if grad.is_sparse:
-            raise RuntimeError("GaLoreAdamW8bit does not support sparse gradients")
-        state = self.state[p]
+        state, low_rank = self._inner_grad(p, grad, group)
+        if low_rank is None:
+            return
         lr, wd = float(group["lr"]), group["weight_decay"]
         if "rank" not in group:
-            state.setdefault("step", 0)
             if "state1" not in state:
                 self._init_state(state, p)
             state["step"] += 1
             self._adam(grad.contiguous(), p, state, group, lr, wd)
-            return
-        low_rank = self._project_grad(p, grad, group, state)
-        if low_rank is None:
             return
         if "state1" not in state:
             self._init_state(state, low_rank)
@@ -147,10 +142,7 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         # the weight itself), which then holds -N; project it back into the weight.
         buffer = torch.zeros_like(low_rank, memory_format=torch.contiguous_format)
         self._adam(low_rank.contiguous(), buffer, state, group, lr=1.0, wd=0.0)
-        side = Side(state["proj_side"])
-        add_projected_(
-            p, buffer, side, state.get("proj_left"), state.get("proj_right"), lr * group["scale"]
-        )
+        self._apply_update(p, buffer, group, state, lr)
         if wd > 0.0:
             p.mul_(1.0 - lr * wd)
 
