@@ -112,6 +112,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
             )
         self.on_nonfinite = on_nonfinite
         self._rank_warned = False
+        self._prechecked = False
         super().__init__(params, defaults)
 
     # ---- groups -------------------------------------------------------------------------------
@@ -132,11 +133,37 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update_param(p, p.grad, group)
+        if self.on_nonfinite == "raise":
+            # check every GaLore gradient before touching any state, so that an error never leaves
+            # a half-applied step behind (one host sync for all of them)
+            self._check_all_finite()
+        self._prechecked = self.on_nonfinite == "raise"
+        try:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._update_param(p, p.grad, group)
+        finally:
+            self._prechecked = False
         return loss
+
+    def _check_all_finite(self) -> None:
+        pairs = [
+            (p, group)
+            for group in self.param_groups
+            if "rank" in group
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        if not pairs:
+            return
+        device = pairs[0][0].device
+        flags = torch.stack([torch.isfinite(p.grad).all().to(device) for p, _ in pairs])
+        if bool(flags.all()):
+            return
+        for (p, group), ok in zip(pairs, flags.tolist()):
+            if not ok:
+                check_finite(p.grad, self._param_name(p, group))  # raises, naming it
 
     def _update_param(self, p: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -171,6 +198,8 @@ class GaLoreOptimizer(torch.optim.Optimizer):
 
     def _nonfinite(self, tensor: Tensor, p: Tensor, group: dict[str, Any], state: dict) -> bool:
         """True when ``tensor`` is not finite and the update must be skipped; raises by default."""
+        if self._prechecked:  # step() checked every gradient up front
+            return False
         try:
             check_finite(tensor, self._param_name(p, group))
         except NonFiniteGradientError:
