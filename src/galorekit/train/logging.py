@@ -1,0 +1,209 @@
+"""Run logging shared by the training commands: ``metrics.jsonl``, TensorBoard, run config, tables.
+
+``MetricsLogger.log({"event": "eval", "step": 100, "eval_accuracy": 0.91})`` appends one JSON
+object per line to ``OUTPUT_DIR/metrics.jsonl`` (flushed at once, so ``tail -f`` and a crashed
+run both see every event) and mirrors its numeric values to TensorBoard as ``<event>/<key>``
+at ``step``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from galorekit.train.checkpoint import atomic_write_text
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: dataclasses, paths, enums, tensors and numpy scalars are
+    converted; NaN and infinities become ``None`` (strict JSON has no such numbers)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, enum.Enum):
+        return to_jsonable(value.value)
+    item = getattr(value, "item", None)  # 0-d torch tensors and numpy scalars
+    if callable(item) and getattr(value, "ndim", 0) == 0:
+        return to_jsonable(item())
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return to_jsonable(tolist())
+    return str(value)
+
+
+def _scalars(event: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in event.items():
+        if key in ("step", "time", "event"):
+            continue
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            out[key] = float(value)
+        elif getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+            item = value.item()
+            if isinstance(item, int | float) and not isinstance(item, bool):
+                out[key] = float(item)
+    return out
+
+
+class MetricsLogger:
+    """Append-only JSON-lines metrics log with an optional TensorBoard mirror.
+
+    Each event gets a ``time`` (Unix seconds) unless it has one. An event's ``event`` field (default
+    ``"metrics"``) prefixes its TensorBoard tags; its ``step`` is the TensorBoard step. Use as a
+    context manager or call ``close()``.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike[str], tensorboard: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.output_dir / METRICS_FILE
+        self._file: io.TextIOWrapper | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._writer: Any = None
+        if tensorboard:
+            # Imported here: tensorboard costs seconds to import and is optional for callers.
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.output_dir / TENSORBOARD_DIR))
+
+    def log(self, event: Mapping[str, Any]) -> None:
+        """Append ``event`` (a flat or nested dict) as one JSON line and mirror its scalars."""
+        if self._file is None:
+            raise RuntimeError(f"MetricsLogger for {self.path} is closed")
+        record = {"time": time.time(), **event} if "time" not in event else dict(event)
+        self._file.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            step = event.get("step")
+            step = (
+                int(step) if isinstance(step, int | float) and not isinstance(step, bool) else None
+            )
+            prefix = str(event.get("event", "metrics"))
+            for key, value in _scalars(event).items():
+                self._writer.add_scalar(f"{prefix}/{key}", value, global_step=step)
+
+    def close(self) -> None:
+        """Flush and close the log (and TensorBoard writer); further ``log`` calls raise."""
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The events of a ``metrics.jsonl`` file (or of ``OUTPUT_DIR/metrics.jsonl``)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / METRICS_FILE
+    with open(p, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_run_config(output_dir: str | os.PathLike[str], config: Mapping[str, Any] | Any) -> Path:
+    """Atomically write ``config`` (a dict or dataclass) to ``OUTPUT_DIR/config.json``."""
+    path = Path(output_dir) / CONFIG_FILE
+    atomic_write_text(path, json.dumps(to_jsonable(config), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def format_bytes(n: float | None) -> str:
+    """``1536`` → ``"1.50 KiB"`` (binary units)."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return str(value)
+
+
+def summary_table(
+    rows: Sequence[Mapping[str, Any]], *, title: str | None = None, style: str = "plain"
+) -> str:
+    """Render ``rows`` (dicts; columns in first-seen key order) as a text table.
+
+    ``style="plain"`` gives aligned ASCII (numbers right-aligned, ints with thousands separators,
+    floats with 4 decimals, missing cells ``-``); ``style="rich"`` renders the same cells with
+    ``rich``'s box drawing.
+    """
+    if style not in ("plain", "rich"):
+        raise ValueError(f"style must be 'plain' or 'rich', got {style!r}")
+    columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    numeric = [
+        all(isinstance(row.get(c), int | float) or row.get(c) is None for row in rows)
+        for c in columns
+    ]
+    if style == "rich":
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for c, is_num in zip(columns, numeric):
+            table.add_column(c, justify="right" if is_num else "left")
+        for line in cells:
+            table.add_row(*line)
+        buf = io.StringIO()
+        Console(file=buf, width=max(80, sum(len(c) + 3 for c in columns) + 40)).print(table)
+        return buf.getvalue().rstrip("\n")
+    widths = [max([len(c), *(len(line[i]) for line in cells)]) for i, c in enumerate(columns)]
+
+    def fmt(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if is_num else v.ljust(w) for v, w, is_num in zip(values, widths, numeric)
+        ).rstrip()
+
+    lines = [title] if title else []
+    lines += [fmt(columns), "  ".join("-" * w for w in widths)]
+    lines += [fmt(line) for line in cells]
+    return "\n".join(lines)
