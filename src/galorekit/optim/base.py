@@ -133,37 +133,41 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self.on_nonfinite == "raise":
-            # check every GaLore gradient before touching any state, so that an error never leaves
-            # a half-applied step behind (one host sync for all of them)
-            self._check_all_finite()
-        self._prechecked = self.on_nonfinite == "raise"
+        pairs = [(p, g) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        # Check gradients before touching any state (one host sync for all of them): "raise" must
+        # never leave a half-applied step behind, and "skip" must protect every parameter — a NaN
+        # loss reaches biases, norms and embeddings too, not only the GaLore matrices.
+        checked = pairs if self.on_nonfinite == "skip" else [x for x in pairs if "rank" in x[1]]
+        bad = self._nonfinite_params(checked)
+        self._prechecked = True
         try:
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        self._update_param(p, p.grad, group)
+            for p, group in pairs:
+                if p in bad:
+                    state = self.state[p]
+                    state.setdefault("step", 0)
+                    state["nonfinite_skips"] = state.get("nonfinite_skips", 0) + 1
+                    continue
+                self._update_param(p, p.grad, group)
         finally:
             self._prechecked = False
         return loss
 
-    def _check_all_finite(self) -> None:
-        pairs = [
-            (p, group)
-            for group in self.param_groups
-            if "rank" in group
-            for p in group["params"]
-            if p.grad is not None
-        ]
+    def _nonfinite_params(self, pairs: list[tuple[Tensor, dict[str, Any]]]) -> set[Tensor]:
+        """The parameters among ``pairs`` whose gradient holds NaN/Inf; with the "raise" policy
+        the first such one raises ``NonFiniteGradientError`` naming it."""
         if not pairs:
-            return
+            return set()
         device = pairs[0][0].device
         flags = torch.stack([torch.isfinite(p.grad).all().to(device) for p, _ in pairs])
         if bool(flags.all()):
-            return
+            return set()
+        bad: set[Tensor] = set()
         for (p, group), ok in zip(pairs, flags.tolist()):
             if not ok:
-                check_finite(p.grad, self._param_name(p, group))  # raises, naming it
+                if self.on_nonfinite == "raise":
+                    check_finite(p.grad, self._param_name(p, group))  # raises, naming it
+                bad.add(p)
+        return bad
 
     def _update_param(self, p: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -219,6 +223,8 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         state = self.state[p]
         if "rank" in group:
             grad = self._project_grad(p, grad, group, state)
+        elif self.on_nonfinite == "skip" and self._nonfinite(grad, p, group, state):
+            grad = None
         state.setdefault("step", 0)
         return state, grad
 

@@ -20,8 +20,12 @@ class GaLoreAdafactor(GaLoreOptimizer):
     ``scale_parameter=True``, ``warmup_init=False``. ``relative_step`` defaults to True when no
     ``lr`` is given (time-dependent step min(1e-2, 1/√t)) and to False when one is, so that a manual
     ``lr`` works (with ``scale_parameter`` it is relative to the weight's RMS). A 2-D (projected)
-    gradient uses the factored second moment: one row and one column vector.
+    gradient uses the factored second moment: one row and one column vector. The statistics are
+    kept and updated in float32 whatever the parameter's dtype (as transformers.Adafactor does): in
+    bf16, late in training, row·β₂ₜ rounds back to row and the statistics would freeze.
     """
+
+    _keep_dtype_keys = frozenset({"exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq", "exp_avg"})
 
     def __init__(
         self,
@@ -72,6 +76,7 @@ class GaLoreAdafactor(GaLoreOptimizer):
         state, grad = self._inner_grad(p, grad, group)
         if grad is None:
             return
+        grad = grad.float()
         factored = grad.dim() >= 2
         if "exp_avg_sq_row" not in state and "exp_avg_sq" not in state:
             if factored:
@@ -106,4 +111,4 @@ class GaLoreAdafactor(GaLoreOptimizer):
         )
         if group["weight_decay"] > 0.0:
             p.mul_(1.0 - group["weight_decay"] * lr)
-        self._apply_update(p, update, group, state, -1.0)
+        self._apply_update(p, update.to(p.dtype), group, state, -1.0)
