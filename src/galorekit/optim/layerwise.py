@@ -240,7 +240,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
             dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=self.process_group)
             grad.div_(dist.get_world_size(self.process_group))
-        sq = grad.detach().float().pow(2).sum()
+        # no full-size float32 copy of a bf16 gradient (for a 7B embedding that would be ~1 GB)
+        sq = torch.linalg.vector_norm(grad.detach(), dtype=torch.float32).square()
         self._sq_norm = sq if self._sq_norm is None else self._sq_norm + sq
         if self._mode == "measure":
             p.grad = None

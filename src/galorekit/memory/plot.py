@@ -1,0 +1,89 @@
+"""Stacked memory bars per method, like Figure 1 of the GaLore paper (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from galorekit.memory.estimator import COMPONENTS, MemoryEstimate
+from galorekit.memory.units import in_unit
+
+_LABELS = {
+    "weights": "Weights",
+    "gradients": "Weight gradients",
+    "optimizer_states": "Optimizer states",
+    "activations": "Activations",
+}
+_COLORS = {
+    "weights": "#4C72B0",
+    "gradients": "#DD8452",
+    "optimizer_states": "#55A868",
+    "activations": "#8172B3",
+}
+
+
+def plot_estimates(
+    estimates: Sequence[MemoryEstimate],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    unit: str = "GB",
+    budget: int | None = None,
+) -> Path:
+    """Write a PNG of one horizontal stacked bar per estimate; returns the path.
+
+    ``budget`` (bytes) draws a dashed line. The file is written atomically.
+    """
+    if not estimates:
+        raise ValueError("nothing to plot: no estimates")
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--plot writes a PNG; give a file name ending in .png, got {str(path)!r}")
+    labels = [e.setup.label() for e in estimates]
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(estimates) + 1.8))
+    left = [0.0] * len(estimates)
+    ys = list(range(len(estimates)))[::-1]  # first estimate on top
+    for key in COMPONENTS:
+        widths = [in_unit(getattr(e, key), unit) for e in estimates]
+        ax.barh(ys, widths, left=left, color=_COLORS[key], label=_LABELS[key], height=0.65)
+        left = [a + b for a, b in zip(left, widths)]
+    for y, total in zip(ys, left):
+        ax.text(total, y, f" {total:.2f}", va="center", fontsize=8)
+    if budget is not None:
+        ax.axvline(in_unit(budget, unit), color="black", linestyle="--", linewidth=1)
+        ax.text(
+            in_unit(budget, unit),
+            max(ys) + 0.5,
+            f" budget {in_unit(budget, unit):.1f}",
+            fontsize=8,
+            va="bottom",
+        )
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xlabel(f"memory ({unit})")
+    ax.set_xlim(0, max([*left, in_unit(budget or 0, unit)]) * 1.15)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, format="png")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the plot is an ordinary file
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
