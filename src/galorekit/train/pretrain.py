@@ -3,6 +3,15 @@
 config → data + model → method (optimizer / adapters) → loop → metrics, checkpoints, plots.
 Everything needed to continue a run bit-identically is in its checkpoints: model, optimizer (with
 GaLore's projectors), scheduler, ReLoRA counters, data-loader position and every RNG state.
+
+Data parallelism (``galorekit.distributed``): under torchrun every rank runs this function on its
+slice of each global batch. ``batch_size`` is the per-process micro-batch, ``total_batch_size`` the
+global batch, so accumulation = total / (batch × world size). Rank 0 alone writes the run
+directory (metrics, progress bar, plots, checkpoints — the same format as a single process: the
+model and optimizer states are identical on every rank); every rank reads a checkpoint to resume.
+Evaluation is split over the ranks (rank r takes validation batches r, r+W, …) and the
+token-weighted loss is summed over them, so it equals the single-process evaluation. The train
+loss logged is the mean over ranks of their micro-batch losses (= the global batch's loss).
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from galorekit.train.schedule import warmup_cosine
 
 #: fields that must match between a checkpoint and the run resuming from it
 RESUME_KEYS = ("model", "method", "seq_len", "batch_size", "total_batch_size", "data_fingerprint")
+#: data-parallel strategies of ``--distributed``
+DISTRIBUTED_STRATEGIES = ("ddp",)
 RUN_FILES = ("metrics.jsonl", "config.json", "checkpoints", "tensorboard", "summary.md")
 
 
@@ -60,8 +71,16 @@ class PretrainConfig:
     progress: bool = True
     tensorboard: bool = True
     plot: bool = True
+    nproc_per_node: int = 1  # processes `galore pretrain` launches through torchrun
+    world_size: int | None = None  # None: torchrun's WORLD_SIZE, else nproc_per_node
+    distributed: str = "ddp"  # data-parallel strategy, one of DISTRIBUTED_STRATEGIES
+    lowrank_comm: bool = False  # all-reduce GaLore gradients projected between refreshes
 
     def __post_init__(self) -> None:
+        from galorekit.distributed.context import env_world_size, inside_torchrun
+
+        if self.world_size is None:
+            self.world_size = env_world_size() if inside_torchrun() else self.nproc_per_node
         errors = []
         for name in ("max_steps", "batch_size", "log_every"):
             if getattr(self, name) < 1:
@@ -77,13 +96,44 @@ class PretrainConfig:
             errors.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.dtype not in ("float32", "bfloat16"):
             errors.append(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
-        if self.total_batch_size is not None and (
-            self.total_batch_size < self.batch_size or self.total_batch_size % self.batch_size
-        ):
+        if self.nproc_per_node < 1 or self.world_size < 1:
             errors.append(
-                f"total_batch_size ({self.total_batch_size}) must be a multiple of batch_size "
-                f"({self.batch_size})"
+                f"nproc_per_node and world_size must be ≥ 1, got {self.nproc_per_node} and "
+                f"{self.world_size}"
             )
+        per_step = self.batch_size * max(self.world_size, 1)
+        if self.total_batch_size is not None and (
+            self.total_batch_size < per_step or self.total_batch_size % per_step
+        ):
+            if self.world_size == 1:
+                errors.append(
+                    f"total_batch_size ({self.total_batch_size}) must be a multiple of batch_size "
+                    f"({self.batch_size})"
+                )
+            else:
+                errors.append(
+                    f"total_batch_size ({self.total_batch_size}) must be a multiple of batch_size "
+                    f"× processes ({self.batch_size} × {self.world_size} = {per_step}): each "
+                    "process runs whole micro-batches of batch_size"
+                )
+        if self.distributed not in DISTRIBUTED_STRATEGIES:
+            errors.append(
+                f"unknown --distributed {self.distributed!r}; valid: "
+                + ", ".join(DISTRIBUTED_STRATEGIES)
+            )
+        if self.lowrank_comm:
+            if not self.method.method.startswith("galore_"):
+                errors.append(
+                    "--lowrank-comm communicates GaLore's projected gradients: it needs a galore_* "
+                    f"method, not {self.method.method}"
+                )
+            if self.method.layerwise:
+                errors.append(
+                    "--lowrank-comm is not available with --layerwise (the layer-wise optimizer "
+                    "all-reduces full gradients inside its hooks)"
+                )
+            if self.world_size < 2:
+                errors.append("--lowrank-comm needs data parallelism (--nproc-per-node ≥ 2)")
         if self.resume is not None and self.overwrite:
             errors.append("--resume and --overwrite contradict each other")
         if errors:
@@ -91,8 +141,13 @@ class PretrainConfig:
         self.method.accumulation_steps = self.accumulation_steps
 
     @property
+    def global_batch_size(self) -> int:
+        """Sequences per optimizer step over all processes."""
+        return self.total_batch_size or self.batch_size * (self.world_size or 1)
+
+    @property
     def accumulation_steps(self) -> int:
-        return (self.total_batch_size or self.batch_size) // self.batch_size
+        return self.global_batch_size // (self.batch_size * (self.world_size or 1))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,25 +177,32 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def default_output_dir(cfg: PretrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"pretrain-{cfg.model}-{cfg.method.method}-{stamp}"
+
+
+def check_output_dir(cfg: PretrainConfig, out: Path) -> list[str]:
+    """The run files already in ``out``; raises when they forbid this run (nothing is changed)."""
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and cfg.resume is None and not cfg.overwrite:
+        raise FileExistsError(
+            f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue "
+            "it, --overwrite to replace it, or another --output-dir"
+        )
+    if cfg.resume is not None and not existing and cfg.resume == "latest":
+        raise FileNotFoundError(f"--resume: {out} holds no run to resume")
+    return existing
+
+
 def prepare_output_dir(cfg: PretrainConfig) -> Path:
     """The run directory; refuses one that holds a run unless resuming or overwriting."""
-    if cfg.output_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"pretrain-{cfg.model}-{cfg.method.method}-{stamp}"
-    else:
-        out = Path(cfg.output_dir)
-    existing = [name for name in RUN_FILES if (out / name).exists()]
-    if existing and cfg.resume is None:
-        if not cfg.overwrite:
-            raise FileExistsError(
-                f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue "
-                "it, --overwrite to replace it, or another --output-dir"
-            )
+    out = default_output_dir(cfg) if cfg.output_dir is None else Path(cfg.output_dir)
+    existing = check_output_dir(cfg, out)
+    if existing and cfg.resume is None:  # --overwrite
         for name in existing:
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    if cfg.resume is not None and not existing and cfg.resume == "latest":
-        raise FileNotFoundError(f"--resume: {out} holds no run to resume")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -177,9 +239,17 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
-@torch.no_grad()
 def evaluate(model, batches: list[torch.Tensor], device: torch.device, autocast) -> float:
     """Mean token-level cross-entropy over the validation split."""
+    total, count = evaluate_sums(model, batches, device, autocast)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate_sums(
+    model, batches: list[torch.Tensor], device: torch.device, autocast
+) -> tuple[float, int]:
+    """(token-weighted sum of the cross-entropy, tokens) over ``batches``: sums add over ranks."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -191,7 +261,7 @@ def evaluate(model, batches: list[torch.Tensor], device: torch.device, autocast)
         total += float(loss) * tokens
         count += tokens
     model.train(was_training)
-    return total / max(count, 1)
+    return total, count
 
 
 def truncate_metrics(path: Path, after_step: int) -> None:
@@ -233,8 +303,46 @@ class StopFlag:
 
 
 # ---------------------------------------------------------------------------- the run
+class _NullLogger:
+    """The metrics logger of ranks other than 0."""
+
+    def log(self, event: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def pretrain(cfg: PretrainConfig) -> PretrainResult:
+    """Run ``cfg`` in this process — alone, or as one rank of a torchrun job (module docstring)."""
+    from galorekit.distributed.context import init_distributed, shutdown
+
+    device = resolve_device(cfg.device)
+    ctx = init_distributed(device.type)
+    try:
+        if ctx.world_size != cfg.world_size:
+            raise ValueError(
+                f"the config is for {cfg.world_size} process(es) but the job has "
+                f"{ctx.world_size}; build the config inside the job (world_size=None)"
+            )
+        if ctx.enabled and device.type == "cuda":
+            device = torch.device("cuda", ctx.local_rank)
+        return _pretrain(cfg, ctx, device)
+    finally:
+        shutdown(ctx)
+
+
+def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainResult:
     from galorekit.data import build_tokenizer, load_pretraining_data
+    from galorekit.distributed.comm import CommCounter
+    from galorekit.distributed.context import (
+        all_reduce_sum,
+        barrier,
+        gather_objects,
+        main_first,
+        run_on_main,
+    )
+    from galorekit.distributed.data_parallel import setup_data_parallel
     from galorekit.models import build_model, count_parameters
     from galorekit.train.checkpoint import (
         checkpoint_name,
@@ -244,16 +352,16 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     )
     from galorekit.train.logging import MetricsLogger, summary_table, write_run_config
 
-    device = resolve_device(cfg.device)
-    out = prepare_output_dir(cfg)
+    out = Path(run_on_main(ctx, lambda: str(prepare_output_dir(cfg))))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
 
-    # data and model
+    # data and model (rank 0 first: it fills the tokenizer/token caches the others then read)
     cfg.data.seed = cfg.seed
-    tokenizer = build_tokenizer(cfg.data)
-    data = load_pretraining_data(cfg.data, tokenizer)
+    with main_first(ctx):
+        tokenizer = build_tokenizer(cfg.data)
+        data = load_pretraining_data(cfg.data, tokenizer)
     model = build_model(
         cfg.model,
         vocab_size=data.vocab_size,
@@ -266,6 +374,10 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         model.config.use_cache = False
     setup = setup_method(model, cfg.method, total_steps=cfg.max_steps)
     model, optimizer, relora = setup.model, setup.optimizer, setup.relora
+    layerwise = cfg.method.layerwise
+    parallel = setup_data_parallel(
+        model, optimizer, ctx, device, layerwise=layerwise, lowrank_comm=cfg.lowrank_comm
+    )
     warmup = int(cfg.warmup_ratio * cfg.max_steps)
     if relora is not None:
         lr_lambda = relora.lr_lambda(warmup=warmup, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
@@ -277,9 +389,10 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
             )
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    loader = data.train_loader(cfg.batch_size)
+    loader = data.train_loader(cfg.batch_size, rank=ctx.rank, world_size=ctx.world_size)
+    # evaluation is split over the ranks; the token-weighted sums are added up
     val_batches = data.val_batches(cfg.eval_batch_size or cfg.batch_size)
-    layerwise = cfg.method.layerwise
+    my_val_batches = val_batches[ctx.rank :: ctx.world_size]
     accumulation = cfg.accumulation_steps
     autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
 
@@ -293,11 +406,12 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         "method": cfg.method.method,
         "seq_len": cfg.data.seq_len,
         "batch_size": cfg.batch_size,
-        "total_batch_size": cfg.total_batch_size or cfg.batch_size,
+        "total_batch_size": cfg.global_batch_size,
         "data_fingerprint": data.fingerprint,
+        "world_size": ctx.world_size,
     }
 
-    # resume
+    # resume (every rank reads the checkpoint)
     step = 0
     if cfg.resume is not None:
         where = out / "checkpoints" if cfg.resume == "latest" else Path(cfg.resume)
@@ -319,56 +433,80 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         loader.load_state_dict(ckpt["loader"])
         if relora is not None:
             relora.load_state_dict(ckpt["relora"])
-        set_rng_state(ckpt["rng"])
+        per_rank = ckpt.get("rng_ranks")
+        same_world = isinstance(per_rank, list) and len(per_rank) == ctx.world_size
+        set_rng_state(per_rank[ctx.rank] if same_world else ckpt["rng"])
         step = int(ckpt["step"])
-        truncate_metrics(out / "metrics.jsonl", step)
+        if ctx.is_main:
+            truncate_metrics(out / "metrics.jsonl", step)
 
-    write_run_config(out, {**cfg.to_dict(), "output_dir": str(out), **identity})
+    if ctx.is_main:
+        write_run_config(out, {**cfg.to_dict(), "output_dir": str(out), **identity})
     n_params = count_parameters(model)
     n_trainable = count_parameters(model, trainable_only=True)
-    tokens_per_step = (cfg.total_batch_size or cfg.batch_size) * cfg.data.seq_len
+    tokens_per_step = cfg.global_batch_size * cfg.data.seq_len
 
     def save(at_step: int) -> Path:
-        state = {
-            "step": at_step,
-            "identity": identity,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "loader": loader.state_dict(),
-            "rng": rng_state(),
-        }
-        if relora is not None:
-            state["relora"] = relora.state_dict()
-        return save_checkpoint(
-            out / "checkpoints" / checkpoint_name(at_step), state, keep_last=cfg.keep_checkpoints
-        )
+        """Rank 0 writes (the states are the same on every rank); every rank's RNG is kept."""
+        rngs = gather_objects(ctx, rng_state())
+        path = out / "checkpoints" / checkpoint_name(at_step)
+        if ctx.is_main:
+            state = {
+                "step": at_step,
+                "identity": identity,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "loader": loader.state_dict(),
+                "rng": rngs[0],
+            }
+            if ctx.enabled:
+                state["rng_ranks"] = rngs
+            if relora is not None:
+                state["relora"] = relora.state_dict()
+            path = save_checkpoint(path, state, keep_last=cfg.keep_checkpoints)
+        barrier(ctx)
+        return path
 
     from tqdm.auto import tqdm
 
-    logger = MetricsLogger(out, tensorboard=cfg.tensorboard)
+    logger: Any = MetricsLogger(out, tensorboard=cfg.tensorboard) if ctx.is_main else _NullLogger()
     bar = tqdm(
         total=cfg.max_steps,
         initial=step,
-        disable=not cfg.progress,
-        desc=f"{cfg.model} {cfg.method.method}",
+        disable=not (cfg.progress and ctx.is_main),
+        desc=f"{cfg.model} {cfg.method.method}" + (f" ×{ctx.world_size}" if ctx.enabled else ""),
         dynamic_ncols=True,
     )
     eval_loss = math.nan
     train_loss = math.nan
+    comm_total = 0
     started = time.perf_counter()
-    model.train()
-    with StopFlag() as stop:
+    parallel.module.train()
+    counter = CommCounter() if ctx.enabled else contextlib.nullcontext()
+    with StopFlag() as stop, counter:
         if step == 0:
-            logger.log({"event": "start", "step": 0, "params": n_params, "trainable": n_trainable})
+            logger.log(
+                {
+                    "event": "start",
+                    "step": 0,
+                    "params": n_params,
+                    "trainable": n_trainable,
+                    "world_size": ctx.world_size,
+                }
+            )
         while step < cfg.max_steps:
             t0 = time.perf_counter()
+            if ctx.enabled:
+                counter.reset()
             loss_sum = 0.0
-            for _ in range(accumulation):
+            for i in range(accumulation):
                 batch = next(loader).to(device)
-                with autocast():
-                    loss = model(input_ids=batch, labels=batch).loss / accumulation
-                loss.backward()  # layer-wise: the last micro-batch updates here
+                with parallel.accumulate(last=i == accumulation - 1):
+                    with autocast():
+                        outputs = parallel.module(input_ids=batch, labels=batch)
+                        loss = outputs.loss / accumulation
+                    loss.backward()  # layer-wise: the last micro-batch updates here
                 loss_sum += loss.item()
             if layerwise:
                 optimizer.step()
@@ -378,12 +516,26 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
                 params = [p for p in model.parameters() if p.grad is not None]
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip or math.inf))
                 optimizer.step()
+            comm_bytes = counter.reset() if ctx.enabled else 0
+            comm_total += comm_bytes
             lr = optimizer.param_groups[0]["lr"]
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
             if relora is not None and relora.maybe_reset(step, optimizer):
+                if ctx.enabled:  # re-initialised adapters: rank 0's, whatever each RNG holds
+                    from galorekit.optim.layerwise import broadcast_parameters
+
+                    broadcast_parameters(model)
                 logger.log({"event": "relora_reset", "step": step})
+            # one collective: the global batch's loss, and whether any rank was signalled (all
+            # ranks must stop at the same step, or the others would wait for it forever)
+            if ctx.enabled:
+                flag = float(stop.signal is not None)
+                loss_total, signalled = all_reduce_sum(ctx, [loss_sum, flag], device)
+                loss_sum = loss_total / ctx.world_size
+                if signalled and stop.signal is None:
+                    stop.signal = signal.SIGTERM
             if not math.isfinite(loss_sum):
                 raise FloatingPointError(
                     f"the training loss became {loss_sum} at step {step}; lower --lr or check --dtype"
@@ -392,17 +544,18 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
             dt = time.perf_counter() - t0
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 mem = peak_memory_bytes(device)
-                logger.log(
-                    {
-                        "event": "train",
-                        "step": step,
-                        "loss": loss_sum,
-                        "lr": lr,
-                        "tokens_per_s": tokens_per_step / dt,
-                        "grad_norm": grad_norm,
-                        "peak_memory_bytes": mem,
-                    }
-                )
+                event = {
+                    "event": "train",
+                    "step": step,
+                    "loss": loss_sum,
+                    "lr": lr,
+                    "tokens_per_s": tokens_per_step / dt,
+                    "grad_norm": grad_norm,
+                    "peak_memory_bytes": mem,
+                }
+                if ctx.enabled:
+                    event["comm_bytes"] = comm_bytes  # this rank's payload, last step
+                logger.log(event)
                 bar.set_postfix(
                     loss=f"{loss_sum:.3f}",
                     lr=f"{lr:.2e}",
@@ -413,7 +566,9 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
             if val_batches and (
                 (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
             ):
-                eval_loss = evaluate(model, val_batches, device, autocast)
+                total, count = evaluate_sums(model, my_val_batches, device, autocast)
+                total, count = all_reduce_sum(ctx, [total, float(count)], device)
+                eval_loss = total / max(count, 1)
                 logger.log(
                     {
                         "event": "eval",
@@ -429,22 +584,32 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
                 bar.close()
                 logger.log({"event": "interrupted", "step": step, "signal": stop.signal})
                 logger.close()
-                print(
-                    f"\nstopped by signal {stop.signal} at step {step}; checkpoint {path}\n"
-                    f"continue with: galore pretrain --resume --output-dir {out} …",
-                    file=sys.stderr,
-                )
+                if ctx.is_main:
+                    print(
+                        f"\nstopped by signal {stop.signal} at step {step}; checkpoint {path}\n"
+                        f"continue with: galore pretrain --resume --output-dir {out} …",
+                        file=sys.stderr,
+                    )
                 raise SystemExit(128 + stop.signal)
     bar.close()
     seconds = time.perf_counter() - started
-    logger.log({"event": "end", "step": step, "seconds": seconds})
+    end = {"event": "end", "step": step, "seconds": seconds}
+    if ctx.enabled:
+        end["comm_bytes_total"] = comm_total
+    logger.log(end)
     logger.close()
     eval_ppl = math.exp(min(eval_loss, 50.0)) if math.isfinite(eval_loss) else math.nan
+    if not ctx.is_main:
+        return PretrainResult(out, step, eval_loss, eval_ppl, train_loss, seconds, "")
+    method_name = cfg.method.method + (" (layer-wise)" if layerwise else "")
+    if ctx.enabled:
+        method_name += f" ×{ctx.world_size} {cfg.distributed}"
+        method_name += " low-rank comm" if cfg.lowrank_comm else ""
     summary = summary_table(
         [
             {
                 "model": cfg.model,
-                "method": cfg.method.method + (" (layer-wise)" if layerwise else ""),
+                "method": method_name,
                 "steps": step,
                 "params": n_params,
                 "trainable": n_trainable,

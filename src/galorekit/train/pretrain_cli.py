@@ -1,4 +1,9 @@
-"""``galore pretrain``: flags → PretrainConfig → pretrain()."""
+"""``galore pretrain``: flags → PretrainConfig → pretrain().
+
+With ``--nproc-per-node N`` (N > 1) the command checks the configuration, then relaunches itself as
+N torchrun workers (``python -m torch.distributed.run --standalone``); ``torchrun --nproc_per_node N
+-m galorekit pretrain ...`` runs the same job directly.
+"""
 
 from __future__ import annotations
 
@@ -134,6 +139,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--activation-checkpointing", action="store_true")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
     t.add_argument("--seed", type=int, default=0)
+    dp = p.add_argument_group("data parallelism (torch.distributed)")
+    dp.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=None,
+        help="processes on this machine, launched through torchrun (gloo on CPU, NCCL on CUDA, "
+        "one GPU each); --batch-size is then per process and --total-batch-size global",
+    )
+    dp.add_argument(
+        "--distributed",
+        default="ddp",
+        choices=("ddp",),
+        help="data-parallel strategy: ddp (DistributedDataParallel; --layerwise reduces in its "
+        "hooks instead)",
+    )
+    dp.add_argument(
+        "--lowrank-comm",
+        action="store_true",
+        help="GaLore methods: between subspace refreshes all-reduce each projected gradient "
+        "(r×n) instead of the full one (m×n); full gradients only at refresh steps",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", default=None, help="default runs/pretrain-MODEL-METHOD-TIME")
     o.add_argument(
@@ -209,19 +235,58 @@ def config_from_args(args: argparse.Namespace):
         progress=not args.no_progress,
         tensorboard=not args.no_tensorboard,
         plot=not args.no_plot,
+        nproc_per_node=args.nproc_per_node or 1,
+        distributed=args.distributed,
+        lowrank_comm=args.lowrank_comm,
     )
 
 
+def _relaunch(args: argparse.Namespace, cfg) -> int:
+    """Check everything a worker would refuse, then run the job through torchrun."""
+    from pathlib import Path
+
+    from galorekit.distributed.launch import check_nproc, launch, namespace_to_argv
+    from galorekit.train.pretrain import check_output_dir, default_output_dir, resolve_device
+
+    check_nproc(cfg.nproc_per_node, resolve_device(cfg.device).type)
+    if args.output_dir is None:  # one name for every rank, and printed here
+        args.output_dir = str(default_output_dir(cfg))
+    check_output_dir(cfg, Path(args.output_dir))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    worker_argv = namespace_to_argv(parser, args)
+    i = worker_argv.index("--nproc-per-node")
+    del worker_argv[i : i + 2]
+    print(
+        f"galore pretrain: launching {cfg.nproc_per_node} processes through torchrun "
+        f"(output: {args.output_dir})",
+        file=sys.stderr,
+    )
+    return launch(cfg.nproc_per_node, ["galorekit", "pretrain", *worker_argv])
+
+
 def run(args: argparse.Namespace) -> int:
+    from galorekit.distributed.context import env_world_size, inside_torchrun
     from galorekit.train.checkpoint import CheckpointError
     from galorekit.train.pretrain import pretrain
 
     try:
+        if inside_torchrun() and args.nproc_per_node not in (None, env_world_size()):
+            raise ValueError(
+                f"--nproc-per-node {args.nproc_per_node} inside a torchrun job of "
+                f"{env_world_size()} processes: drop the flag (torchrun decides the process count)"
+            )
+        if inside_torchrun():
+            args.nproc_per_node = None
         cfg = config_from_args(args)
+        if cfg.nproc_per_node > 1:
+            return _relaunch(args, cfg)
         result = pretrain(cfg)
     except (ValueError, FileExistsError, FileNotFoundError, CheckpointError) as err:
         print(f"galore pretrain: error: {err}", file=sys.stderr)
         return 2
+    if not result.summary:  # not rank 0 of a torchrun job: rank 0 reports
+        return 0
     print(result.summary)
     print(
         f"\nmetrics: {result.output_dir / 'metrics.jsonl'}   plot: {result.output_dir / 'curves.png'}"
