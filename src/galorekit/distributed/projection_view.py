@@ -1,32 +1,18 @@
 """Read-only view of a GaLore optimizer's projector for one parameter, for code that must project a
 gradient *before* the optimizer sees it (low-rank gradient communication).
 
-It reads the per-parameter state documented in ``galorekit.optim.base`` (``step``, ``proj_side``,
-``proj_left``, ``proj_right``) and the group's ``update_proj_gap``, and decides "is the next update
-a refresh?" exactly as ``GaLoreOptimizer._refresh_due`` does. A public accessor on the optimizer
-(proposed in /work/team/patch-distributed.md) would replace this module.
+It wraps ``GaLoreOptimizer.projection`` (also through a ``LayerwiseOptimizer``) with a fast
+"is this a GaLore parameter?" test.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from galorekit.projection import Side
-
-
-@dataclass(frozen=True)
-class ProjectionView:
-    """The projector the next update of a parameter will use. ``refresh_due``: the next update
-    recomputes it from the full gradient (so that gradient must be communicated in full)."""
-
-    side: Side
-    left: Tensor | None
-    right: Tensor | None
-    refresh_due: bool
+from galorekit.optim.base import ProjectionView
 
 
 def _galore_optimizer(optimizer: torch.optim.Optimizer) -> Any:
@@ -61,14 +47,6 @@ class ProjectionLookup:
         return id(p) in self._group_of
 
     def __call__(self, p: Tensor) -> ProjectionView | None:
-        gi = self._group_of.get(id(p))
-        if gi is None:
+        if id(p) not in self._group_of:  # cheap test first: most calls are for plain parameters
             return None
-        group = self.optimizer.param_groups[gi]
-        state = self.optimizer.state.get(p, {})
-        if "proj_side" not in state:
-            return ProjectionView(Side.LEFT, None, None, refresh_due=True)
-        due = int(state.get("step", 0)) % int(group["update_proj_gap"]) == 0
-        return ProjectionView(
-            Side(int(state["proj_side"])), state.get("proj_left"), state.get("proj_right"), due
-        )
+        return self.optimizer.projection(p)

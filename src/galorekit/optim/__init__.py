@@ -1,6 +1,6 @@
 """GaLore optimizers, the layer-wise wrapper, parameter grouping and the by-name factory."""
 
-from galorekit.optim.base import GaLoreOptimizer
+from galorekit.optim.base import GaLoreOptimizer, ProjectionView
 from galorekit.optim.factory import (
     OPTIMIZER_NAMES,
     OptimizerConfig,
@@ -20,6 +20,7 @@ __all__ = [
     "GaLoreAdamW8bit",
     "GaLoreOptimizer",
     "OptimizerConfig",
+    "ProjectionView",
     "create_optimizer",
     "create_optimizer_from_config",
     "optimizer_class",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,6 +42,17 @@ GALORE_DEFAULTS: dict[str, Any] = {
     "svd": "exact",
 }
 NONFINITE_POLICIES = ("raise", "skip")
+
+
+@dataclass(frozen=True)
+class ProjectionView:
+    """The projector the next update of a parameter uses (read-only: the tensors are the
+    optimizer state's). ``refresh_due``: that update recomputes it from the full gradient."""
+
+    side: Side
+    left: Tensor | None
+    right: Tensor | None
+    refresh_due: bool
 
 
 def _is_number(x: Any) -> bool:
@@ -198,7 +210,26 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         return rank
 
     def _refresh_due(self, state: dict[str, Any], group: dict[str, Any]) -> bool:
-        return state["step"] % group["update_proj_gap"] == 0 or "proj_side" not in state
+        return state.get("step", 0) % group["update_proj_gap"] == 0 or "proj_side" not in state
+
+    def projection(self, p: Tensor) -> ProjectionView | None:
+        """The projector of ``p``'s next update, for code that must project a gradient before the
+        optimizer sees it (low-rank gradient communication); None outside GaLore groups."""
+        group = next(
+            (g for g in self.param_groups if "rank" in g and any(q is p for q in g["params"])),
+            None,
+        )
+        if group is None:
+            return None
+        state = self.state.get(p, {})
+        if "proj_side" not in state:
+            return ProjectionView(Side.LEFT, None, None, refresh_due=True)
+        return ProjectionView(
+            Side(state["proj_side"]),
+            state.get("proj_left"),
+            state.get("proj_right"),
+            self._refresh_due(state, group),
+        )
 
     def _nonfinite(self, tensor: Tensor, p: Tensor, group: dict[str, Any], state: dict) -> bool:
         """True when ``tensor`` is not finite and the update must be skipped; raises by default."""
