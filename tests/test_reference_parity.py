@@ -73,7 +73,13 @@ EXPECTED_SIDE_KEY = ["proj_right", "proj_left", "proj_right", "proj_left", "proj
 def test_galore_adamw_matches_galore_torch(case, side_key: str) -> None:
     galore_torch = reference()
     shape, proj_type, rank = case
-    group = {"rank": rank, "update_proj_gap": GAP, "scale": 0.25, "proj_type": proj_type}
+    group = {
+        "rank": rank,
+        "update_proj_gap": GAP,
+        "scale": 0.25,
+        "proj_type": proj_type,
+        "svd": "exact",
+    }
     ours, ref, state = train_both(
         GaLoreAdamW,
         lambda params, **kw: galore_torch.GaLoreAdamW(params, no_deprecation_warning=True, **kw),
@@ -101,7 +107,13 @@ def test_galore_adamw_matches_galore_torch(case, side_key: str) -> None:
 def test_galore_adafactor_matches_galore_torch(case, side_key, kwargs) -> None:
     galore_torch = reference()
     shape, proj_type, rank = case
-    group = {"rank": rank, "update_proj_gap": GAP, "scale": 0.25, "proj_type": proj_type}
+    group = {
+        "rank": rank,
+        "update_proj_gap": GAP,
+        "scale": 0.25,
+        "proj_type": proj_type,
+        "svd": "exact",
+    }
     ours, ref, state = train_both(
         GaLoreAdafactor, galore_torch.GaLoreAdafactor, shape, group, **kwargs
     )

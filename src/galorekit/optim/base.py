@@ -8,6 +8,7 @@ Per-parameter state of a GaLore parameter (only tensors and plain numbers, so th
 - ``proj_side`` (int): a ``galorekit.projection.Side``, recorded at the first projection.
 - ``proj_left`` (m×r) and/or ``proj_right`` (r×n = Qᵀ): the projector, in the parameter's dtype.
 - ``proj_refresh_step`` (int): the ``step`` at which the projector was last computed.
+- ``proj_offset`` (int): how many steps early this matrix's refreshes come (``stagger``; else 0).
 - ``nonfinite_skips`` (int, only with ``on_nonfinite="skip"``): updates skipped for NaN/Inf.
 - the inner optimizer's moments, shaped like the projected gradient.
 """
@@ -34,12 +35,14 @@ from galorekit.projection import (
     compute_projector,
     project,
 )
+from galorekit.projection.svd import nonfinite_probe
 
 GALORE_DEFAULTS: dict[str, Any] = {
     "update_proj_gap": 200,
     "scale": 0.25,
     "proj_type": "std",
-    "svd": "exact",
+    "svd": "warm",
+    "stagger": False,
 }
 NONFINITE_POLICIES = ("raise", "skip")
 
@@ -76,6 +79,8 @@ def validate_galore_group(group: dict[str, Any]) -> None:
         )
     if group["svd"] not in SVD_METHODS:
         raise ValueError(f"unknown svd method {group['svd']!r}; valid: {', '.join(SVD_METHODS)}")
+    if not isinstance(group["stagger"], bool):
+        raise ValueError(f"GaLore stagger must be True or False, got {group['stagger']!r}")
     names = group.get("param_names")
     for i, p in enumerate(group["params"]):
         if p.dim() != 2:
@@ -170,15 +175,19 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         if not pairs:
             return set()
         device = pairs[0][0].device
-        flags = torch.stack([torch.isfinite(p.grad).all().to(device) for p, _ in pairs])
-        if bool(flags.all()):
+        # one reduction per gradient and one host sync for all: isfinite().all() costs three
+        # element-wise passes and a bool temporary per gradient, as much as an AdamW update
+        probes = torch.stack([nonfinite_probe(p.grad).to(device) for p, _ in pairs])
+        if bool(torch.isfinite(probes).all()):
             return set()
         bad: set[Tensor] = set()
-        for (p, group), ok in zip(pairs, flags.tolist()):
-            if not ok:
-                if self.on_nonfinite == "raise":
-                    check_finite(p.grad, self._param_name(p, group))  # raises, naming it
-                bad.add(p)
+        for (p, group), probe in zip(pairs, probes.tolist()):
+            # confirmed element-wise: the sum of a finite gradient can overflow
+            if math.isfinite(probe) or bool(torch.isfinite(p.grad).all()):
+                continue
+            if self.on_nonfinite == "raise":
+                check_finite(p.grad, self._param_name(p, group))  # raises, naming it
+            bad.add(p)
         return bad
 
     def _update_param(self, p: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
@@ -210,7 +219,21 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         return rank
 
     def _refresh_due(self, state: dict[str, Any], group: dict[str, Any]) -> bool:
-        return state.get("step", 0) % group["update_proj_gap"] == 0 or "proj_side" not in state
+        if "proj_side" not in state:
+            return True
+        step = state.get("step", 0) + state.get("proj_offset", 0)
+        return step % group["update_proj_gap"] == 0
+
+    @staticmethod
+    def _stagger_offset(p: Tensor, group: dict[str, Any]) -> int:
+        """With ``stagger``, the i-th of a group's N matrices refreshes ⌊i·T/N⌋ steps early (after
+        the first projection at its first step), so that a step carries ⌈N/T⌉ refreshes instead
+        of N: no step stalls on every SVD at once. 0 (the paper's schedule) without."""
+        if not group["stagger"]:
+            return 0
+        params = group["params"]
+        index = next(i for i, q in enumerate(params) if q is p)
+        return (index * group["update_proj_gap"]) // len(params)
 
     def projection(self, p: Tensor) -> ProjectionView | None:
         """The projector of ``p``'s next update, for code that must project a gradient before the
@@ -278,6 +301,8 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         if self._refresh_due(state, group):
             if self._nonfinite(grad, p, group, state):
                 return None
+            if "proj_side" not in state:
+                state["proj_offset"] = self._stagger_offset(p, group)
             side = Side(
                 state.setdefault("proj_side", int(choose_side(group["proj_type"], p.shape)))
             )

@@ -35,7 +35,8 @@ def adam_update(
     step_size = 1.0
     if correct_bias:
         step_size = math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
-    return exp_avg / denom, step_size
+    # into denom's memory: one temporary of the moments' size per step instead of two
+    return torch.div(exp_avg, denom, out=denom), step_size
 
 
 def rms(tensor: Tensor) -> Tensor:

@@ -20,7 +20,8 @@ class GaLoreAdamW(GaLoreOptimizer):
     given by ``proj_type``), Adam runs on the projection, and the update is projected back and
     multiplied by ``scale``. A group without ``rank`` is plain AdamW. Group keys and defaults are
     galore-torch's (``update_proj_gap=200``, ``scale=0.25``, ``proj_type="std"``), plus
-    ``svd`` (the refresh method, ``"exact"`` by default).
+    ``svd`` (the refresh method: ``"warm"`` by default, ``"exact"`` for galore-torch's trajectory)
+    and ``stagger`` (spread the group's refreshes over the period; off by default).
 
     The update follows galore-torch's AdamW (``m / (√v + eps)`` with the bias correction in the
     step size; decoupled weight decay applied after the update) so that a switch from galore-torch

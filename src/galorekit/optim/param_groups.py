@@ -49,6 +49,7 @@ def param_groups(
     proj_type: str = "std",
     target_modules: str | Sequence[str] = DEFAULT_TARGET_MODULES,
     svd: str | None = None,
+    stagger: bool | None = None,
     exclude: Sequence[str] = ("lm_head", "embed", "classifier", "score"),
 ) -> list[dict[str, Any]]:
     """``[plain_group, galore_group]`` for ``model``'s trainable parameters.
@@ -57,7 +58,9 @@ def param_groups(
     ``target_modules``: a list of substrings (default: the attention and MLP blocks), a regular
     expression, or ``"all-linear"``. As in the paper, embeddings, the output head (and names
     containing one of ``exclude``) stay in the plain group with biases and norms. Each group carries
-    ``param_names`` so that errors can name a parameter.
+    ``param_names`` so that errors can name a parameter. ``svd`` (the refresh method) and
+    ``stagger`` (spread the group's refreshes over the steps of a period) default to the
+    optimizer's ``GALORE_DEFAULTS``.
 
     Raises ``ValueError`` when no linear layer matches (listing a few that exist).
     """
@@ -89,6 +92,8 @@ def param_groups(
     }
     if svd is not None:  # else the optimizer's default (GALORE_DEFAULTS["svd"])
         galore["svd"] = svd
+    if stagger is not None:  # else GALORE_DEFAULTS["stagger"]
+        galore["stagger"] = stagger
     seen: set[int] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:  # tied weights appear once

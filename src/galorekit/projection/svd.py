@@ -1,11 +1,27 @@
 """Subspace refresh: the top-``rank`` singular vectors of a gradient.
 
-Always computed in float32 whatever the gradient's dtype (bf16 SVDs are not supported by torch and
-would be too inaccurate anyway); the projector is returned in ``out_dtype``.
+Methods (the optimizer group key ``svd``; all return the same factors, computed in float32 whatever
+the gradient's dtype and cast to ``out_dtype``: ``left`` = U[:, :r] (m×r), ``right`` = Vᵀ[:r] (r×n),
+only those that ``side`` needs):
 
-Each method is a function ``(matrix_f32, rank, side, previous_left, previous_right) -> (left, right)``
-registered in ``SVD_METHODS``; ``left`` is U[:, :r] (m×r), ``right`` is Vᵀ[:r] (r×n), and only the
-factors that ``side`` needs are returned (the other is None).
+- ``"exact"``: ``torch.linalg.svd`` (the paper's method), retried with another driver / float64
+  when LAPACK does not converge. O(mn·min(m, n)).
+- ``"randomized"``: Halko et al.'s randomized range finder with ``oversample`` (8) extra columns
+  and ``power_iters`` (2) subspace iterations, then Rayleigh–Ritz
+  (``galorekit.projection.randomized``): 6 matmuls with the gradient; needs no previous projector.
+- ``"warm"``: subspace iteration started from the previous projector (gradients' subspaces drift
+  slowly), then Rayleigh–Ritz: one iteration, and a second one only when the first still added
+  ≥ 0.1% of ‖G‖² to the captured energy (``warm_iters``/``warm_max_iters``/``warm_tol``);
+  3 or 5 matmuls. The first refresh of a matrix (no previous projector) is a ``randomized`` one.
+
+``randomized`` and ``warm`` fall back to ``exact`` when rank + oversample exceeds 3/4 of min(m, n),
+where they stop being cheaper. Their random blocks come from a private generator seeded from
+``seed`` or, by default, from the matrix itself (shape, rank and a few entries): a refresh is a
+deterministic function of its inputs, leaves the global RNG alone and replays bit-identically on
+resume. Quality and speed against the exact SVD: benchmarks/README.md.
+
+Each method is a function ``(matrix_f32, rank, side, previous_left, previous_right, *, seed)
+-> (left, right)`` registered in ``SVD_METHODS``.
 """
 
 from __future__ import annotations
@@ -17,15 +33,19 @@ import torch
 from torch import Tensor
 
 from galorekit.projection.projector import Side
+from galorekit.projection.randomized import (
+    DEFAULT_CONFIG,
+    randomized_factors,
+    use_exact,
+    warm_factors,
+)
 
 
 class NonFiniteGradientError(FloatingPointError):
     """A gradient holding NaN or Inf reached a GaLore subspace refresh or update."""
 
 
-SvdFn = Callable[
-    [Tensor, int, Side, Tensor | None, Tensor | None], tuple[Tensor | None, Tensor | None]
-]
+SvdFn = Callable[..., tuple[Tensor | None, Tensor | None]]
 
 
 def _svd_with_fallbacks(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -68,20 +88,68 @@ def exact_svd(
     side: Side,
     previous_left: Tensor | None = None,
     previous_right: Tensor | None = None,
+    *,
+    seed: int | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
-    """Exact truncated SVD (the paper's method)."""
+    """Exact truncated SVD (the paper's method); ``previous_*`` and ``seed`` are unused."""
     u, _, vh = _svd_with_fallbacks(matrix)
     left = u[:, :rank] if side in (Side.LEFT, Side.FULL) else None
     right = vh[:rank] if side in (Side.RIGHT, Side.FULL) else None
     return left, right
 
 
-SVD_METHODS: dict[str, SvdFn] = {"exact": exact_svd}
+def randomized_svd(
+    matrix: Tensor,
+    rank: int,
+    side: Side,
+    previous_left: Tensor | None = None,
+    previous_right: Tensor | None = None,
+    *,
+    seed: int | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Randomized range finder + power iterations + Rayleigh–Ritz; ``previous_*`` unused."""
+    if use_exact(matrix.shape, rank, DEFAULT_CONFIG):
+        return exact_svd(matrix, rank, side)
+    return randomized_factors(matrix, rank, side, seed=seed)
+
+
+def warm_svd(
+    matrix: Tensor,
+    rank: int,
+    side: Side,
+    previous_left: Tensor | None = None,
+    previous_right: Tensor | None = None,
+    *,
+    seed: int | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Subspace iteration warm-started from the previous projector (randomized without one)."""
+    if use_exact(matrix.shape, rank, DEFAULT_CONFIG):
+        return exact_svd(matrix, rank, side)
+    return warm_factors(matrix, rank, side, previous_left, previous_right, seed=seed)
+
+
+SVD_METHODS: dict[str, SvdFn] = {
+    "exact": exact_svd,
+    "randomized": randomized_svd,
+    "warm": warm_svd,
+}
+
+
+def nonfinite_probe(tensor: Tensor) -> Tensor:
+    """A 0-d tensor that is NaN or ±Inf whenever ``tensor`` holds a NaN or an Inf: its sum (they
+    propagate into it), in float32 for half precision so that it cannot overflow there.
+
+    One reduction pass, no temporaries — ``isfinite(t).all()`` makes three element-wise passes and
+    a bool temporary, as much as an AdamW update of ``t``. A finite float32 tensor whose sum
+    overflows also gives Inf: confirm with ``check_finite`` before raising."""
+    return tensor.sum(dtype=torch.float32) if tensor.element_size() < 4 else tensor.sum()
 
 
 def check_finite(grad: Tensor, name: str) -> None:
     """Raise a clear error instead of letting NaN/Inf reach the SVD (LAPACK's own message,
     'the algorithm failed to converge', does not say why) or the weights."""
+    if bool(torch.isfinite(nonfinite_probe(grad))):  # the cheap test first: every step calls this
+        return
     if not bool(torch.isfinite(grad).all()):
         bad = int((~torch.isfinite(grad)).sum())
         raise NonFiniteGradientError(
@@ -100,8 +168,14 @@ def compute_projector(
     previous_left: Tensor | None = None,
     previous_right: Tensor | None = None,
     out_dtype: torch.dtype | None = None,
+    seed: int | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
-    """New projector factors for ``grad`` (checked finite by the caller)."""
+    """New projector factors for ``grad`` (checked finite by the caller).
+
+    ``method`` is a key of ``SVD_METHODS``; ``previous_*`` are the projector being replaced (used
+    by ``"warm"``); ``seed`` seeds the random blocks of ``"randomized"``/``"warm"`` (default: derived
+    from ``grad``, see the module docstring). The factors are contiguous, in ``out_dtype`` (default
+    ``grad.dtype``)."""
     try:
         fn = SVD_METHODS[method]
     except KeyError:
@@ -111,7 +185,7 @@ def compute_projector(
     matrix = grad.float()
     prev_l = previous_left.float() if previous_left is not None else None
     prev_r = previous_right.float() if previous_right is not None else None
-    left, right = fn(matrix, rank, side, prev_l, prev_r)
+    left, right = fn(matrix, rank, side, prev_l, prev_r, seed=seed)
     dtype = out_dtype or grad.dtype
     # contiguous: the projectors are multiplied every step, and a transposed view would make every
     # matmul (and the checkpoint) pay for it

@@ -51,12 +51,12 @@ class PretrainConfig:
     model: str = "llama_9m"
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-    max_steps: int = 300
+    max_steps: int = 200
     batch_size: int = 8  # sequences per micro-batch
     total_batch_size: int | None = None  # sequences per optimizer step; None: batch_size
     warmup_ratio: float = 0.1
     min_lr_ratio: float = 0.1
-    eval_every: int = 100
+    eval_every: int = 50
     eval_batch_size: int | None = None  # None: batch_size
     save_every: int = 1000
     keep_checkpoints: int = 2

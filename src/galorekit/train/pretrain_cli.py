@@ -115,7 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     d.add_argument("--cache-dir", default=None, help="tokenizer/token cache (~/.cache/galorekit)")
     t = p.add_argument_group("loop")
-    t.add_argument("--max-steps", type=int, default=300)
+    t.add_argument("--max-steps", type=int, default=200)
     t.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch")
     t.add_argument(
         "--total-batch-size",
@@ -125,7 +125,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--warmup-ratio", type=float, default=0.1)
     t.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decays to this x peak")
-    t.add_argument("--eval-every", type=int, default=100, help="0: only at the end")
+    t.add_argument("--eval-every", type=int, default=50, help="0: only at the end")
     t.add_argument("--eval-batch-size", type=int, default=None)
     t.add_argument("--save-every", type=int, default=1000, help="0: only at the end")
     t.add_argument("--keep-checkpoints", type=int, default=2)

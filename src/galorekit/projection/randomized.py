@@ -1,0 +1,260 @@
+"""Fast subspace refreshes: a randomized range finder and a warm-started subspace iteration.
+
+Both find the top-``rank`` singular subspace of one side of a gradient G without a full SVD, by
+block power (subspace) iteration on GᵀG followed by a Rayleigh–Ritz step:
+
+1. start from a block Y (q×l, l = rank + oversample) in the space wanted (the row space of G for
+   the right factor, the column space for the left one): the randomized range finder's sketch
+   orth(GᵀΩ) for ``randomized`` (Halko, Martinsson & Tropp 2011, Alg. 4.4), the previous projector
+   padded with random columns for ``warm``;
+2. iterate Y ← orth(Gᵀ(G Y)) (Householder QR keeps Y orthonormal however fast the spectrum
+   decays): ``power_iters`` times for ``randomized``; for ``warm`` at least ``warm_iters`` times and
+   then until an iteration adds less than ``warm_tol``·‖G‖² to the energy captured by the block's
+   first ``rank`` columns (the previous projector's span at the start), at most
+   ``warm_max_iters`` times. Gradients' subspaces drift slowly, so one iteration usually suffices;
+   a gradient that turned (or a flat spectrum) gets more. The energies come from the products the
+   iteration computes anyway, so the test costs nothing;
+3. Rayleigh–Ritz: with W = G Y (already computed), the eigendecomposition of the small Gram
+   WᵀW = E Λ Eᵀ orders the basis Y E by Ritz value (squared singular-value estimate), as the exact
+   SVD orders its vectors; the first ``rank`` columns are kept.
+
+Cost per matrix (m×n, l columns, k iterations): 2k + 1 (warm) or 2k + 2 (randomized) matmuls of
+2mnl flops, k + 1 QRs of a max(m, n)×l block and an l×l eigendecomposition, against
+O(mn·min(m, n)) for the SVD. The error shrinks like (σ_{l+1}/σ_rank)^{2k}; captured energy converges
+much faster than the vectors themselves.
+
+The random blocks come from a private ``torch.Generator`` seeded from ``seed`` (the caller's, or one
+derived from the matrix's shape and the rank), so a refresh is a pure function of its inputs:
+deterministic, continuous in the gradient, independent of and invisible to the global RNG
+(switching ``svd`` modes does not change dropout or data order), and bit-identical after a
+checkpoint resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from galorekit.projection.projector import Side
+
+
+@dataclass(frozen=True)
+class SubspaceIterationConfig:
+    """Knobs of the ``randomized`` and ``warm`` refreshes (defaults: benchmarks/README.md).
+
+    Attributes:
+        oversample: extra columns beyond ``rank`` carried through the iteration and dropped by
+            Rayleigh–Ritz; they make the top ``rank`` directions converge faster.
+        power_iters: subspace iterations after a cold (random) start.
+        warm_iters: least subspace iterations from the previous projector.
+        warm_max_iters: most subspace iterations from the previous projector.
+        warm_tol: after ``warm_iters``, stop once an iteration adds less than this fraction of ‖G‖²
+            to the captured energy.
+        exact_above: use the exact SVD when ``rank + oversample`` exceeds this fraction of
+            min(m, n): there the iteration is no cheaper.
+    """
+
+    oversample: int = 8
+    power_iters: int = 2
+    warm_iters: int = 1
+    warm_max_iters: int = 2
+    warm_tol: float = 1e-3
+    exact_above: float = 0.75
+
+    def __post_init__(self) -> None:
+        for name in ("oversample", "power_iters", "warm_iters", "warm_max_iters"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer ≥ 0, got {value!r}")
+        if self.warm_iters == 0:
+            raise ValueError("warm_iters must be ≥ 1: zero iterations would never update the basis")
+        if self.warm_max_iters < self.warm_iters:
+            raise ValueError(
+                f"warm_max_iters ({self.warm_max_iters}) must be ≥ warm_iters ({self.warm_iters})"
+            )
+        if not self.warm_tol >= 0.0:
+            raise ValueError(f"warm_tol must be ≥ 0, got {self.warm_tol!r}")
+        if not 0.0 < self.exact_above <= 1.0:
+            raise ValueError(f"exact_above must be in (0, 1], got {self.exact_above!r}")
+
+
+DEFAULT_CONFIG = SubspaceIterationConfig()
+
+
+@dataclass(frozen=True)
+class RitzResult:
+    """The top-``rank`` Ritz pairs of one side: ``basis`` (q×rank, orthonormal columns, ordered by
+    decreasing ``values``), ``values`` (squared singular-value estimates) and the number of
+    subspace ``iterations`` run."""
+
+    basis: Tensor
+    values: Tensor
+    iterations: int
+
+
+def default_seed(shape: tuple[int, int] | torch.Size, rank: int) -> int:
+    """The random blocks' seed when the caller gives none: a function of the shape and the rank
+    only, so that the projector depends continuously on the gradient (a seed drawn from its
+    entries would turn rounding-level differences, e.g. another reduction order, into a different
+    random block and a visibly different projector) and a resumed run replays it."""
+    m, n = shape
+    # tuples of ints hash identically in every process (str hashing is randomised: no str here)
+    return hash((0x6A10E, m, n, rank)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _orthonormalize(block: Tensor) -> Tensor:
+    return torch.linalg.qr(block, mode="reduced").Q
+
+
+def _random_block(rows: int, cols: int, like: Tensor, gen: torch.Generator) -> Tensor:
+    return torch.randn(rows, cols, generator=gen, device=like.device, dtype=like.dtype)
+
+
+def _start_block(a: Tensor, width: int, start: Tensor | None, gen: torch.Generator) -> Tensor:
+    """A q×width starting block: ``start``'s columns (up to ``width``) padded with Gaussian ones.
+
+    Without a start it is the range finder's sketch orth(aᵀΩ) for a Gaussian p×width Ω (one
+    multiplication already points it at the dominant row space). A warm start is not
+    orthonormalised here: the iteration's QR does that, and the previous projector plus independent
+    random columns has full column rank."""
+    p, q = a.shape
+    if start is None:
+        return _orthonormalize(a.t() @ _random_block(p, width, a, gen))
+    start = start[:, :width].to(a.dtype)
+    if start.shape[1] < width:
+        # unit-norm columns like the projector's, so that no column dominates the first QR
+        extra = _random_block(q, width - start.shape[1], a, gen).mul_(q**-0.5)
+        start = torch.cat([start, extra], dim=1)
+    return start
+
+
+def top_right_subspace(
+    a: Tensor,
+    rank: int,
+    *,
+    iters: int,
+    oversample: int,
+    start: Tensor | None = None,
+    seed: int = 0,
+    max_iters: int | None = None,
+    tol: float = 0.0,
+) -> RitzResult:
+    """Top-``rank`` right singular subspace of the float32 p×q matrix ``a`` by subspace iteration
+    on aᵀa with a Rayleigh–Ritz finish (see the module docstring).
+
+    ``start`` (q×k) warm-starts it; without one the start is the randomized range finder's sketch.
+    ``iters`` iterations are always run; up to ``max_iters`` (default ``iters``) while one adds at
+    least ``tol``·‖a‖² to the energy of the block's first ``rank`` columns."""
+    p, q = a.shape
+    if not 1 <= rank <= min(p, q):
+        raise ValueError(f"rank must be in [1, min(m, n) = {min(p, q)}], got {rank}")
+    max_iters = iters if max_iters is None else max_iters
+    if start is not None and max_iters == 0:
+        raise ValueError("a warm start needs at least one iteration to orthonormalise it")
+    width = min(rank + oversample, p, q)
+    gen = torch.Generator(device=a.device).manual_seed(seed)
+    y = _start_block(a, width, start, gen)
+    w = a @ y
+    adaptive = max_iters > iters
+    if adaptive:
+        threshold = tol * float(a.square().sum())
+        energy = float(w[:, :rank].square().sum())
+    done = 0
+    while done < max_iters:
+        y = _orthonormalize(a.t() @ w)
+        w = a @ y
+        done += 1
+        if adaptive and done >= iters:
+            # span(y[:, :rank]) is the first rank columns' own subspace iteration (QR keeps
+            # leading spans), so its energy gain measures how far the iteration still moves
+            new_energy = float(w[:, :rank].square().sum())
+            if new_energy - energy < threshold:
+                break
+            energy = new_energy
+    # Rayleigh–Ritz on span(y), reusing w = a·y: eigh of the small Gram instead of an SVD of w is
+    # several times cheaper, and y·E stays orthonormal whatever eigh's accuracy on the tiny
+    # eigenvalues (they only decide which oversampled directions are dropped)
+    values, vectors = torch.linalg.eigh(w.t() @ w)
+    order = torch.argsort(values, descending=True)[:rank]
+    return RitzResult(
+        basis=y @ vectors[:, order], values=values[order].clamp_(min=0.0), iterations=done
+    )
+
+
+def _factors(
+    matrix: Tensor,
+    rank: int,
+    side: Side,
+    start: Tensor | None,
+    seed: int,
+    **iteration: int | float,
+) -> tuple[Tensor | None, Tensor | None]:
+    if side == Side.LEFT:
+        # the left singular vectors of G are the right ones of Gᵀ (a transposed view: no copy)
+        ritz = top_right_subspace(matrix.t(), rank, start=start, seed=seed, **iteration)
+        return ritz.basis, None
+    ritz = top_right_subspace(matrix, rank, start=start, seed=seed, **iteration)
+    right = ritz.basis.t()
+    if side == Side.RIGHT:
+        return None, right
+    # FULL: the left factor is G V Σ⁻¹ orthonormalised; a thin SVD of the m×rank block G V gives it
+    # without dividing by small singular values, paired with a rotation of the right factor
+    u, _, vh = torch.linalg.svd(matrix @ ritz.basis, full_matrices=False)
+    return u, vh @ right
+
+
+def use_exact(
+    shape: tuple[int, int] | torch.Size, rank: int, config: SubspaceIterationConfig
+) -> bool:
+    """Whether the iteration would cost about as much as the exact SVD (rank near min(m, n))."""
+    return rank + config.oversample > config.exact_above * min(shape)
+
+
+def randomized_factors(
+    matrix: Tensor,
+    rank: int,
+    side: Side,
+    *,
+    config: SubspaceIterationConfig = DEFAULT_CONFIG,
+    seed: int | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Cold-start factors: randomized range finder + ``config.power_iters`` subspace iterations."""
+    seed = default_seed(matrix.shape, rank) if seed is None else seed
+    return _factors(
+        matrix, rank, side, None, seed, iters=config.power_iters, oversample=config.oversample
+    )
+
+
+def warm_factors(
+    matrix: Tensor,
+    rank: int,
+    side: Side,
+    previous_left: Tensor | None,
+    previous_right: Tensor | None,
+    *,
+    config: SubspaceIterationConfig = DEFAULT_CONFIG,
+    seed: int | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Factors by adaptive subspace iteration started from the previous projector of the same side
+    (``FULL`` starts from the right one); a cold ``randomized_factors`` start when there is none
+    (the first refresh) or it does not fit the matrix."""
+    seed = default_seed(matrix.shape, rank) if seed is None else seed
+    if side == Side.LEFT:
+        start, dim = previous_left, matrix.shape[0]
+    else:
+        start, dim = (previous_right.t() if previous_right is not None else None), matrix.shape[1]
+    if start is None or start.dim() != 2 or start.shape[0] != dim:
+        return randomized_factors(matrix, rank, side, config=config, seed=seed)
+    return _factors(
+        matrix,
+        rank,
+        side,
+        start,
+        seed,
+        iters=config.warm_iters,
+        max_iters=config.warm_max_iters,
+        tol=config.warm_tol,
+        oversample=config.oversample,
+    )
