@@ -1,0 +1,121 @@
+"""Tiny offline encoders, tokenizers and generated sentiment data for the fine-tuning tests."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+POSITIVE = ("good", "great", "fine", "nice")
+NEGATIVE = ("bad", "awful", "poor", "dull")
+NEUTRAL = ("the", "movie", "film", "plot", "was", "is", "a", "very", "quite", "story", "acting")
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+VOCAB = (*SPECIALS, *POSITIVE, *NEGATIVE, *NEUTRAL)
+
+
+def make_tokenizer(*, token_types: bool):
+    """A WordLevel tokenizer over ``VOCAB`` with BERT-style [CLS] a [SEP] b [SEP] templates.
+
+    ``token_types=False`` mimics RoBERTa (no ``token_type_ids`` input).
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    names = ["input_ids", "token_type_ids", "attention_mask"] if token_types else None
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=48,
+        **({"model_input_names": names} if names else {}),
+    )
+
+
+def save_tiny_encoder(path: Path, kind: str, *, num_labels: int | None = None) -> Path:
+    """A random-initialised 2-layer, hidden-32 BERT or RoBERTa plus tokenizer saved to ``path``.
+
+    With ``num_labels`` it is saved as a sequence classifier (as a fine-tuned model would be);
+    otherwise as a bare encoder (as a pre-trained one is).
+    """
+    import torch
+    from transformers import (
+        AutoModel,
+        AutoModelForSequenceClassification,
+        BertConfig,
+        RobertaConfig,
+    )
+
+    torch.manual_seed(0)
+    common = dict(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        pad_token_id=0,
+    )
+    if kind == "bert":
+        config = BertConfig(max_position_embeddings=48, **common)
+    elif kind == "roberta":
+        config = RobertaConfig(max_position_embeddings=50, type_vocab_size=1, **common)
+    else:
+        raise ValueError(kind)
+    if num_labels is None:
+        model = AutoModel.from_config(config)
+    else:
+        config.num_labels = num_labels
+        model = AutoModelForSequenceClassification.from_config(config)
+    model.save_pretrained(path)
+    make_tokenizer(token_types=kind == "bert").save_pretrained(path)
+    return path
+
+
+def sentiment_rows(n: int, seed: int) -> list[dict[str, str | int]]:
+    """Sentences with one sentiment word among neutral ones; label 1 iff it is positive."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(3, 7))]
+        label = rng.randint(0, 1)
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label else NEGATIVE))
+        rows.append({"sentence": " ".join(words), "label": label})
+    return rows
+
+
+def pair_rows(n: int, seed: int) -> list[dict[str, str | int]]:
+    """Sentence pairs; label 1 iff both carry a sentiment word of the same polarity."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(0, 1), rng.randint(0, 1)
+        s1 = (
+            f"{rng.choice(NEUTRAL)} {rng.choice(POSITIVE if a else NEGATIVE)} {rng.choice(NEUTRAL)}"
+        )
+        s2 = f"{rng.choice(POSITIVE if b else NEGATIVE)} {rng.choice(NEUTRAL)}"
+        rows.append({"sentence1": s1, "sentence2": s2, "label": int(a == b)})
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict], *, delimiter: str = ",") -> Path:
+    if path.suffix == ".jsonl":
+        import json
+
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return path
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

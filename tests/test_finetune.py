@@ -1,0 +1,380 @@
+"""`galore finetune`: tiny random BERT/RoBERTa on generated data, for every method, offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+from _finetune_fixtures import pair_rows, save_tiny_encoder, sentiment_rows, write_rows
+from galorekit.data.classification import (
+    ClassificationDataConfig,
+    load_classification_data,
+    tokenize_split,
+)
+from galorekit.train import finetune as ft
+from galorekit.train.logging import read_metrics
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny matrices: with several threads, synchronisation (not arithmetic) dominates.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {kind: save_tiny_encoder(root / kind, kind) for kind in ("bert", "roberta")}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("data")
+    return {
+        "train": write_rows(root / "train.csv", sentiment_rows(256, seed=0)),
+        "val": write_rows(root / "val.csv", sentiment_rows(96, seed=1)),
+        "pair_train": write_rows(root / "pair_train.tsv", pair_rows(64, seed=2), delimiter="\t"),
+        "pair_val": write_rows(root / "pair_val.tsv", pair_rows(32, seed=3), delimiter="\t"),
+    }
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    ft.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def tiny_args(model: Path, files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "--model", str(model),
+        "--train-file", str(files["train"]),
+        "--validation-file", str(files["val"]),
+        "--output-dir", str(out),
+        "--batch-size", "16",
+        "--max-length", "16",
+        "--rank", "4",
+        "--warmup-ratio", "0",
+        "--no-tensorboard",
+        "--no-progress",
+        *extra,
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_lr_factor_warms_up_then_decays_linearly():
+    total, warmup = 10, 4
+    factors = [ft.lr_factor(s, total, warmup) for s in range(total)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4:] == pytest.approx([1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    assert all(f > 0 for f in factors)  # no wasted zero-lr step
+    assert ft.lr_factor(0, 5, 0) == 1.0
+
+
+def test_optimizer_state_bytes_counts_adam_moments():
+    model = torch.nn.Linear(6, 4)  # 24 + 4 parameters
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    assert ft.optimizer_state_bytes(opt) == 0
+    model(torch.randn(3, 6)).sum().backward()
+    opt.step()
+    # two fp32 moments per element, plus a 0-d fp32 step tensor per parameter
+    assert ft.optimizer_state_bytes(opt) == 2 * 4 * 28 + 2 * 4
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_target_modules_are_the_papers_layers(models, kind):
+    model = AutoModelForSequenceClassification.from_pretrained(models[kind], num_labels=2)
+    targets = ft.finetune_target_modules(model)
+    leaves = {".".join(t.split(".")[4:]) for t in targets}
+    assert leaves == {
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    }
+    assert len(targets) == 6 * 2  # six matrices in each of the two layers
+    assert not any("classifier" in t or "pooler" in t for t in targets)
+
+
+def test_resolve_config_presets_and_overrides():
+    offline = ft.resolve_config(parse())
+    assert offline.data.task is None and offline.model == "minilm-l6"
+    assert (offline.max_length, offline.batch_size, offline.epochs) == (64, 32, 1)
+    assert offline.data.max_train_samples == ft.OFFLINE_PRESET.max_train_samples
+    assert offline.method == "galore_adamw" and offline.update_proj_gap == 500
+    assert offline.lr == ft.OFFLINE_PRESET.lr["galore"]
+    cola = ft.resolve_config(parse("--task", "cola", "--method", "lora", "--rank", "4"))
+    assert (cola.batch_size, cola.epochs, cola.max_length) == (32, 30, 512)  # the paper's
+    assert cola.lora_alpha == 8 and cola.lr == ft.GLUE_PRESET.lr["lora"]
+    rte = ft.resolve_config(parse("--task", "rte", "--lr", "3e-5", "--epochs", "0.5"))
+    assert (rte.batch_size, rte.lr, rte.epochs, rte.lr_given) == (16, 3e-5, 0.5, True)
+    cols = ft.resolve_config(parse("--train-file", "x.csv", "--text-columns", "a,b"))
+    assert cols.data.text_columns == ("a", "b")
+    assert ft.resolve_config(parse("--text-columns", "a", "b")).data.text_columns == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rank", "0"], "--rank must be >= 1"),
+        (["--lr", "-1"], "--lr must be a positive number"),
+        (["--warmup-ratio", "1.5"], "--warmup-ratio must be in [0, 1)"),
+        (["--epochs", "0"], "--epochs must be a positive number"),
+    ],
+)
+def test_resolve_config_rejects_bad_values(argv, message):
+    with pytest.raises(ft.ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        ft.resolve_config(parse(*argv))
+
+
+def test_argparse_lists_valid_tasks_and_methods(capsys):
+    for flag, bad in (("--task", "imdb"), ("--method", "sgd")):
+        with pytest.raises(SystemExit):
+            parse(flag, bad)
+        err = capsys.readouterr().err
+        assert "invalid choice" in err and ("rotten_tomatoes" in err or "galore_adamw" in err)
+
+
+# --------------------------------------------------------------------------- model loading
+
+
+def test_unknown_model_lists_valid_choices(tmp_path):
+    with pytest.raises(ft.ConfigError, match=r"unknown model .*minilm-l6.*local directory"):
+        ft.resolve_model(str(tmp_path / "no-such-model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ft.ConfigError, match=r"has no config\.json"):
+        ft.resolve_model(str(tmp_path / "empty"))
+
+
+def test_bundled_minilm_resolves():
+    location = ft.resolve_model("minilm-l6")
+    assert (Path(location) / "model.safetensors").is_file()
+
+
+def test_classifier_with_other_label_count_is_refused(tmp_path, files):
+    three_way = save_tiny_encoder(tmp_path / "nli", "bert", num_labels=3)
+    data = load_classification_data(
+        ClassificationDataConfig(train_file=str(files["train"]), validation_file=str(files["val"]))
+    )
+    with pytest.raises(ft.ConfigError, match=r"head with 3 label\(s\).*needs 2"):
+        ft.load_model_and_tokenizer(str(three_way), data.task)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:
+    after = model.state_dict()
+    return {k for k, v in before.items() if not torch.equal(v, after[k])}
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("method", ["full", "galore_adamw", "lora"])
+def test_each_method_trains_and_saves_the_best_model(models, files, tmp_path, kind, method):
+    out = tmp_path / "run"
+    cfg = ft.resolve_config(parse(*tiny_args(models[kind], files, out, "--method", method,
+                                             "--lr", "3e-3", "--epochs", "1", "--eval-every", "8")))  # fmt: skip
+    result = ft.finetune(cfg)[0]
+
+    assert result.steps == 16  # 256 examples / batch 16
+    events = read_metrics(out)
+    evals = [e for e in events if e["event"] == "eval"]
+    assert [e["step"] for e in evals] == [8, 16]
+    assert all({"eval_accuracy", "eval_f1", "eval_matthews_correlation"} <= e.keys() for e in evals)
+    assert {"train", "start", "end"} <= {e["event"] for e in events}
+    total = result.total_params
+    if method == "lora":
+        assert result.trainable_params < total / 2
+    else:  # GaLore trains every parameter, like full fine-tuning
+        assert result.trainable_params == total
+    assert result.optimizer_state_bytes > 0
+    if method == "full":  # two fp32 moments per parameter (+ step counters)
+        assert result.optimizer_state_bytes >= 8 * total
+
+    # the saved best model is standalone (LoRA merged) and scores what the log says it scored
+    best = out / ft.BEST_DIR
+    state = json.loads((best / ft.BEST_STATE_FILE).read_text())
+    assert state["metrics"]["eval_accuracy"] == max(e["eval_accuracy"] for e in evals)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(best)
+    assert reloaded.config.id2label == {0: "0", 1: "1"}
+    tok = AutoTokenizer.from_pretrained(best)
+    data = load_classification_data(cfg.data)
+    examples = tokenize_split(data.evals["validation"], tok, 16, regression=False)
+    metrics = ft.evaluate(
+        reloaded, {"validation": examples}, data.task, DataCollatorWithPadding(tok), 32
+    )
+    assert metrics["eval_accuracy"] == pytest.approx(state["metrics"]["eval_accuracy"])
+
+
+def test_lora_trains_adapters_and_head_only(models, files, tmp_path):
+    cfg = ft.resolve_config(parse(*tiny_args(models["bert"], files, tmp_path, "--method", "lora")))
+    model = AutoModelForSequenceClassification.from_pretrained(models["bert"], num_labels=2)
+    peft_model, optimizer, _ = ft.build_method(model, cfg)
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable, "nothing to train"
+    assert all("lora_" in n or "classifier" in n or "pooler" in n for n in trainable)
+    assert any("classifier" in n for n in trainable) and any("lora_A" in n for n in trainable)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
+
+
+def test_galore_projects_the_target_matrices(models, files, tmp_path):
+    cfg = ft.resolve_config(
+        parse(*tiny_args(models["bert"], files, tmp_path, "--method", "galore_adamw"))
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(models["bert"], num_labels=2)
+    _, optimizer, info = ft.build_method(model, cfg)
+    galore = [g for g in optimizer.param_groups if "rank" in g]
+    assert len(galore) == 1 and len(galore[0]["params"]) == info["target_modules"] == 12
+    assert galore[0]["rank"] == 4 and galore[0]["update_proj_gap"] == 500
+    names = set(galore[0]["param_names"])
+    assert not any("classifier" in n or "pooler" in n or "embeddings" in n for n in names)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "galore_adamw", "lora"])
+def test_each_method_learns_the_generated_task(models, files, tmp_path, method):
+    lr = "1e-2" if method == "lora" else "3e-3"
+    args = tiny_args(models["bert"], files, tmp_path, "--method", method, "--lr", lr,
+                     "--epochs", "6", "--max-train-samples", "256")  # fmt: skip
+    result = ft.finetune(ft.resolve_config(parse(*args)))[0]
+    assert result.best["eval_accuracy"] >= 0.9  # chance is 0.5
+
+
+@pytest.mark.slow
+def test_layerwise_galore_runs(models, files, tmp_path):
+    args = tiny_args(models["bert"], files, tmp_path, "--method", "galore_adamw", "--layerwise",
+                     "--lr", "3e-3", "--epochs", "1")  # fmt: skip
+    result = ft.finetune(ft.resolve_config(parse(*args)))[0]
+    assert result.steps == 16 and result.optimizer_state_bytes > 0
+
+
+def test_pair_task_files_train_with_both_columns(models, files, tmp_path):
+    args = [
+        "--model", str(models["bert"]),
+        "--task", "mrpc",
+        "--train-file", str(files["pair_train"]),
+        "--validation-file", str(files["pair_val"]),
+        "--output-dir", str(tmp_path),
+        "--method", "full", "--epochs", "1", "--batch-size", "16", "--max-length", "16",
+        "--no-tensorboard", "--no-progress",
+    ]  # fmt: skip
+    result = ft.finetune(ft.resolve_config(parse(*args)))[0]
+    assert result.metric == "eval_f1"  # MRPC is scored by F1 (and accuracy)
+    evals = [e for e in read_metrics(tmp_path) if e["event"] == "eval"]
+    assert {"eval_f1", "eval_accuracy"} <= evals[-1].keys()
+
+
+# --------------------------------------------------------------------------- CLI entry point
+
+
+@pytest.mark.slow
+def test_run_end_to_end_refuses_to_overwrite(models, files, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = tiny_args(models["roberta"], files, out, "--method", "galore_adamw", "--epochs", "1")
+    argv.remove("--no-tensorboard")
+    assert ft.run(parse(*argv)) == 0
+    printed = capsys.readouterr().out
+    assert "galore_adamw" in printed and "accuracy" in printed and "optimizer state" in printed
+    for name in ("config.json", "metrics.jsonl", "results.json", "best/config.json"):
+        assert (out / name).is_file(), name
+    assert any((out / "tensorboard").iterdir())
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == "galore_adamw" and config["update_proj_gap"] == 500
+
+    assert ft.run(parse(*argv)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert ft.run(parse(*argv, "--overwrite")) == 0
+    assert sum(e["event"] == "start" for e in read_metrics(out)) == 1  # the old log was replaced
+
+
+@pytest.mark.slow
+def test_compare_prints_one_table_for_three_methods(models, files, tmp_path, capsys):
+    argv = tiny_args(models["bert"], files, tmp_path, "--compare", "--epochs", "1")
+    assert ft.run(parse(*argv)) == 0
+    table = capsys.readouterr().out.split("galore finetune --compare")[-1]
+    for method in ("galore_adamw", "lora", "full"):
+        assert method in table
+        assert (tmp_path / method / "best" / "config.json").is_file()
+    rows = json.loads((tmp_path / ft.COMPARISON_FILE).read_text())
+    assert [r["method"] for r in rows] == ["galore_adamw", "lora", "full"]
+    state = {r["method"]: r["trainable params"] for r in rows}
+    assert state["lora"] < state["galore_adamw"] == state["full"]
+    compare_events = [e for e in read_metrics(tmp_path) if e["event"] == "compare"]
+    assert len(compare_events) == 3 and all("eval_accuracy" in e for e in compare_events)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--text-columns", "review"],
+            "text column(s) 'review' not in .*columns are: sentence, label",
+        ),
+        (["--label-column", "stars"], "label column 'stars' not in"),
+        (["--task", "stsb"], "'sentence1', 'sentence2' not in"),
+    ],
+)
+def test_run_reports_bad_columns(models, files, tmp_path, capsys, extra, message):
+    assert ft.run(parse(*tiny_args(models["bert"], files, tmp_path, *extra))) == 2
+    assert re.search(message.replace("(", r"\(").replace(")", r"\)"), capsys.readouterr().err)
+
+
+def test_run_reports_labels_that_do_not_fit_the_task(models, tmp_path, capsys):
+    rows = [{"sentence": "good film", "label": 0.5}, {"sentence": "bad film", "label": 1.0}]
+    train = write_rows(tmp_path / "scores.csv", rows)
+    argv = ["--model", str(models["bert"]), "--task", "sst2", "--train-file", str(train),
+            "--output-dir", str(tmp_path / "o"), "--no-progress", "--no-tensorboard"]  # fmt: skip
+    assert ft.run(parse(*argv)) == 2
+    err = capsys.readouterr().err
+    assert "is a float" in err and "classification task" in err and "negative, positive" in err
+
+
+def test_run_reports_unknown_model(tmp_path, files, capsys):
+    argv = tiny_args(tmp_path / "missing", files, tmp_path / "o")
+    assert ft.run(parse(*argv)) == 2
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_bad_input_never_deletes_a_previous_run(tmp_path, files, capsys):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "metrics.jsonl").write_text('{"event": "eval"}\n')
+    (out / "notes.txt").write_text("mine")
+    argv = tiny_args(tmp_path / "missing-model", files, out, "--overwrite")
+    assert ft.run(parse(*argv)) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.jsonl", "notes.txt"]
+    ft.prepare_output_dir(out, overwrite=True)  # clears only galorekit's own files
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_proj_types_match_the_projector():
+    from galorekit.projection import PROJ_TYPES
+
+    assert tuple(PROJ_TYPES) == ft.PROJ_TYPES
+
+
+def test_choose_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert ft.choose_threads(3, 2, 9.0, 2) == (3, "--threads")
+    assert ft.choose_threads(0, 2, 0.5, 2) == (2, "auto")
+    threads, why = ft.choose_threads(0, 2, 4.2, 2)
+    assert threads == 1 and "busy (load 4.2 on 2 cores)" in why
+    assert ft.choose_threads(0, 2, None, 2) == (2, "auto")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert ft.choose_threads(0, 2, 9.0, 2) == (2, "OMP_NUM_THREADS")
+    with pytest.raises(ft.ConfigError, match="--threads must be >= 0"):
+        ft.resolve_config(parse("--threads", "-1"))
