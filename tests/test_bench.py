@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -214,6 +215,9 @@ def test_cli_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixt
     assert data["exact_captured"] is None
     assert math.isfinite(data["ratios"]["galorekit (svd=warm)"]["amortized_vs_adamw"])
     assert "galorekit (svd=warm)" in md.read_text()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     assert "| torch AdamW (foreach)" in capsys.readouterr().out
 
 
