@@ -316,7 +316,7 @@ def test_7b_bf16_adamw_near_58gb_and_8bit_galore_layerwise_near_22gb():
     assert 52 * gb <= adam.total <= 62 * gb
     assert abs(adam.weights - 14 * gb) < 1.5 * gb
     assert abs(adam.gradients + adam.optimizer_states - 42 * gb) < 2.5 * gb
-    assert 1 * gb <= adam.activations <= 3 * gb
+    assert gb <= adam.activations <= 3 * gb
     assert 19.8 * gb <= galore.total <= 24.2 * gb
     assert galore.gradients < 0.5 * gb  # one gradient at a time: the 32000×4096 embedding
     saving = 1 - galore.total / adam.total
