@@ -392,3 +392,23 @@ def test_fast_methods_on_real_llama_gradients() -> None:
                 rank,
                 method,
             )
+
+
+def test_a_registered_variant_runs_in_the_optimizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other iteration settings are registered under a new name (the svd.py docstring's recipe)
+    and used through the group key like the built-in ones."""
+    import functools
+
+    from galorekit.projection.svd import warm_svd
+
+    calls: list[SubspaceIterationConfig] = []
+    one_iteration = SubspaceIterationConfig(warm_max_iters=1)
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["config"])
+        return warm_svd(*args, **kwargs)
+
+    monkeypatch.setitem(SVD_METHODS, "warm1", functools.partial(spy, config=one_iteration))
+    model = _model(0)
+    _train(model, _optimizer(model, "warm1"), range(4))
+    assert calls and all(c is one_iteration for c in calls)

@@ -21,7 +21,13 @@ deterministic function of its inputs, leaves the global RNG alone and replays bi
 resume. Quality and speed against the exact SVD: benchmarks/README.md.
 
 Each method is a function ``(matrix_f32, rank, side, previous_left, previous_right, *, seed)
--> (left, right)`` registered in ``SVD_METHODS``.
+-> (left, right)`` registered in ``SVD_METHODS``; other settings of the iteration can be registered
+under a name of your own (before building the optimizer, and before loading a checkpoint that
+uses it), e.g. one warm iteration always::
+
+    SVD_METHODS["warm1"] = functools.partial(
+        warm_svd, config=SubspaceIterationConfig(warm_max_iters=1)
+    )
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from torch import Tensor
 from galorekit.projection.projector import Side
 from galorekit.projection.randomized import (
     DEFAULT_CONFIG,
+    SubspaceIterationConfig,
     randomized_factors,
     use_exact,
     warm_factors,
@@ -106,11 +113,12 @@ def randomized_svd(
     previous_right: Tensor | None = None,
     *,
     seed: int | None = None,
+    config: SubspaceIterationConfig = DEFAULT_CONFIG,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Randomized range finder + power iterations + Rayleigh–Ritz; ``previous_*`` unused."""
-    if use_exact(matrix.shape, rank, DEFAULT_CONFIG):
+    if use_exact(matrix.shape, rank, config):
         return exact_svd(matrix, rank, side)
-    return randomized_factors(matrix, rank, side, seed=seed)
+    return randomized_factors(matrix, rank, side, config=config, seed=seed)
 
 
 def warm_svd(
@@ -121,11 +129,12 @@ def warm_svd(
     previous_right: Tensor | None = None,
     *,
     seed: int | None = None,
+    config: SubspaceIterationConfig = DEFAULT_CONFIG,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Subspace iteration warm-started from the previous projector (randomized without one)."""
-    if use_exact(matrix.shape, rank, DEFAULT_CONFIG):
+    if use_exact(matrix.shape, rank, config):
         return exact_svd(matrix, rank, side)
-    return warm_factors(matrix, rank, side, previous_left, previous_right, seed=seed)
+    return warm_factors(matrix, rank, side, previous_left, previous_right, config=config, seed=seed)
 
 
 SVD_METHODS: dict[str, SvdFn] = {
