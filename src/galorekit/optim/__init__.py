@@ -3,9 +3,7 @@
 from galorekit.optim.base import GaLoreOptimizer, ProjectionView
 from galorekit.optim.factory import (
     OPTIMIZER_NAMES,
-    OptimizerConfig,
     create_optimizer,
-    create_optimizer_from_config,
     optimizer_class,
 )
 from galorekit.optim.galore_adafactor import GaLoreAdafactor
@@ -19,10 +17,8 @@ __all__ = [
     "GaLoreAdamW",
     "GaLoreAdamW8bit",
     "GaLoreOptimizer",
-    "OptimizerConfig",
     "ProjectionView",
     "create_optimizer",
-    "create_optimizer_from_config",
     "optimizer_class",
     "param_groups",
 ]

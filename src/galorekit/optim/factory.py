@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,25 +18,6 @@ OPTIMIZER_NAMES = (
     "galore_adamw8bit",
     "galore_adafactor",
 )
-
-
-@dataclass
-class OptimizerConfig:
-    """Everything ``create_optimizer`` needs besides the model."""
-
-    name: str = "galore_adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float | None = None  # None: the optimizer's own default
-    rank: int = 128
-    update_proj_gap: int = 200
-    scale: float = 0.25
-    proj_type: str = "std"
-    svd: str | None = None  # None: GALORE_DEFAULTS["svd"]
-    target_modules: str | Sequence[str] = DEFAULT_TARGET_MODULES
-    layerwise: bool = False
-    accumulation_steps: int = 1
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
@@ -115,24 +95,3 @@ def create_optimizer(
 
         return LayerwiseOptimizer(groups, cls, accumulation_steps=accumulation_steps, **kwargs)
     return cls(groups, **kwargs)
-
-
-def create_optimizer_from_config(model: nn.Module, config: OptimizerConfig, **extra: Any):
-    """``create_optimizer`` driven by an ``OptimizerConfig``."""
-    return create_optimizer(
-        model,
-        config.name,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        betas=config.betas,
-        eps=config.eps,
-        rank=config.rank,
-        update_proj_gap=config.update_proj_gap,
-        scale=config.scale,
-        proj_type=config.proj_type,
-        svd=config.svd,
-        target_modules=config.target_modules,
-        layerwise=config.layerwise,
-        accumulation_steps=config.accumulation_steps,
-        **extra,
-    )

@@ -42,7 +42,6 @@ from galorekit.projection.projector import Side
 from galorekit.projection.randomized import (
     DEFAULT_CONFIG,
     SubspaceIterationConfig,
-    randomized_factors,
     use_exact,
     warm_factors,
 )
@@ -115,10 +114,9 @@ def randomized_svd(
     seed: int | None = None,
     config: SubspaceIterationConfig = DEFAULT_CONFIG,
 ) -> tuple[Tensor | None, Tensor | None]:
-    """Randomized range finder + power iterations + Rayleigh–Ritz; ``previous_*`` unused."""
-    if use_exact(matrix.shape, rank, config):
-        return exact_svd(matrix, rank, side)
-    return randomized_factors(matrix, rank, side, config=config, seed=seed)
+    """Randomized range finder + power iterations + Rayleigh–Ritz: ``warm`` with nothing to
+    start from; ``previous_*`` are ignored."""
+    return warm_svd(matrix, rank, side, None, None, seed=seed, config=config)
 
 
 def warm_svd(

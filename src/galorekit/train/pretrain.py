@@ -208,11 +208,12 @@ def prepare_output_dir(cfg: PretrainConfig) -> Path:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every RNG a run may draw from, as tensors and plain tuples (``weights_only``-loadable)."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": list(np.random.get_state()[1].tolist()),
-        "numpy_pos": int(np.random.get_state()[2]),
-        "python": repr(random.getstate()),
+        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, cached),
+        "python": random.getstate(),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -220,13 +221,10 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    import ast
-
     torch.set_rng_state(state["torch"])
-    np.random.set_state(
-        ("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0)
-    )
-    random.setstate(ast.literal_eval(state["python"]))
+    kind, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -499,7 +497,7 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
             t0 = time.perf_counter()
             if ctx.enabled:
                 counter.reset()
-            loss_sum = 0.0
+            loss_sum = torch.zeros((), device=device)
             for i in range(accumulation):
                 batch = next(loader).to(device)
                 with parallel.accumulate(last=i == accumulation - 1):
@@ -507,7 +505,8 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
                         outputs = parallel.module(input_ids=batch, labels=batch)
                         loss = outputs.loss / accumulation
                     loss.backward()  # layer-wise: the last micro-batch updates here
-                loss_sum += loss.item()
+                loss_sum += loss.detach()  # no host sync per micro-batch
+            loss_sum = float(loss_sum)
             if layerwise:
                 optimizer.step()
                 grad_norm = optimizer.grad_norm
