@@ -297,3 +297,22 @@ def test_state_dict_is_weights_only_loadable():
     buf.seek(0)
     sd = torch.load(buf, weights_only=True)
     assert sd["layerwise"]["steps"] == 2
+
+
+def test_bitsandbytes_optimizer_per_parameter_matches():
+    """A non-galorekit optimizer class (bitsandbytes' AdamW8bit) runs one instance per parameter,
+    its hyper-parameters synced from param_groups: same result as the ordinary optimizer."""
+    import bitsandbytes as bnb
+
+    ref, lw = make_model(), make_model()
+    kwargs = {"lr": 1e-2, "min_8bit_size": 256}
+    run(ref, bnb.optim.AdamW8bit(ref.parameters(), **kwargs), 2, steps=4)
+    opt = LayerwiseOptimizer(lw.parameters(), bnb.optim.AdamW8bit, accumulation_steps=2, **kwargs)
+    run(lw, opt, 2, steps=4)
+    assert max_diff(ref, lw) < 1e-6
+    assert any(
+        v.dtype == torch.uint8
+        for s in opt.state.values()
+        for v in s.values()
+        if isinstance(v, torch.Tensor)
+    )
