@@ -41,3 +41,15 @@ def make_tiny_llama() -> Callable[..., nn.Module]:
         return LlamaForCausalLM(config)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def pretrain_corpus(tmp_path_factory) -> dict[str, str]:
+    """A small local corpus (real KJV text) and a private cache, shared by the pretrain tests so
+    that its tokenizer is trained once."""
+    from galorekit.data.corpora import kjv_documents
+
+    root = tmp_path_factory.mktemp("pretrain-corpus")
+    path = root / "kjv.txt"
+    path.write_text("\n\n".join(kjv_documents()[:80]), encoding="utf-8")
+    return {"file": str(path), "cache": str(root / "cache")}

@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 
+from _pretrain_fixtures import events, pretrain_argv
 from galorekit.cli import main
-from galorekit.train.logging import read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -23,45 +23,25 @@ STEPS = 8
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from galorekit.data.corpora import kjv_documents
-
-    root = tmp_path_factory.mktemp("corpus")
-    path = root / "kjv.txt"
-    path.write_text("\n\n".join(kjv_documents()[:80]), encoding="utf-8")
-    return {"file": str(path), "cache": str(root / "cache")}
+def corpus(pretrain_corpus):
+    return pretrain_corpus
 
 
 def args(corpus, out, *extra: str) -> list[str]:
-    return [
-        "pretrain",
-        "--model", "llama_tiny",
-        "--data-files", corpus["file"],
-        "--cache-dir", corpus["cache"],
-        "--vocab-size", "400",
-        "--seq-len", "32",
-        "--batch-size", "4",
+    return pretrain_argv(
+        corpus,
+        out,
         "--total-batch-size", "8",
-        "--val-sequences", "8",
         "--max-steps", str(STEPS),
         "--eval-every", "4",
         "--save-every", "4",
-        "--log-every", "1",
         "--update-proj-gap", "3",
         "--rank", "8",
-        # exact SVD: the randomized/warm refresh seeds from the gradient's bits, which differ by
-        # rounding between 1 and 2 ranks; these tests compare trajectories across world sizes
+        # these tests compare trajectories across world sizes, whose gradients differ by
+        # rounding: the paper's exact SVD keeps the projectors' differences at that level
         "--svd", "exact",
-        "--output-dir", str(out),
-        "--no-progress",
-        "--no-tensorboard",
-        "--no-plot",
         *extra,
-    ]  # fmt: skip
-
-
-def events(out, kind):
-    return [e for e in read_metrics(out) if e.get("event") == kind]
+    )  # fmt: skip
 
 
 def final_model(out) -> dict[str, torch.Tensor]:

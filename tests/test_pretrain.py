@@ -9,47 +9,20 @@ import math
 import pytest
 import torch
 
+from _pretrain_fixtures import events, pretrain_argv
 from galorekit.cli import main
-from galorekit.train.logging import read_metrics
 from galorekit.train.methods import METHODS
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A small local corpus (real KJV text) and a private cache, so that tests stay fast."""
-    from galorekit.data.corpora import kjv_documents
-
-    root = tmp_path_factory.mktemp("corpus")
-    path = root / "kjv.txt"
-    path.write_text("\n\n".join(kjv_documents()[:80]), encoding="utf-8")
-    return {"file": str(path), "cache": str(root / "cache")}
+@pytest.fixture
+def corpus(pretrain_corpus):
+    return pretrain_corpus
 
 
 def args(corpus, out, *extra: str) -> list[str]:
-    return [
-        "pretrain",
-        "--model", "llama_tiny",
-        "--data-files", corpus["file"],
-        "--cache-dir", corpus["cache"],
-        "--vocab-size", "400",
-        "--seq-len", "32",
-        "--batch-size", "4",
-        "--val-sequences", "8",
-        "--max-steps", "6",
-        "--eval-every", "3",
-        "--log-every", "1",
-        "--output-dir", str(out),
-        "--no-progress",
-        "--no-tensorboard",
-        "--no-plot",
-        *extra,
-    ]  # fmt: skip
-
-
-def events(out, kind):
-    return [e for e in read_metrics(out) if e.get("event") == kind]
+    return pretrain_argv(corpus, out, "--max-steps", "6", "--eval-every", "3", *extra)
 
 
 @pytest.mark.parametrize(
