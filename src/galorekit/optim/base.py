@@ -33,6 +33,7 @@ from galorekit.projection import (
     check_finite,
     choose_side,
     compute_projector,
+    effective_rank,
     project,
 )
 from galorekit.projection.svd import nonfinite_probe
@@ -203,19 +204,16 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         return f"a parameter of shape {tuple(p.shape)}"
 
     def _effective_rank(self, p: Tensor, group: dict[str, Any]) -> int:
-        rank = group["rank"]
-        limit = min(p.shape)
-        if rank >= limit:
-            if not self._rank_warned:
-                warnings.warn(
-                    f"GaLore rank {rank} ≥ min(m, n) = {limit} for {self._param_name(p, group)}"
-                    " (and possibly others): clamped to min(m, n); such a matrix gets no memory "
-                    "saving. This warning is shown once.",
-                    UserWarning,
-                    stacklevel=4,
-                )
-                self._rank_warned = True
-            return limit
+        rank = effective_rank(group["rank"], p.shape)
+        if group["rank"] >= min(p.shape) and not self._rank_warned:
+            warnings.warn(
+                f"GaLore rank {group['rank']} ≥ min(m, n) = {rank} for "
+                f"{self._param_name(p, group)} (and possibly others): clamped to min(m, n); such "
+                "a matrix gets no memory saving. This warning is shown once.",
+                UserWarning,
+                stacklevel=4,
+            )
+            self._rank_warned = True
         return rank
 
     def _refresh_due(self, state: dict[str, Any], group: dict[str, Any]) -> bool:

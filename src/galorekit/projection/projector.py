@@ -50,6 +50,11 @@ def choose_side(proj_type: str, shape: tuple[int, int] | torch.Size) -> Side:
     raise ValueError(f"unknown proj_type {proj_type!r}; valid: {', '.join(PROJ_TYPES)}")
 
 
+def effective_rank(rank: int, shape: tuple[int, int] | torch.Size) -> int:
+    """The rank GaLore actually uses for an m×n matrix: ``rank`` clamped to min(m, n)."""
+    return min(rank, min(shape))
+
+
 def low_rank_shape(shape: tuple[int, int] | torch.Size, rank: int, side: Side) -> tuple[int, int]:
     """Shape of the projected gradient R (and so of the optimizer's moments)."""
     m, n = shape

@@ -78,23 +78,26 @@ def default_rank(model: nn.Module) -> int:
     return max(1, hidden // 4)
 
 
+def adapter_rank(model: nn.Module, rank: int) -> tuple[int, str | None]:
+    """``(rank, note)``: adapters need rank < min(in, out) of every targeted layer; a larger rank
+    is clamped (as GaLore's is) rather than failing a long run's launch, and ``note`` says so."""
+    from galorekit.train.baselines import max_adapter_rank, resolve_target_modules
+
+    limit = max_adapter_rank(model, resolve_target_modules(model))
+    if rank > limit:
+        return (
+            limit,
+            f"rank {rank} ≥ the smallest targeted dimension {limit + 1}; clamped to {limit}",
+        )
+    return rank, None
+
+
 def _clamp_adapter_rank(model: nn.Module, rank: int, method: str) -> int:
-    """Adapters need rank < min(in, out) of every targeted layer: clamp with one warning (as
-    GaLore's rank is), rather than fail a long run's launch."""
     import warnings
 
-    from galorekit.models import default_target_modules, linear_shape
-
-    modules = dict(model.named_modules())
-    smallest = min(min(linear_shape(modules[n])) for n in default_target_modules(model))
-    if rank >= smallest:
-        warnings.warn(
-            f"{method}: rank {rank} ≥ the smallest targeted dimension {smallest}; clamped to "
-            f"{smallest - 1}",
-            UserWarning,
-            stacklevel=3,
-        )
-        return smallest - 1
+    rank, note = adapter_rank(model, rank)
+    if note is not None:
+        warnings.warn(f"{method}: {note}", UserWarning, stacklevel=3)
     return rank
 
 

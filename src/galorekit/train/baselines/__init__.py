@@ -9,7 +9,11 @@ from galorekit.train.baselines.low_rank import (
 )
 from galorekit.train.baselines.optimizer_pruning import prune_optimizer_state
 from galorekit.train.baselines.relora import ReLoRA, ReLoRAConfig, relora_lr_lambda
-from galorekit.train.baselines.targets import check_rank, resolve_target_modules
+from galorekit.train.baselines.targets import (
+    check_rank,
+    max_adapter_rank,
+    resolve_target_modules,
+)
 
 __all__ = [
     "LoRAConfig",
@@ -22,6 +26,7 @@ __all__ = [
     "check_rank",
     "lora_layers",
     "lora_parameters",
+    "max_adapter_rank",
     "merge_low_rank",
     "prune_optimizer_state",
     "relora_lr_lambda",

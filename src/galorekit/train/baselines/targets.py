@@ -74,6 +74,13 @@ def resolve_target_modules(model: nn.Module, target_modules: TargetSpec = None) 
     return [n for n in candidates if any(t in n for t in targets)]
 
 
+def max_adapter_rank(model: nn.Module, names: Sequence[str]) -> int:
+    """The largest rank an adapter (LoRA, ReLoRA, Low-Rank) may have on the named linear layers:
+    one below the smallest min(in, out) among them."""
+    modules = dict(model.named_modules())
+    return min(min(linear_shape(modules[n])) for n in names) - 1
+
+
 def check_rank(model: nn.Module, names: Sequence[str], rank: int, method: str) -> None:
     """``ValueError`` unless ``0 < rank < min(in, out)`` for every named linear layer.
 
@@ -89,7 +96,7 @@ def check_rank(model: nn.Module, names: Sequence[str], rank: int, method: str) -
         if rank >= min(n_in, n_out):
             too_small.append(f"{name} ({n_out}x{n_in})")
     if too_small:
-        limit = min(min(linear_shape(modules[n])) for n in names) - 1
+        limit = max_adapter_rank(model, names)
         shown = ", ".join(too_small[:4]) + (
             f" and {len(too_small) - 4} more" if len(too_small) > 4 else ""
         )
