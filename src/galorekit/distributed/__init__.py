@@ -5,7 +5,6 @@ from galorekit.distributed.comm import CommCounter
 from galorekit.distributed.context import DistContext, init_distributed, inside_torchrun, shutdown
 from galorekit.distributed.data_parallel import DataParallelModel, setup_data_parallel
 from galorekit.distributed.hooks import (
-    CommStats,
     HookState,
     allreduce_hook,
     lowrank_allreduce_hook,
@@ -16,7 +15,6 @@ from galorekit.distributed.projection_view import ProjectionLookup, ProjectionVi
 
 __all__ = [
     "CommCounter",
-    "CommStats",
     "DataParallelModel",
     "DistContext",
     "HookState",

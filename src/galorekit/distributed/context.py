@@ -53,10 +53,6 @@ def inside_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_ENV)
 
 
-def backend_for(device: torch.device) -> str:
-    return "nccl" if device.type == "cuda" else "gloo"
-
-
 def init_distributed(device_type: str, timeout_s: float = 1800.0) -> DistContext:
     """Join the torchrun job described by the environment (or an already initialized default
     group); a single process when there is neither. ``device_type`` picks the backend."""

@@ -8,6 +8,11 @@
 - Layer-wise (``galorekit.LayerwiseOptimizer``): no DDP wrapper — DDP reduces after the
   optimizer's in-backward hooks have already updated. The optimizer all-reduces each final
   gradient inside its hook; the initial weights are broadcast from rank 0 here.
+- FSDP2 (``strategy="fsdp"``, ``galorekit.distributed.fsdp``): the model was sharded with
+  ``shard_model`` *before* the optimizer was built (it must see the sharded parameters).
+  Micro-batches before the last skip the reduce-scatter (``set_requires_gradient_sync``), except
+  layer-wise, where every micro-batch reduce-scatters so that only sharded gradients are kept
+  between micro-batches and the hooks count every backward.
 """
 
 from __future__ import annotations
@@ -22,17 +27,22 @@ import torch
 from torch import nn
 
 from galorekit.distributed.context import DistContext
-from galorekit.distributed.hooks import HookState, register_comm_hook
+from galorekit.distributed.hooks import register_comm_hook
+
+#: data-parallel strategies (``galore pretrain --distributed``)
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
 class DataParallelModel:
     """``module``: call it for the forward pass (a DDP wrapper or the model itself);
-    ``model``: the unwrapped model (state dicts, evaluation); ``hook``: the comm hook's state."""
+    ``model``: the unwrapped model (state dicts, evaluation); ``fsdp``: the model is
+    FSDP2-sharded; ``layerwise``: the optimizer updates in backward."""
 
     module: nn.Module
     model: nn.Module
-    hook: HookState | None = None
+    fsdp: bool = False
+    layerwise: bool = False
 
     @property
     def is_ddp(self) -> bool:
@@ -44,8 +54,20 @@ class DataParallelModel:
         if self.is_ddp and not last:
             with self.module.no_sync():
                 yield
+        elif self.fsdp and not self.layerwise:
+            self.module.set_requires_gradient_sync(last)
+            yield
         else:
             yield
+
+    def clip_grad_norm_(self, max_norm: float) -> float:
+        """Clip the gradients to a global norm (``math.inf``: measure only); returns the norm."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.fsdp:
+            from galorekit.distributed.fsdp import clip_grad_norm_
+
+            return clip_grad_norm_(params, max_norm)
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
 
 def _no_buffer_sync() -> dict[str, bool]:
@@ -66,12 +88,30 @@ def setup_data_parallel(
     layerwise: bool,
     lowrank_comm: bool = False,
     process_group: Any = None,
+    strategy: str = "ddp",
 ) -> DataParallelModel:
-    """Make ``model`` data-parallel over ``ctx``'s ranks (the identity in one process)."""
+    """Make ``model`` data-parallel over ``ctx``'s ranks (the identity in one process). With
+    ``strategy="fsdp"`` the model must already be sharded (``galorekit.distributed.fsdp``)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown data-parallel strategy {strategy!r}; valid: {STRATEGIES}")
     if not ctx.enabled:
         if lowrank_comm:
             raise ValueError("low-rank gradient communication needs more than one process")
-        return DataParallelModel(model, model)
+        return DataParallelModel(model, model, layerwise=layerwise)
+    if strategy == "fsdp":
+        from galorekit.optim.sharding import is_sharded
+
+        if lowrank_comm:
+            raise ValueError(
+                "low-rank gradient communication is a DDP option: FSDP2 reduce-scatters full "
+                "gradients; use --distributed ddp with --lowrank-comm"
+            )
+        if not all(is_sharded(p) for p in model.parameters()):
+            raise ValueError(
+                "strategy='fsdp' needs a model sharded by galorekit.distributed.fsdp.shard_model "
+                "before its optimizer is built"
+            )
+        return DataParallelModel(model, model, fsdp=True, layerwise=layerwise)
     if layerwise:
         from galorekit.optim.layerwise import LayerwiseOptimizer, broadcast_parameters
 
@@ -86,12 +126,14 @@ def setup_data_parallel(
                 "hooks all-reduce (data_parallel=None or True)"
             )
         broadcast_parameters(model, group=process_group)
-        return DataParallelModel(model, model)
+        return DataParallelModel(model, model, layerwise=True)
     ddp = nn.parallel.DistributedDataParallel(
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
         process_group=process_group,
+        # .grad are views into the communication buckets: no second copy of every gradient
+        gradient_as_bucket_view=True,
         **_no_buffer_sync(),
     )
-    hook = register_comm_hook(ddp, optimizer, lowrank=lowrank_comm, process_group=process_group)
-    return DataParallelModel(ddp, model, hook)
+    register_comm_hook(ddp, optimizer, lowrank=lowrank_comm, process_group=process_group)
+    return DataParallelModel(ddp, model)

@@ -19,7 +19,7 @@ Both hooks put everything a bucket sends into one flat tensor and one ``dist.all
 
 # no `from __future__ import annotations`: DDP checks the hooks' annotations at runtime
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,36 +31,12 @@ from galorekit.projection import project, project_back
 
 
 @dataclass
-class CommStats:
-    """Payload bytes this rank handed to the gradient all-reduces (full and low-rank parts)."""
-
-    full_bytes: int = 0
-    lowrank_bytes: int = 0
-    lowrank_saved_bytes: int = 0  # what the projected matrices would have cost in full
-    buckets: int = 0
-
-    @property
-    def total_bytes(self) -> int:
-        return self.full_bytes + self.lowrank_bytes
-
-    def reset(self) -> dict[str, int]:
-        out = {
-            "full_bytes": self.full_bytes,
-            "lowrank_bytes": self.lowrank_bytes,
-            "lowrank_saved_bytes": self.lowrank_saved_bytes,
-        }
-        self.full_bytes = self.lowrank_bytes = self.lowrank_saved_bytes = self.buckets = 0
-        return out
-
-
-@dataclass
 class HookState:
     """State of a communication hook. ``lookup`` (low-rank hook only) gives the projector that
     the next update of a parameter will use."""
 
     process_group: Any = None
     lookup: Callable[[Tensor], ProjectionView | None] | None = None
-    stats: CommStats = field(default_factory=CommStats)
 
     def world(self) -> int:
         return dist.get_world_size(self.process_group)
@@ -74,10 +50,7 @@ def _reduce_flat(state: HookState, flat: Tensor) -> torch.futures.Future:
 
 def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:
     """Average the bucket over the ranks: torch's default DDP reduction, counted."""
-    buffer = bucket.buffer()
-    state.stats.full_bytes += buffer.numel() * buffer.element_size()
-    state.stats.buckets += 1
-    return _reduce_flat(state, buffer).then(lambda fut: fut.value()[0])
+    return _reduce_flat(state, bucket.buffer()).then(lambda fut: fut.value()[0])
 
 
 def lowrank_allreduce_hook(
@@ -89,31 +62,31 @@ def lowrank_allreduce_hook(
         raise RuntimeError("lowrank_allreduce_hook needs HookState.lookup (a ProjectionLookup)")
     buffer = bucket.buffer()
     params = bucket.parameters()
+    views = [state.lookup(p) for p in params]
+    if all(view is None or view.refresh_due for view in views):
+        return allreduce_hook(state, bucket)  # nothing projected here: the buffer as it is
     pieces: list[Tensor] = []
     plan: list[tuple[int, Tensor, ProjectionView | None, torch.Size]] = []
     offset = 0
-    for p in params:
+    for p, view in zip(params, views):
         numel = p.numel()
         grad = buffer[offset : offset + numel].view(p.shape)
-        view = state.lookup(p)
         if view is None or view.refresh_due:
             pieces.append(grad.reshape(-1))
             plan.append((offset, grad, None, p.shape))
-            state.stats.full_bytes += numel * buffer.element_size()
         else:
             low = project(grad, view.side, view.left, view.right)
             pieces.append(low.reshape(-1))
             plan.append((offset, grad, view, low.shape))
-            state.stats.lowrank_bytes += low.numel() * low.element_size()
-            state.stats.lowrank_saved_bytes += (numel - low.numel()) * buffer.element_size()
         offset += numel
     if offset != buffer.numel():
         raise RuntimeError(
             f"DDP bucket layout not understood: parameters hold {offset} elements, the bucket "
             f"buffer {buffer.numel()} (low-rank communication needs unpadded dense buckets)"
         )
-    state.stats.buckets += 1
-    flat = torch.cat(pieces) if len(pieces) > 1 else pieces[0].clone()
+    # one piece: a projection (a bucket with nothing projected took the branch above), i.e. a
+    # new tensor, not a view of the bucket that the reduction could overwrite under us
+    flat = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
     def unpack(fut: torch.futures.Future) -> Tensor:
         reduced = fut.value()[0]
@@ -140,7 +113,7 @@ def register_comm_hook(
     process_group: Any = None,
 ) -> HookState:
     """Register ``allreduce_hook`` (or ``lowrank_allreduce_hook`` with the GaLore ``optimizer``'s
-    projectors) on ``ddp_model``; returns the hook's state (its ``stats`` count bytes)."""
+    projectors) on ``ddp_model``; returns the hook's state."""
     if lowrank:
         if optimizer is None:
             raise ValueError("low-rank communication needs the GaLore optimizer")

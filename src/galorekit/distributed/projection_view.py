@@ -43,10 +43,8 @@ class ProjectionLookup:
     def has_galore(self) -> bool:
         return bool(self._group_of)
 
-    def is_galore(self, p: Tensor) -> bool:
-        return id(p) in self._group_of
-
     def __call__(self, p: Tensor) -> ProjectionView | None:
-        if id(p) not in self._group_of:  # cheap test first: most calls are for plain parameters
+        index = self._group_of.get(id(p))
+        if index is None:  # most calls are for plain parameters
             return None
-        return self.optimizer.projection(p)
+        return self.optimizer.projection(p, self.optimizer.param_groups[index])

@@ -11,6 +11,12 @@ Per-parameter state of a GaLore parameter (only tensors and plain numbers, so th
 - ``proj_offset`` (int): how many steps early this matrix's refreshes come (``stagger``; else 0).
 - ``nonfinite_skips`` (int, only with ``on_nonfinite="skip"``): updates skipped for NaN/Inf.
 - the inner optimizer's moments, shaped like the projected gradient.
+
+FSDP2 parameters (DTensors sharded on dim 0) are updated on their local shard
+(``galorekit.optim.sharding``): a GaLore matrix is projected on the right, its projector is
+refreshed by a subspace iteration whose sketches are summed over the shards, and the state holds
+this process's rows only. The non-finite checks are summed over the shards too, so that every
+process takes the same decision.
 """
 
 from __future__ import annotations
@@ -24,19 +30,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from galorekit.optim.sharding import (
+    all_reduce_sum_,
+    check_row_sharded,
+    is_sharded,
+    local,
+    row_shard,
+)
 from galorekit.projection import (
     PROJ_TYPES,
     SVD_METHODS,
-    NonFiniteGradientError,
     Side,
     add_projected_,
-    check_finite,
     choose_side,
     compute_projector,
     effective_rank,
     project,
 )
-from galorekit.projection.svd import nonfinite_probe
+from galorekit.projection.sharded import RowShard
+from galorekit.projection.svd import nonfinite_error, nonfinite_probe
 
 GALORE_DEFAULTS: dict[str, Any] = {
     "update_proj_gap": 200,
@@ -131,6 +143,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         self.on_nonfinite = on_nonfinite
         self._rank_warned = False
         self._prechecked = False
+        self._shards: dict[int, RowShard] = {}  # id(param) -> its row shard (FSDP2)
         super().__init__(params, defaults)
 
     # ---- groups -------------------------------------------------------------------------------
@@ -143,6 +156,10 @@ class GaLoreOptimizer(torch.optim.Optimizer):
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         validate_lr(group["lr"])
+        names = group.get("param_names") or []
+        for i, p in enumerate(group["params"]):
+            if is_sharded(p):
+                check_row_sharded(p, names[i] if i < len(names) else f"parameter {i}")
 
     # ---- the step -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -176,18 +193,30 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         if not pairs:
             return set()
         device = pairs[0][0].device
+        # a sharded gradient's probes and counts are summed over its shards: every process must
+        # take the same decision, or one would skip (or raise) while the others wait for it
+        sharded = next((p for p, _ in pairs if is_sharded(p)), None)
         # one reduction per gradient and one host sync for all: isfinite().all() costs three
         # element-wise passes and a bool temporary per gradient, as much as an AdamW update
-        probes = torch.stack([nonfinite_probe(p.grad).to(device) for p, _ in pairs])
+        probes = torch.stack([nonfinite_probe(local(p.grad)).float().to(device) for p, _ in pairs])
+        if sharded is not None:
+            all_reduce_sum_(probes, sharded)
         if bool(torch.isfinite(probes).all()):
             return set()
+        # confirmed element-wise: the sum of a finite gradient can overflow
+        suspects = [i for i, probe in enumerate(probes.tolist()) if not math.isfinite(probe)]
+        counts = torch.stack(
+            [(~torch.isfinite(local(pairs[i][0].grad))).sum().float().to(device) for i in suspects]
+        )
+        if sharded is not None:
+            all_reduce_sum_(counts, sharded)
         bad: set[Tensor] = set()
-        for (p, group), probe in zip(pairs, probes.tolist()):
-            # confirmed element-wise: the sum of a finite gradient can overflow
-            if math.isfinite(probe) or bool(torch.isfinite(p.grad).all()):
+        for i, count in zip(suspects, counts.tolist()):
+            if count == 0:
                 continue
+            p, group = pairs[i]
             if self.on_nonfinite == "raise":
-                check_finite(p.grad, self._param_name(p, group))  # raises, naming it
+                raise nonfinite_error(self._param_name(p, group), int(count))
             bad.add(p)
         return bad
 
@@ -233,14 +262,13 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         index = next(i for i, q in enumerate(params) if q is p)
         return (index * group["update_proj_gap"]) // len(params)
 
-    def projection(self, p: Tensor) -> ProjectionView | None:
+    def projection(self, p: Tensor, group: dict[str, Any] | None = None) -> ProjectionView | None:
         """The projector of ``p``'s next update, for code that must project a gradient before the
-        optimizer sees it (low-rank gradient communication); None outside GaLore groups."""
-        group = next(
-            (g for g in self.param_groups if "rank" in g and any(q is p for q in g["params"])),
-            None,
-        )
+        optimizer sees it (low-rank gradient communication); None outside GaLore groups.
+        ``group``: ``p``'s param group when the caller knows it (saves searching every group)."""
         if group is None:
+            group = next((g for g in self.param_groups if any(q is p for q in g["params"])), None)
+        if group is None or "rank" not in group:
             return None
         state = self.state.get(p, {})
         if "proj_side" not in state:
@@ -253,25 +281,34 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         )
 
     def _nonfinite(self, tensor: Tensor, p: Tensor, group: dict[str, Any], state: dict) -> bool:
-        """True when ``tensor`` is not finite and the update must be skipped; raises by default."""
+        """True when ``tensor`` (local to this process for a sharded ``p``) is not finite and the
+        update must be skipped; raises by default."""
         if self._prechecked:  # step() checked every gradient up front
             return False
-        try:
-            check_finite(tensor, self._param_name(p, group))
-        except NonFiniteGradientError:
-            if self.on_nonfinite == "raise":
-                raise
-            state["nonfinite_skips"] = state.get("nonfinite_skips", 0) + 1
-            return True
-        return False
+        probe = nonfinite_probe(tensor).float()
+        if is_sharded(p):
+            all_reduce_sum_(probe.reshape(1), p)
+        if bool(torch.isfinite(probe)):
+            return False
+        count = (~torch.isfinite(tensor)).sum().float()
+        if is_sharded(p):
+            all_reduce_sum_(count.reshape(1), p)
+        if int(count) == 0:  # a finite tensor whose sum overflowed
+            return False
+        if self.on_nonfinite == "raise":
+            raise nonfinite_error(self._param_name(p, group), int(count))
+        state["nonfinite_skips"] = state.get("nonfinite_skips", 0) + 1
+        return True
 
     def _inner_grad(
         self, p: Tensor, grad: Tensor, group: dict[str, Any]
     ) -> tuple[dict[str, Any], Tensor | None]:
         """``(state, g)``: the gradient the inner optimizer updates on — the projection for a
-        GaLore group, ``grad`` itself otherwise; ``g`` is None when the update is skipped."""
+        GaLore group, ``grad`` itself otherwise (this process's shard of a sharded one); ``g`` is
+        None when the update is skipped. ``state`` is keyed by ``p`` itself."""
         if grad.is_sparse:
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        grad = local(grad)
         state = self.state[p]
         if "rank" in group:
             grad = self._project_grad(p, grad, group, state)
@@ -284,12 +321,13 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         self, p: Tensor, update: Tensor, group: dict[str, Any], state: dict, alpha: float
     ) -> None:
         """p += alpha · update, projected back (and scaled) for a GaLore group."""
+        weight = local(p)
         if "rank" in group:
             side = Side(state["proj_side"])
             left, right = state.get("proj_left"), state.get("proj_right")
-            add_projected_(p, update, side, left, right, alpha * group["scale"])
+            add_projected_(weight, update, side, left, right, alpha * group["scale"])
         else:
-            p.add_(update, alpha=alpha)
+            weight.add_(update, alpha=alpha)
 
     def _project_grad(
         self, p: Tensor, grad: Tensor, group: dict[str, Any], state: dict[str, Any]
@@ -301,9 +339,8 @@ class GaLoreOptimizer(torch.optim.Optimizer):
                 return None
             if "proj_side" not in state:
                 state["proj_offset"] = self._stagger_offset(p, group)
-            side = Side(
-                state.setdefault("proj_side", int(choose_side(group["proj_type"], p.shape)))
-            )
+                state["proj_side"] = int(self._choose_side(p, group))
+            side = Side(state["proj_side"])
             left, right = compute_projector(
                 grad,
                 self._effective_rank(p, group),
@@ -312,6 +349,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
                 previous_left=state.get("proj_left"),
                 previous_right=state.get("proj_right"),
                 out_dtype=p.dtype,
+                shard=self._row_shard(p),
             )
             if left is not None:
                 state["proj_left"] = left
@@ -324,6 +362,26 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         if self._nonfinite(low_rank, p, group, state):
             return None
         return low_rank
+
+    def _choose_side(self, p: Tensor, group: dict[str, Any]) -> Side:
+        if not is_sharded(p):
+            return choose_side(group["proj_type"], p.shape)
+        # a row shard holds whole rows: only G_i·Q is local to it (projection.sharded)
+        if group["proj_type"] not in ("std", "right"):
+            raise ValueError(
+                f"{self._param_name(p, group)} is sharded by rows (FSDP2), where GaLore projects "
+                f"on the right; proj_type {group['proj_type']!r} is not available there — use "
+                "'std' (projects every sharded matrix on the right) or 'right'"
+            )
+        return Side.RIGHT
+
+    def _row_shard(self, p: Tensor) -> RowShard | None:
+        if not is_sharded(p):
+            return None
+        shard = self._shards.get(id(p))
+        if shard is None:
+            shard = self._shards[id(p)] = row_shard(p)
+        return shard
 
     # ---- checkpoints --------------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

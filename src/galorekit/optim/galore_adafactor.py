@@ -10,6 +10,7 @@ from torch import Tensor
 
 from galorekit.optim.base import GaLoreOptimizer, validate_lr
 from galorekit.optim.functional import adafactor_beta2, adafactor_lr, adafactor_update, rms
+from galorekit.optim.sharding import is_sharded
 
 
 class GaLoreAdafactor(GaLoreOptimizer):
@@ -71,6 +72,14 @@ class GaLoreAdafactor(GaLoreOptimizer):
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         validate_lr(group["lr"], allow_none=group.get("relative_step", False))
+        if any(is_sharded(p) for p in group["params"]):
+            # the factored statistics are means over whole rows and columns, and the update is
+            # clipped by its RMS over the whole matrix: none of it is local to a row shard
+            raise ValueError(
+                "GaLoreAdafactor does not support FSDP2-sharded parameters (its row/column "
+                "statistics and update clipping span the whole matrix); use GaLoreAdamW or "
+                "GaLoreAdamW8bit, or data parallelism (DDP)"
+            )
 
     def _update_param(self, p: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
         state, grad = self._inner_grad(p, grad, group)

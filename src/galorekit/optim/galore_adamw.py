@@ -10,6 +10,7 @@ from torch import Tensor
 
 from galorekit.optim.base import GaLoreOptimizer, validate_betas
 from galorekit.optim.functional import adam_update
+from galorekit.optim.sharding import local
 
 
 class GaLoreAdamW(GaLoreOptimizer):
@@ -79,4 +80,4 @@ class GaLoreAdamW(GaLoreOptimizer):
         lr = float(group["lr"])
         self._apply_update(p, direction, group, state, -lr * step_size)
         if group["weight_decay"] > 0.0:
-            p.mul_(1.0 - lr * group["weight_decay"])
+            local(p).mul_(1.0 - lr * group["weight_decay"])

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from galorekit.optim.base import GaLoreOptimizer, validate_betas
+from galorekit.optim.sharding import local
 
 BLOCK_SIZE = 256  # bitsandbytes' block size for 8-bit optimizer states
 
@@ -129,11 +130,12 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         if low_rank is None:
             return
         lr, wd = float(group["lr"]), group["weight_decay"]
-        if "rank" not in group:
+        if "rank" not in group:  # low_rank is the gradient itself (this process's shard)
+            weight = local(p)
             if "state1" not in state:
-                self._init_state(state, p)
+                self._init_state(state, weight)
             state["step"] += 1
-            self._adam(grad.contiguous(), p, state, group, lr, wd)
+            self._adam(low_rank.contiguous(), weight, state, group, lr, wd)
             return
         if "state1" not in state:
             self._init_state(state, low_rank)
@@ -144,7 +146,7 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         self._adam(low_rank.contiguous(), buffer, state, group, lr=1.0, wd=0.0)
         self._apply_update(p, buffer, group, state, lr)
         if wd > 0.0:
-            p.mul_(1.0 - lr * wd)
+            local(p).mul_(1.0 - lr * wd)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)

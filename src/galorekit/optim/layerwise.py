@@ -42,6 +42,10 @@ and it is correct where the reference is not:
   initialized (``data_parallel=None`` detects it), each final gradient is all-reduced (averaged over
   the ranks) inside its hook before the update, so every rank applies the same update; broadcast the
   initial weights from rank 0 (``galorekit.optim.layerwise.broadcast_parameters``).
+  Under FSDP2 (parameters are DTensors sharded on dim 0) the hooks fire after FSDP's
+  reduce-scatter with this process's shard of the averaged gradient: nothing is reduced in the
+  hooks, each shard is updated where it lies, and the global norm adds the shards' squares
+  (one scalar all-reduce per step).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ import torch
 from torch import Tensor
 
 from galorekit.optim.base import GaLoreOptimizer
+from galorekit.optim.sharding import all_reduce_sum_, is_sharded, local
 
 GLOBAL_CLIP_MODES = ("previous", "exact")
 
@@ -155,6 +160,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._handles: list[Any] = []
         for index in range(len(self.param_groups)):
             self._register(index)
+        # a sharded parameter (FSDP2) whose process group sums the shards' squared norms
+        self._sharded = next((p for p in self._params if is_sharded(p)), None)
+        if self._sharded is not None and data_parallel:
+            raise ValueError(
+                "data_parallel=True all-reduces gradients in the hooks, but these parameters are "
+                "FSDP2-sharded: FSDP has already reduce-scattered them; leave data_parallel=None"
+            )
 
     # ---- torch.optim.Optimizer surface -------------------------------------------------------
     @property
@@ -222,6 +234,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def data_parallel(self) -> bool:
         if self._data_parallel is not None:
             return self._data_parallel
+        if self._sharded is not None:  # FSDP2 reduces before the hooks fire
+            return False
         import torch.distributed as dist
 
         return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -241,15 +255,21 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=self.process_group)
             grad.div_(dist.get_world_size(self.process_group))
         # no full-size float32 copy of a bf16 gradient (for a 7B embedding that would be ~1 GB)
-        sq = torch.linalg.vector_norm(grad.detach(), dtype=torch.float32).square()
+        shard = local(grad).detach()
+        sq = torch.linalg.vector_norm(shard, dtype=torch.float32).square()
         self._sq_norm = sq if self._sq_norm is None else self._sq_norm + sq
         if self._mode == "measure":
             p.grad = None
             return
         if self.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([p], self.clip_grad_norm)
+            own = sq.clone()
+            if is_sharded(p):
+                all_reduce_sum_(own.reshape(1), p)
+            coef = self.clip_grad_norm / (float(own.sqrt()) + 1e-6)  # clip_grad_norm_'s
+            if coef < 1.0:
+                shard.mul_(coef)
         if self._clip_coef != 1.0:
-            grad.mul_(self._clip_coef)
+            shard.mul_(self._clip_coef)
         self._update(index, p, grad)
         p.grad = None
 
@@ -311,7 +331,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self._flush()
         finally:
             self._mode = "update"
-        norm = math.sqrt(float(self._sq_norm)) if self._sq_norm is not None else 0.0
+        norm = self._global_norm()
         self._backwards = 0
         torch.set_rng_state(rng)
         if cuda_rng is not None:
@@ -336,10 +356,17 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 "per optimizer step (the last one performs the update)"
             )
         self._backwards = 0
-        self.grad_norm = math.sqrt(float(self._sq_norm)) if self._sq_norm is not None else 0.0
+        self.grad_norm = self._global_norm()
         self._prev_grad_norm = self.grad_norm
         self.steps += 1
         self._begin_step()
+
+    def _global_norm(self) -> float:
+        """√(sum of the squared gradient norms seen this step), over every shard."""
+        sq = self._sq_norm if self._sq_norm is not None else torch.zeros(())
+        if self._sharded is not None:
+            sq = all_reduce_sum_(sq.reshape(1).to(self._sharded.device), self._sharded)
+        return math.sqrt(float(sq.sum()))
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]

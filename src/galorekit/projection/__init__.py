@@ -10,6 +10,7 @@ from galorekit.projection.projector import (
     project,
     project_back,
 )
+from galorekit.projection.sharded import RowShard
 from galorekit.projection.svd import (
     SVD_METHODS,
     NonFiniteGradientError,
@@ -21,6 +22,7 @@ __all__ = [
     "PROJ_TYPES",
     "SVD_METHODS",
     "NonFiniteGradientError",
+    "RowShard",
     "Side",
     "add_projected_",
     "check_finite",

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from galorekit.projection.projector import Side
+from galorekit.projection.sharded import RowShard, sum_over
 
 
 @dataclass(frozen=True)
@@ -112,16 +113,22 @@ def _random_block(rows: int, cols: int, like: Tensor, gen: torch.Generator) -> T
     return torch.randn(rows, cols, generator=gen, device=like.device, dtype=like.dtype)
 
 
-def _start_block(a: Tensor, width: int, start: Tensor | None, gen: torch.Generator) -> Tensor:
+def _start_block(
+    a: Tensor, width: int, start: Tensor | None, gen: torch.Generator, shard: RowShard | None
+) -> Tensor:
     """A q×width starting block: ``start``'s columns (up to ``width``) padded with Gaussian ones.
 
     Without a start it is the range finder's sketch orth(aᵀΩ) for a Gaussian p×width Ω (one
-    multiplication already points it at the dominant row space). A warm start is not
-    orthonormalised here: the iteration's QR does that, and the previous projector plus independent
-    random columns has full column rank."""
+    multiplication already points it at the dominant row space; a row shard draws the whole Ω and
+    multiplies its own rows). A warm start is not orthonormalised here: the iteration's QR does
+    that, and the previous projector plus independent random columns has full column rank."""
     p, q = a.shape
     if start is None:
-        return _orthonormalize(a.t() @ _random_block(p, width, a, gen))
+        rows = p if shard is None else shard.total_rows
+        omega = _random_block(rows, width, a, gen)
+        if shard is not None:
+            omega = omega[shard.row_offset : shard.row_offset + p]
+        return _orthonormalize(sum_over(shard, a.t() @ omega))
     start = start[:, :width].to(a.dtype)
     if start.shape[1] < width:
         # unit-norm columns like the projector's, so that no column dominates the first QR
@@ -140,14 +147,17 @@ def top_right_subspace(
     seed: int = 0,
     max_iters: int | None = None,
     tol: float = 0.0,
+    shard: RowShard | None = None,
 ) -> RitzResult:
     """Top-``rank`` right singular subspace of the float32 p×q matrix ``a`` by subspace iteration
     on aᵀa with a Rayleigh–Ritz finish (see the module docstring).
 
     ``start`` (q×k) warm-starts it; without one the start is the randomized range finder's sketch.
     ``iters`` iterations are always run; up to ``max_iters`` (default ``iters``) while one adds at
-    least ``tol``·‖a‖² to the energy of the block's first ``rank`` columns."""
-    p, q = a.shape
+    least ``tol``·‖a‖² to the energy of the block's first ``rank`` columns. With ``shard``, ``a``
+    is this process's rows of the matrix and every product with aᵀ is summed over the processes
+    (``galorekit.projection.sharded``); the result is the same on every process."""
+    p, q = a.shape if shard is None else shard.global_shape(a)
     if not 1 <= rank <= min(p, q):
         raise ValueError(f"rank must be in [1, min(m, n) = {min(p, q)}], got {rank}")
     max_iters = iters if max_iters is None else max_iters
@@ -155,28 +165,28 @@ def top_right_subspace(
         raise ValueError("a warm start needs at least one iteration to orthonormalise it")
     width = min(rank + oversample, p, q)
     gen = torch.Generator(device=a.device).manual_seed(seed)
-    y = _start_block(a, width, start, gen)
+    y = _start_block(a, width, start, gen, shard)
     w = a @ y
     adaptive = max_iters > iters
     if adaptive:
-        threshold = tol * float(a.square().sum())
-        energy = float(w[:, :rank].square().sum())
+        threshold = tol * float(sum_over(shard, a.square().sum()))
+        energy = float(sum_over(shard, w[:, :rank].square().sum()))
     done = 0
     while done < max_iters:
-        y = _orthonormalize(a.t() @ w)
+        y = _orthonormalize(sum_over(shard, a.t() @ w))
         w = a @ y
         done += 1
         if adaptive and done >= iters:
             # span(y[:, :rank]) is the first rank columns' own subspace iteration (QR keeps
             # leading spans), so its energy gain measures how far the iteration still moves
-            new_energy = float(w[:, :rank].square().sum())
+            new_energy = float(sum_over(shard, w[:, :rank].square().sum()))
             if new_energy - energy < threshold:
                 break
             energy = new_energy
     # Rayleigh–Ritz on span(y), reusing w = a·y: eigh of the small Gram instead of an SVD of w is
     # several times cheaper, and y·E stays orthonormal whatever eigh's accuracy on the tiny
     # eigenvalues (they only decide which oversampled directions are dropped)
-    values, vectors = torch.linalg.eigh(w.t() @ w)
+    values, vectors = torch.linalg.eigh(sum_over(shard, w.t() @ w))
     order = torch.argsort(values, descending=True)[:rank]
     return RitzResult(
         basis=y @ vectors[:, order], values=values[order].clamp_(min=0.0), iterations=done
@@ -189,8 +199,14 @@ def _factors(
     side: Side,
     start: Tensor | None,
     seed: int,
+    shard: RowShard | None = None,
     **iteration: int | float,
 ) -> tuple[Tensor | None, Tensor | None]:
+    if shard is not None:
+        if side != Side.RIGHT:
+            raise ValueError(_SHARD_SIDE_ERROR)
+        ritz = top_right_subspace(matrix, rank, start=start, seed=seed, shard=shard, **iteration)
+        return None, ritz.basis.t()
     if side == Side.LEFT:
         # the left singular vectors of G are the right ones of Gᵀ (a transposed view: no copy)
         ritz = top_right_subspace(matrix.t(), rank, start=start, seed=seed, **iteration)
@@ -203,6 +219,12 @@ def _factors(
     # without dividing by small singular values, paired with a rotation of the right factor
     u, _, vh = torch.linalg.svd(matrix @ ritz.basis, full_matrices=False)
     return u, vh @ right
+
+
+_SHARD_SIDE_ERROR = (
+    "a row-sharded matrix (FSDP2) is projected on the right (R = G·Q is local to each row "
+    "shard); the left or both-sided factors need the columns of G, which no shard holds"
+)
 
 
 def use_exact(
@@ -219,11 +241,20 @@ def randomized_factors(
     *,
     config: SubspaceIterationConfig = DEFAULT_CONFIG,
     seed: int | None = None,
+    shard: RowShard | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Cold-start factors: randomized range finder + ``config.power_iters`` subspace iterations."""
-    seed = default_seed(matrix.shape, rank) if seed is None else seed
+    shape = matrix.shape if shard is None else shard.global_shape(matrix)
+    seed = default_seed(shape, rank) if seed is None else seed
     return _factors(
-        matrix, rank, side, None, seed, iters=config.power_iters, oversample=config.oversample
+        matrix,
+        rank,
+        side,
+        None,
+        seed,
+        shard,
+        iters=config.power_iters,
+        oversample=config.oversample,
     )
 
 
@@ -236,23 +267,27 @@ def warm_factors(
     *,
     config: SubspaceIterationConfig = DEFAULT_CONFIG,
     seed: int | None = None,
+    shard: RowShard | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Factors by adaptive subspace iteration started from the previous projector of the same side
     (``FULL`` starts from the right one); a cold ``randomized_factors`` start when there is none
     (the first refresh) or it does not fit the matrix."""
-    seed = default_seed(matrix.shape, rank) if seed is None else seed
+    # the global shape: every shard must draw the same random blocks
+    shape = matrix.shape if shard is None else shard.global_shape(matrix)
+    seed = default_seed(shape, rank) if seed is None else seed
     if side == Side.LEFT:
         start, dim = previous_left, matrix.shape[0]
     else:
         start, dim = (previous_right.t() if previous_right is not None else None), matrix.shape[1]
     if start is None or start.dim() != 2 or start.shape[0] != dim:
-        return randomized_factors(matrix, rank, side, config=config, seed=seed)
+        return randomized_factors(matrix, rank, side, config=config, seed=seed, shard=shard)
     return _factors(
         matrix,
         rank,
         side,
         start,
         seed,
+        shard,
         iters=config.warm_iters,
         max_iters=config.warm_max_iters,
         tol=config.warm_tol,

@@ -16,7 +16,7 @@ only those that ``side`` needs):
 
 ``randomized`` and ``warm`` fall back to ``exact`` when rank + oversample exceeds 3/4 of min(m, n),
 where they stop being cheaper. Their random blocks come from a private generator seeded from
-``seed`` or, by default, from the matrix itself (shape, rank and a few entries): a refresh is a
+``seed`` or, by default, from the matrix's (global) shape and the rank: a refresh is a
 deterministic function of its inputs, leaves the global RNG alone and replays bit-identically on
 resume. Quality and speed against the exact SVD: benchmarks/README.md.
 
@@ -45,6 +45,7 @@ from galorekit.projection.randomized import (
     use_exact,
     warm_factors,
 )
+from galorekit.projection.sharded import RowShard, sum_over
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -96,8 +97,23 @@ def exact_svd(
     previous_right: Tensor | None = None,
     *,
     seed: int | None = None,
+    shard: RowShard | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
-    """Exact truncated SVD (the paper's method); ``previous_*`` and ``seed`` are unused."""
+    """Exact truncated SVD (the paper's method); ``previous_*`` and ``seed`` are unused.
+
+    A row shard (``shard``) gets the right factor from the eigenvectors of the Gram GᵀG summed over
+    the shards (n×n traffic, never the matrix itself): the same subspace, computed in float64 so
+    that squaring the singular values costs no accuracy in the directions kept."""
+    if shard is not None:
+        if side != Side.RIGHT:
+            raise ValueError(
+                "a row-sharded matrix (FSDP2) is projected on the right only (proj_type 'std' or "
+                f"'right'), got side {side.name}"
+            )
+        local = matrix.double()
+        values, vectors = torch.linalg.eigh(sum_over(shard, local.t() @ local))
+        order = torch.argsort(values, descending=True)[:rank]
+        return None, vectors[:, order].t().to(matrix.dtype)
     u, _, vh = _svd_with_fallbacks(matrix)
     left = u[:, :rank] if side in (Side.LEFT, Side.FULL) else None
     right = vh[:rank] if side in (Side.RIGHT, Side.FULL) else None
@@ -113,10 +129,11 @@ def randomized_svd(
     *,
     seed: int | None = None,
     config: SubspaceIterationConfig = DEFAULT_CONFIG,
+    shard: RowShard | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Randomized range finder + power iterations + Rayleigh–Ritz: ``warm`` with nothing to
     start from; ``previous_*`` are ignored."""
-    return warm_svd(matrix, rank, side, None, None, seed=seed, config=config)
+    return warm_svd(matrix, rank, side, None, None, seed=seed, config=config, shard=shard)
 
 
 def warm_svd(
@@ -128,11 +145,15 @@ def warm_svd(
     *,
     seed: int | None = None,
     config: SubspaceIterationConfig = DEFAULT_CONFIG,
+    shard: RowShard | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Subspace iteration warm-started from the previous projector (randomized without one)."""
-    if use_exact(matrix.shape, rank, config):
-        return exact_svd(matrix, rank, side)
-    return warm_factors(matrix, rank, side, previous_left, previous_right, config=config, seed=seed)
+    shape = matrix.shape if shard is None else shard.global_shape(matrix)
+    if use_exact(shape, rank, config):
+        return exact_svd(matrix, rank, side, shard=shard)
+    return warm_factors(
+        matrix, rank, side, previous_left, previous_right, config=config, seed=seed, shard=shard
+    )
 
 
 SVD_METHODS: dict[str, SvdFn] = {
@@ -152,18 +173,22 @@ def nonfinite_probe(tensor: Tensor) -> Tensor:
     return tensor.sum(dtype=torch.float32) if tensor.element_size() < 4 else tensor.sum()
 
 
+def nonfinite_error(name: str, count: int) -> NonFiniteGradientError:
+    """The error for a gradient of ``name`` holding ``count`` NaN/Inf entries."""
+    return NonFiniteGradientError(
+        f"GaLore: the gradient of {name} has {count} non-finite (NaN/Inf) entries. "
+        "Lower the learning rate, enable gradient clipping, check the loss for overflow "
+        "(bf16/fp16), or construct the optimizer with on_nonfinite='skip' to skip such updates."
+    )
+
+
 def check_finite(grad: Tensor, name: str) -> None:
     """Raise a clear error instead of letting NaN/Inf reach the SVD (LAPACK's own message,
     'the algorithm failed to converge', does not say why) or the weights."""
     if bool(torch.isfinite(nonfinite_probe(grad))):  # the cheap test first: every step calls this
         return
     if not bool(torch.isfinite(grad).all()):
-        bad = int((~torch.isfinite(grad)).sum())
-        raise NonFiniteGradientError(
-            f"GaLore: the gradient of {name} has {bad} non-finite (NaN/Inf) entries. "
-            "Lower the learning rate, enable gradient clipping, check the loss for overflow "
-            "(bf16/fp16), or construct the optimizer with on_nonfinite='skip' to skip such updates."
-        )
+        raise nonfinite_error(name, int((~torch.isfinite(grad)).sum()))
 
 
 def compute_projector(
@@ -176,13 +201,16 @@ def compute_projector(
     previous_right: Tensor | None = None,
     out_dtype: torch.dtype | None = None,
     seed: int | None = None,
+    shard: RowShard | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """New projector factors for ``grad`` (checked finite by the caller).
 
     ``method`` is a key of ``SVD_METHODS``; ``previous_*`` are the projector being replaced (used
     by ``"warm"``); ``seed`` seeds the random blocks of ``"randomized"``/``"warm"`` (default: derived
-    from ``grad``, see the module docstring). The factors are contiguous, in ``out_dtype`` (default
-    ``grad.dtype``)."""
+    from ``grad``, see the module docstring). With ``shard``, ``grad`` is this process's rows of a
+    row-sharded gradient (``galorekit.projection.sharded``; ``side`` must be ``RIGHT``) and the
+    factor, identical on every process, is computed without gathering it. The factors are
+    contiguous, in ``out_dtype`` (default ``grad.dtype``)."""
     try:
         fn = SVD_METHODS[method]
     except KeyError:
@@ -192,7 +220,10 @@ def compute_projector(
     matrix = grad.float()
     prev_l = previous_left.float() if previous_left is not None else None
     prev_r = previous_right.float() if previous_right is not None else None
-    left, right = fn(matrix, rank, side, prev_l, prev_r, seed=seed)
+    if shard is None:
+        left, right = fn(matrix, rank, side, prev_l, prev_r, seed=seed)
+    else:  # only methods that understand shards take the keyword (registered ones may not)
+        left, right = fn(matrix, rank, side, prev_l, prev_r, seed=seed, shard=shard)
     dtype = out_dtype or grad.dtype
     # contiguous: the projectors are multiplied every step, and a transposed view would make every
     # matmul (and the checkpoint) pay for it

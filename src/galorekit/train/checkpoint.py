@@ -214,31 +214,96 @@ def save_checkpoint(
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
-    import torch
 
     _check_loadable(dict(state), "state")
-    step = state.get("step")
-    step = int(step) if isinstance(step, int) and not isinstance(step, bool) else None
     final = Path(path_dir)
     with atomic_directory(final) as tmp:
-        state_path = tmp / STATE_FILE
-        torch.save(dict(state), state_path)
-        meta = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "step": step,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "torch": torch.__version__,
-            "keys": sorted(str(k) for k in state),
-            "files": {
-                STATE_FILE: {"bytes": state_path.stat().st_size, "sha256": _sha256(state_path)}
-            },
-            "metadata": dict(metadata or {}),
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+        write_state_files(tmp, state, metadata)
     if keep_last is not None:
         prune_checkpoints(final.parent, keep_last=keep_last, protect=(final,))
     return final
+
+
+def write_state_files(
+    directory: Path,
+    state: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+    extra_files: Sequence[str] = (),
+) -> None:
+    """Write ``state.pt`` and ``meta.json`` into ``directory`` (the temporary directory of an
+    atomic checkpoint). ``meta.json`` records the size and SHA-256 of ``state.pt`` and of the
+    ``extra_files`` already written there (e.g. the shards of a sharded checkpoint)."""
+    import torch
+
+    step = state.get("step")
+    step = int(step) if isinstance(step, int) and not isinstance(step, bool) else None
+    state_path = directory / STATE_FILE
+    torch.save(dict(state), state_path)
+    files = {
+        name: {"bytes": (directory / name).stat().st_size, "sha256": _sha256(directory / name)}
+        for name in (STATE_FILE, *extra_files)
+    }
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "step": step,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "torch": torch.__version__,
+        "keys": sorted(str(k) for k in state),
+        "files": files,
+        "metadata": dict(metadata or {}),
+    }
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+
+
+def verify_file(checkpoint: Path, name: str) -> Path:
+    """``checkpoint/name`` after checking its size and SHA-256 against ``meta.json``."""
+    path = checkpoint / name
+    meta = _read_meta(checkpoint) or {}
+    expected = meta.get("files", {}).get(name)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete")
+    if expected is None:
+        raise CheckpointError(f"{checkpoint / META_FILE} does not list {name}")
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+        raise CheckpointError(f"{path} is corrupt: {size} bytes, {expected['bytes']} were written")
+    if _sha256(path) != expected["sha256"]:
+        raise CheckpointError(f"{path} is corrupt: its SHA-256 does not match {META_FILE}")
+    return path
+
+
+def read_meta(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``meta.json`` of a checkpoint directory (``CheckpointError`` when missing/invalid)."""
+    meta = _read_meta(Path(checkpoint))
+    if meta is None:
+        raise CheckpointError(f"{Path(checkpoint) / META_FILE} is missing or not a {FORMAT} file")
+    return meta
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint directory ``path`` names: itself, the directory of its ``state.pt``, or the
+    latest ``step-*`` checkpoint under it."""
+    p = Path(path)
+    if p.is_file() and p.name == STATE_FILE:
+        p = p.parent
+    _recover(p)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    if p.is_file():
+        raise CheckpointError(
+            f"{p} is a file, not a galorekit checkpoint directory (expected a directory holding "
+            f"{STATE_FILE} and {META_FILE}, or {STATE_FILE} itself)"
+        )
+    if not (p / META_FILE).exists() and not (p / STATE_FILE).exists():
+        latest = find_latest_checkpoint(p)
+        if latest is None:
+            raise CheckpointError(
+                f"{p} is neither a checkpoint (no {STATE_FILE}/{META_FILE}) nor a directory of "
+                "step-* checkpoints"
+            )
+        p = latest
+    return p
 
 
 # --------------------------------------------------------------------------- discovery
@@ -329,25 +394,7 @@ def load_checkpoint(
     """
     import torch
 
-    p = Path(path)
-    if p.is_file() and p.name == STATE_FILE:
-        p = p.parent
-    _recover(p)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {p} does not exist")
-    if p.is_file():
-        raise CheckpointError(
-            f"{p} is a file, not a galorekit checkpoint directory (expected a directory holding "
-            f"{STATE_FILE} and {META_FILE}, or {STATE_FILE} itself)"
-        )
-    if not (p / META_FILE).exists() and not (p / STATE_FILE).exists():
-        latest = find_latest_checkpoint(p)
-        if latest is None:
-            raise CheckpointError(
-                f"{p} is neither a checkpoint (no {STATE_FILE}/{META_FILE}) nor a directory of "
-                "step-* checkpoints"
-            )
-        p = latest
+    p = resolve_checkpoint(path)
     meta = _read_meta(p)
     if meta is None:
         raise CheckpointError(
@@ -363,14 +410,7 @@ def load_checkpoint(
     if not state_path.is_file():
         raise CheckpointError(f"{state_path} is missing: the checkpoint is incomplete")
     if verify:
-        expected = meta.get("files", {}).get(STATE_FILE, {})
-        size = state_path.stat().st_size
-        if expected.get("bytes") is not None and size != expected["bytes"]:
-            raise CheckpointError(
-                f"{state_path} is corrupt: {size} bytes, {expected['bytes']} were written"
-            )
-        if expected.get("sha256") and _sha256(state_path) != expected["sha256"]:
-            raise CheckpointError(f"{state_path} is corrupt: its SHA-256 does not match meta.json")
+        verify_file(p, STATE_FILE)
     try:
         state = torch.load(state_path, map_location=map_location, weights_only=True)
     except Exception as err:

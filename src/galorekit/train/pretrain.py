@@ -12,6 +12,10 @@ model and optimizer states are identical on every rank); every rank reads a chec
 Evaluation is split over the ranks (rank r takes validation batches r, r+W, …) and the
 token-weighted loss is summed over them, so it equals the single-process evaluation. The train
 loss logged is the mean over ranks of their micro-batch losses (= the global batch's loss).
+
+``distributed="fsdp"`` shards the model with FSDP2 before the optimizer is built
+(``galorekit.distributed.fsdp``): parameters, gradients and optimizer states are split over the
+ranks, and checkpoints are written collectively (``galorekit.train.sharded_checkpoint``).
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ import numpy as np
 import torch
 
 from galorekit.data import DataConfig
+from galorekit.distributed.data_parallel import STRATEGIES
 from galorekit.train.methods import MethodConfig, setup_method
 from galorekit.train.schedule import warmup_cosine
 
 #: fields that must match between a checkpoint and the run resuming from it
 RESUME_KEYS = ("model", "method", "seq_len", "batch_size", "total_batch_size", "data_fingerprint")
 #: data-parallel strategies of ``--distributed``
-DISTRIBUTED_STRATEGIES = ("ddp",)
+DISTRIBUTED_STRATEGIES = STRATEGIES
 RUN_FILES = ("metrics.jsonl", "config.json", "checkpoints", "tensorboard", "summary.md")
 
 
@@ -121,6 +126,28 @@ class PretrainConfig:
                 f"unknown --distributed {self.distributed!r}; valid: "
                 + ", ".join(DISTRIBUTED_STRATEGIES)
             )
+        if self.distributed == "fsdp":
+            from galorekit.distributed.fsdp import FSDP_METHODS
+
+            if self.method.method not in FSDP_METHODS:
+                errors.append(
+                    f"--distributed fsdp supports the methods {', '.join(FSDP_METHODS)}, not "
+                    f"{self.method.method} (Adafactor's statistics span whole matrices; the "
+                    "adapter baselines rebuild the model); use --distributed ddp"
+                )
+            if self.method.method.startswith("galore_") and self.method.proj_type not in (
+                "std",
+                "right",
+            ):
+                errors.append(
+                    "--distributed fsdp projects every matrix on the right (R = G·Q is local to "
+                    f"a row shard): --proj-type must be std or right, not {self.method.proj_type}"
+                )
+            if self.lowrank_comm:
+                errors.append(
+                    "--lowrank-comm is a DDP option (FSDP2 reduce-scatters full gradients); use "
+                    "--distributed ddp with it"
+                )
         if self.lowrank_comm:
             if not self.method.method.startswith("galore_"):
                 errors.append(
@@ -237,17 +264,20 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
-def evaluate(model, batches: list[torch.Tensor], device: torch.device, autocast) -> float:
-    """Mean token-level cross-entropy over the validation split."""
-    total, count = evaluate_sums(model, batches, device, autocast)
-    return total / max(count, 1)
-
-
 @torch.no_grad()
 def evaluate_sums(
-    model, batches: list[torch.Tensor], device: torch.device, autocast
+    model,
+    batches: list[torch.Tensor],
+    device: torch.device,
+    autocast,
+    *,
+    forwards: int | None = None,
+    filler: torch.Tensor | None = None,
 ) -> tuple[float, int]:
-    """(token-weighted sum of the cross-entropy, tokens) over ``batches``: sums add over ranks."""
+    """(token-weighted sum of the cross-entropy, tokens) over ``batches``: sums add over ranks.
+
+    ``forwards`` > len(batches) runs that many forward passes in all, the extra ones on ``filler``
+    and not counted (a sharded model's forward is collective: every rank must run as many)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -258,6 +288,9 @@ def evaluate_sums(
         tokens = batch.numel() - batch.shape[0]  # the model predicts seq_len - 1 tokens a row
         total += float(loss) * tokens
         count += tokens
+    for _ in range(max(0, (forwards or 0) - len(batches))):
+        with autocast():
+            model(input_ids=filler.to(device))
     model.train(was_training)
     return total, count
 
@@ -346,9 +379,15 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
         checkpoint_name,
         load_checkpoint,
         load_module_state,
+        resolve_checkpoint,
         save_checkpoint,
     )
     from galorekit.train.logging import MetricsLogger, summary_table, write_run_config
+    from galorekit.train.sharded_checkpoint import (
+        is_sharded_checkpoint,
+        load_sharded_parts,
+        save_sharded_checkpoint,
+    )
 
     out = Path(run_on_main(ctx, lambda: str(prepare_output_dir(cfg))))
     torch.manual_seed(cfg.seed)
@@ -370,11 +409,22 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    fsdp = ctx.enabled and cfg.distributed == "fsdp"
+    if fsdp:  # before the optimizer: it must hold the sharded parameters
+        from galorekit.distributed.fsdp import shard_model
+
+        shard_model(model, ctx, device)
     setup = setup_method(model, cfg.method, total_steps=cfg.max_steps)
     model, optimizer, relora = setup.model, setup.optimizer, setup.relora
     layerwise = cfg.method.layerwise
     parallel = setup_data_parallel(
-        model, optimizer, ctx, device, layerwise=layerwise, lowrank_comm=cfg.lowrank_comm
+        model,
+        optimizer,
+        ctx,
+        device,
+        layerwise=layerwise,
+        lowrank_comm=cfg.lowrank_comm,
+        strategy=cfg.distributed if ctx.enabled else "ddp",
     )
     warmup = int(cfg.warmup_ratio * cfg.max_steps)
     if relora is not None:
@@ -391,6 +441,9 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
     # evaluation is split over the ranks; the token-weighted sums are added up
     val_batches = data.val_batches(cfg.eval_batch_size or cfg.batch_size)
     my_val_batches = val_batches[ctx.rank :: ctx.world_size]
+    # FSDP2's forward is collective (it all-gathers each layer): every rank runs as many
+    # forwards, those without a batch of their own on a batch whose loss is not counted
+    eval_forwards = -(-len(val_batches) // ctx.world_size) if fsdp else len(my_val_batches)
     accumulation = cfg.accumulation_steps
     autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
 
@@ -412,8 +465,19 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
     # resume (every rank reads the checkpoint)
     step = 0
     if cfg.resume is not None:
-        where = out / "checkpoints" if cfg.resume == "latest" else Path(cfg.resume)
-        ckpt = load_checkpoint(where, map_location=device, required_keys=("model", "optimizer"))
+        where = resolve_checkpoint(out / "checkpoints" if cfg.resume == "latest" else cfg.resume)
+        sharded = is_sharded_checkpoint(where)
+        if sharded != fsdp:
+            from galorekit.train.checkpoint import CheckpointError
+
+            raise CheckpointError(
+                f"checkpoint {where} was written by "
+                + ("an FSDP run" if sharded else "a run without FSDP")
+                + "; resume it with "
+                + ("--distributed fsdp" if sharded else "--distributed ddp or one process")
+            )
+        required = () if fsdp else ("model", "optimizer")
+        ckpt = load_checkpoint(where, map_location=device, required_keys=required)
         mismatched = [
             f"{k}: checkpoint {ckpt['identity'].get(k)!r} vs now {identity[k]!r}"
             for k in RESUME_KEYS
@@ -425,8 +489,11 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
             raise CheckpointError(
                 f"checkpoint {where} belongs to another run: " + "; ".join(mismatched)
             )
-        load_module_state(model, ckpt["model"], what="model")
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if fsdp:
+            load_sharded_parts(where, ctx, model, optimizer, map_location=device)
+        else:
+            load_module_state(model, ckpt["model"], what="model")
+            optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         loader.load_state_dict(ckpt["loader"])
         if relora is not None:
@@ -445,23 +512,28 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
     tokens_per_step = cfg.global_batch_size * cfg.data.seq_len
 
     def save(at_step: int) -> Path:
-        """Rank 0 writes (the states are the same on every rank); every rank's RNG is kept."""
+        """Rank 0 writes (the states are the same on every rank; under FSDP every rank writes its
+        shards too); every rank's RNG is kept."""
         rngs = gather_objects(ctx, rng_state())
         path = out / "checkpoints" / checkpoint_name(at_step)
+        state = {
+            "step": at_step,
+            "identity": identity,
+            "scheduler": scheduler.state_dict(),
+            "loader": loader.state_dict(),
+            "rng": rngs[0],
+        }
+        if ctx.enabled:
+            state["rng_ranks"] = rngs
+        if relora is not None:
+            state["relora"] = relora.state_dict()
+        if fsdp:
+            return save_sharded_checkpoint(
+                path, ctx, state, model, optimizer, keep_last=cfg.keep_checkpoints
+            )
         if ctx.is_main:
-            state = {
-                "step": at_step,
-                "identity": identity,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "loader": loader.state_dict(),
-                "rng": rngs[0],
-            }
-            if ctx.enabled:
-                state["rng_ranks"] = rngs
-            if relora is not None:
-                state["relora"] = relora.state_dict()
+            state["model"] = model.state_dict()
+            state["optimizer"] = optimizer.state_dict()
             path = save_checkpoint(path, state, keep_last=cfg.keep_checkpoints)
         barrier(ctx)
         return path
@@ -511,9 +583,7 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
                 optimizer.step()
                 grad_norm = optimizer.grad_norm
             else:
-                clip = cfg.method.max_grad_norm
-                params = [p for p in model.parameters() if p.grad is not None]
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip or math.inf))
+                grad_norm = parallel.clip_grad_norm_(cfg.method.max_grad_norm or math.inf)
                 optimizer.step()
             comm_bytes = counter.reset() if ctx.enabled else 0
             comm_total += comm_bytes
@@ -565,7 +635,14 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
             if val_batches and (
                 (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
             ):
-                total, count = evaluate_sums(model, my_val_batches, device, autocast)
+                total, count = evaluate_sums(
+                    model,
+                    my_val_batches,
+                    device,
+                    autocast,
+                    forwards=eval_forwards,
+                    filler=val_batches[0],
+                )
                 total, count = all_reduce_sum(ctx, [total, float(count)], device)
                 eval_loss = total / max(count, 1)
                 logger.log(

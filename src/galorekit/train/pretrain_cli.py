@@ -16,6 +16,7 @@ GALORE_HELP = "GaLore options (galore_* methods)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from galorekit.distributed.data_parallel import STRATEGIES
     from galorekit.train.methods import DEFAULT_LR, METHODS
 
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
@@ -150,9 +151,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dp.add_argument(
         "--distributed",
         default="ddp",
-        choices=("ddp",),
+        choices=STRATEGIES,
         help="data-parallel strategy: ddp (DistributedDataParallel; --layerwise reduces in its "
-        "hooks instead)",
+        "hooks instead) or fsdp (FSDP2 fully_shard: parameters, gradients and optimizer states "
+        "sharded by rows; GaLore projects on the right and refreshes from all-reduced sketches; "
+        "methods adamw, adamw8bit, galore_adamw, galore_adamw8bit, with --layerwise too)",
     )
     dp.add_argument(
         "--lowrank-comm",
