@@ -43,7 +43,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-PAPER_RANK = {"llama_60m": 128, "llama_130m": 256, "llama_350m": 256, "llama_1b": 512}
+from galorekit.atomic import atomic_write_json, atomic_write_text
+from galorekit.bench import PAPER_RANKS
+
 MODES = ("ddp", "ddp_lowrank", "layerwise")
 WORLD = 2
 
@@ -65,7 +67,7 @@ def _measure_mode(model_name: str, mode: str, args, ctx) -> dict:
     method = MethodConfig(
         method="galore_adamw",
         lr=1e-3,
-        rank=PAPER_RANK.get(model_name),
+        rank=PAPER_RANKS.get(model_name),  # None: hidden_size // 4, galore pretrain's default
         update_proj_gap=args.gap,
         layerwise=layerwise,
         max_grad_norm=1.0,
@@ -128,11 +130,13 @@ def _refresh_strategies(model_name: str, args, ctx) -> dict:
     1/W share each + broadcasting the projectors (random gradients of the real shapes)."""
     from galorekit.models import build_model, default_target_modules
     from galorekit.projection import choose_side, compute_projector
+    from galorekit.train.methods import default_rank
 
     model = build_model(model_name, vocab_size=args.vocab_size, device="meta")
     targets = set(default_target_modules(model))
     shapes = [tuple(m.weight.shape) for n, m in model.named_modules() if n in targets]
-    rank = PAPER_RANK.get(model_name, 128)
+    # the rank _measure_mode trains with
+    rank = PAPER_RANKS.get(model_name) or default_rank(model)
     gen = torch.Generator().manual_seed(7)
     grads = [torch.randn(*s, generator=gen) for s in shapes]
 
@@ -327,13 +331,8 @@ def main() -> None:
         )
     cmd = "python " + " ".join(sys.argv)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_json = out.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps({"command": cmd, **res}, indent=2))
-    os.replace(tmp_json, out.with_suffix(".json"))
-    tmp_md = out.with_suffix(".md.tmp")
-    tmp_md.write_text(to_markdown(res, cmd))
-    os.replace(tmp_md, out.with_suffix(".md"))
+    atomic_write_json(out.with_suffix(".json"), {"command": cmd, **res})
+    atomic_write_text(out.with_suffix(".md"), to_markdown(res, cmd))
     print(to_markdown(res, cmd))
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from galorekit import GaLoreAdamW, LayerwiseOptimizer
+from galorekit.atomic import atomic_write_json, atomic_write_text
 from galorekit.memory.trackers import GradientTracker, allocator_peak, storage_bytes
 from galorekit.models import build_model, default_target_modules
 from galorekit.optim import param_groups
@@ -146,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{torch.get_num_threads()} threads, torch {torch.__version__}",
             "args": vars(args),
         }
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        Path(args.json).with_suffix(".md").write_text(
-            f"{report}\n\nCommand: `{meta['command']}`\n\nMachine: {meta['machine']}\n"
+        atomic_write_json(args.json, {"meta": meta, "rows": rows})
+        atomic_write_text(
+            Path(args.json).with_suffix(".md"),
+            f"{report}\n\nCommand: `{meta['command']}`\n\nMachine: {meta['machine']}\n",
         )
     return 0
 

@@ -16,9 +16,6 @@ Everything is estimated on ``device="meta"`` (nothing is allocated): a few minut
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from statistics import median
@@ -26,6 +23,8 @@ from statistics import median
 import torch
 
 from galorekit import GaLoreAdamW
+from galorekit.atomic import atomic_write_json, atomic_write_text
+from galorekit.bench import PAPER_RANKS
 from galorekit.memory.estimator import MemoryEstimate, estimate, estimate_model
 from galorekit.memory.fit import fit_budget
 from galorekit.memory.model import build_training_model
@@ -35,7 +34,7 @@ from galorekit.models import default_target_modules
 
 GB, GiB = 10**9, 2**30
 MODELS = {"60M": "llama_60m", "130M": "llama_130m", "350M": "llama_350m", "1B": "llama_1b"}
-RANKS = {"60M": 128, "130M": 256, "350M": 256, "1B": 512}  # Table 2's r
+RANKS = {size: PAPER_RANKS[model] for size, model in MODELS.items()}  # Table 2's r
 
 # ---- the paper's numbers (paper-facts.md) ----------------------------------------------------------
 TABLE2 = {
@@ -461,17 +460,6 @@ def table11() -> list[dict]:
 
 
 # ---- main ------------------------------------------------------------------------------------------
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are ordinary files
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
@@ -497,8 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.time() - started, 1),
     }
     out = Path(args.out_dir)
-    _write(out / "memory_paper.json", json.dumps(result, indent=2, default=str) + "\n")
-    _write(out / "memory_paper.md", render_markdown(result))
+    atomic_write_json(out / "memory_paper.json", result, default=str)
+    atomic_write_text(out / "memory_paper.md", render_markdown(result))
     print(render_markdown(result))
     return 0
 

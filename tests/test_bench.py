@@ -193,8 +193,11 @@ def test_config_validation() -> None:
 
 
 def test_too_big_for_memory_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bench, "available_memory", lambda: 2**30)
-    with pytest.raises(MemoryError, match="--layers"):
+    """The free-memory check is galorekit.memory's, with bench's advice."""
+    import galorekit.memory.measure as measure
+
+    monkeypatch.setattr(measure, "available_memory", lambda device: 2**30)
+    with pytest.raises(measure.InsufficientMemoryError, match=r"LLaMA-1b with 24 layers.*--layers"):
         bench.run_benchmark(bench.BenchConfig(model="1b"))
 
 
@@ -226,3 +229,49 @@ def test_cli_rejects_bad_input(capsys: pytest.CaptureFixture) -> None:
     bench.add_arguments(parser)
     assert bench.run(parser.parse_args(["--svd", "exact,nope"])) == 2
     assert "valid: exact, randomized, warm" in capsys.readouterr().err
+
+
+def test_shapes_and_ranks_come_from_the_model_registry() -> None:
+    from galorekit.models.registry import NAMED_SHAPES
+
+    assert set(bench.llama_shapes()) == {n.removeprefix("llama_") for n in NAMED_SHAPES}
+    for name, shape in NAMED_SHAPES.items():
+        short = name.removeprefix("llama_")
+        shapes = bench.model_shapes(short)
+        assert len(shapes) == 7 * shape.num_hidden_layers
+        assert shapes[4][1] == (shape.intermediate_size, shape.hidden_size)
+        expected = bench.PAPER_RANKS.get(name, shape.hidden_size // 4)
+        assert bench.BenchConfig(model=short).effective_rank == bench.paper_rank(name) == expected
+    assert bench.paper_rank("7b") == 1024 and bench.paper_rank("350m") == 256
+
+
+def test_captured_energy_is_that_of_galorekit_projection(gen: torch.Generator) -> None:
+    from galorekit.projection import Side
+
+    g = torch.randn(12, 20, generator=gen)
+    p = torch.linalg.qr(torch.randn(12, 3, generator=gen)).Q  # left: 12×r
+    q = torch.linalg.qr(torch.randn(20, 3, generator=gen)).Q  # right is Qᵀ: r×20
+    total = float(g.square().sum())
+    assert bench.captured_energy(g, Side.LEFT, p, None) == pytest.approx(
+        float((p.t() @ g).square().sum()) / total
+    )
+    assert bench.captured_energy(g, Side.RIGHT, None, q.t()) == pytest.approx(
+        float((g @ q).square().sum()) / total
+    )
+    assert bench.captured_energy(g, Side.FULL, p, q.t()) == pytest.approx(
+        float((p.t() @ g @ q).square().sum()) / total
+    )
+
+
+def test_parser_imports_neither_torch_nor_transformers() -> None:
+    """``galore --help`` builds this parser: it must stay light."""
+    import subprocess
+    import sys
+
+    code = (
+        "import argparse, sys; import galorekit.bench as b; "
+        "b.add_arguments(argparse.ArgumentParser()); "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -55,6 +56,16 @@ def _load(**kw):
     return cfg, load_pretraining_data(cfg, build_tokenizer(cfg))
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
 def _rows(batches) -> list[tuple[int, ...]]:
     return [tuple(r.tolist()) for b in batches for r in b]
 
@@ -90,7 +101,10 @@ def test_default_tokenizer_is_trained_once_and_cached(tmp_path, monkeypatch):
     cfg = DataConfig(vocab_size=500, cache_dir=str(tmp_path))
     first = build_tokenizer(cfg)
     assert len(first) == 500 and first.eos_token == "</s>" and first.pad_token == "<pad>"
-    assert len(list((tmp_path / "tokenizers").iterdir())) == 1
+    (entry,) = (tmp_path / "tokenizers").iterdir()
+    # an ordinary directory and files (not mkdtemp's 0700)
+    assert _mode(entry) == 0o777 & ~_umask()
+    assert {_mode(f) for f in entry.iterdir()} == {0o666 & ~_umask()}
 
     def no_training(*a, **k):
         raise AssertionError("cached tokenizer was retrained")
@@ -263,6 +277,10 @@ def test_tokens_are_cached_and_memory_mapped(tmp_path, cfg_kw, monkeypatch):
         len(cached) == 1
         and json.loads(Path(str(cached[0]) + ".json").read_text())["num_tokens"] > 0
     )
+    # ordinary files, readable by the group and others as the umask allows (not mkstemp's 0600)
+    file_mode = 0o666 & ~_umask()
+    assert _mode(cached[0]) == _mode(Path(str(cached[0]) + ".json")) == file_mode
+    assert not [p.name for p in cached[0].parent.iterdir() if p.name.startswith(".")]
     monkeypatch.setattr("galorekit.data.pipeline.encode_corpus", lambda *a: 1 / 0)
     _, second = _load(data_files=files, **cfg_kw)
     assert second.fingerprint == first.fingerprint
@@ -386,6 +404,22 @@ def test_streaming_without_validation_split_holds_out_leading_documents(tmp_path
     assert all(f"@@{i}@@" in seen for i in range(held[-1] + 1, 40))
 
 
+def test_loader_states_share_one_header_and_old_stream_states_load(tmp_path, cfg_kw):
+    files = [str(write_jsonl(tmp_path / "a.jsonl", small_docs(30)))]
+    _, memory = _load(data_files=files, **cfg_kw)
+    _, stream = _load(data_files=files, streaming=True, **cfg_kw)
+    header = {"kind", "fingerprint", "seed"}
+    assert set(memory.train_loader(2).state_dict()) == header | {"position"}
+    loader = stream.train_loader(2)
+    next(loader)
+    state = loader.state_dict()
+    assert set(state) == header | {"epoch", "document", "offset"}
+    want = next(loader)
+    again = stream.train_loader(2)
+    again.load_state_dict({**state, "sequences": 2})  # written by earlier versions: ignored
+    assert torch.equal(next(again), want)
+
+
 def test_offline_corpus_can_be_streamed(tmp_path, cfg_kw, monkeypatch):
     small = corpora.OfflineCorpus("kjv", "test corpus", ("t", "1"), lambda: small_docs(20))
     monkeypatch.setattr(corpora, "offline_corpus", lambda name, cache_dir: small)
@@ -476,3 +510,19 @@ def test_offline_data_builds_once_then_loads_from_cache(tmp_path, monkeypatch):
     assert again.fingerprint == data.fingerprint
     assert torch.equal(next(again.train_loader(8)), batch)
     assert "Gutenberg Shakespeare" in sources.open_source(DataConfig()).description  # no fallback
+
+
+def test_package_exports_resolve_lazily_without_torch():
+    """``galorekit.data`` imports its loaders (and torch) only when one is asked for: the
+    fine-tuning command imports galorekit.data.classification to build its parser."""
+    import subprocess
+    import sys
+
+    import galorekit.data as data_pkg
+
+    assert all(getattr(data_pkg, name) is not None for name in data_pkg.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        data_pkg.nope  # noqa: B018
+    code = "import sys, galorekit.data, galorekit.data.config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -400,12 +400,22 @@ def _args(*argv: str) -> argparse.Namespace:
 TINY = ("--model", "llama_tiny", "--vocab-size", str(VOCAB))
 
 
-def test_cli_choices_match_the_library():
+def test_torch_free_names_match_the_library():
+    """``galorekit.memory.names`` holds torch-free copies for the parser: they must agree with
+    the originals, and the parser must offer exactly them."""
+    from galorekit.memory import names
     from galorekit.projection import PROJ_TYPES
+    from galorekit.train.methods import METHODS as PRETRAIN_METHODS
 
-    assert memory_cli._METHODS == METHODS
-    assert set(PRECISIONS) <= set(memory_cli._PRECISIONS)
-    assert memory_cli._PROJ_TYPES == PROJ_TYPES
+    assert names.METHODS == PRETRAIN_METHODS == METHODS
+    assert names.PROJ_TYPES == PROJ_TYPES
+    assert set(PRECISIONS) == set(names.PRECISION_DTYPES)
+    parser = argparse.ArgumentParser()
+    memory_cli.add_arguments(parser)
+    choices = {a.dest: a.choices for a in parser._actions if a.choices is not None}
+    assert tuple(choices["proj_type"]) == PROJ_TYPES
+    assert set(choices["dtype"]) == {*PRECISIONS, "float32", "bfloat16"}
+    assert tuple(choices["attn_implementation"]) == ("sdpa", "eager")
 
 
 def test_cli_json_has_the_five_byte_counts(capsys):

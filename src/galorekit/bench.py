@@ -20,41 +20,50 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-#: the paper's ranks per model size (1B: 512, as in Table 2); other sizes get hidden / 4
-PAPER_RANKS = {"60m": 128, "130m": 256, "350m": 256, "1b": 512}
-#: (hidden, intermediate, layers) of the LLaMA sizes in ``galorekit.models.registry`` (the paper's
-#: table; ``tiny``, ``9m`` and ``20m`` are for quick runs). Repeated here because importing
-#: ``galorekit.models`` imports transformers, which takes longer than a tiny benchmark.
-LLAMA_SHAPES: dict[str, tuple[int, int, int]] = {
-    "tiny": (64, 176, 2),
-    "9m": (128, 352, 4),
-    "20m": (256, 688, 4),
-    "60m": (512, 1376, 8),
-    "130m": (768, 2048, 12),
-    "350m": (1024, 2736, 24),
-    "1b": (2048, 5461, 24),
-    "3b": (2560, 6848, 32),
-    "7b": (4096, 11008, 32),
+    from galorekit.models.registry import LlamaShape
+    from galorekit.projection import Side
+
+#: the paper's ranks per model size (Table 2, 1B: 512; 7B: 1024, §5); other sizes get hidden / 4
+PAPER_RANKS = {
+    "llama_60m": 128,
+    "llama_130m": 256,
+    "llama_350m": 256,
+    "llama_1b": 512,
+    "llama_7b": 1024,
 }
-MODELS = tuple(LLAMA_SHAPES)
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def llama_shapes() -> dict[str, LlamaShape]:
+    """The named LLaMA shapes of ``galorekit.models.registry`` by bench's short names (``60m``).
+
+    Imported here, not at the top: ``galorekit.models`` imports transformers, and ``galore
+    --help`` builds this command's parser."""
+    from galorekit.models.registry import NAMED_SHAPES
+
+    return {name.removeprefix("llama_"): shape for name, shape in NAMED_SHAPES.items()}
+
+
+def paper_rank(model: str) -> int:
+    """The paper's rank for a LLaMA size (bench's short name or the registry's), else
+    hidden_size / 4, ``galore pretrain``'s default ratio."""
+    short = model.removeprefix("llama_")
+    return PAPER_RANKS.get(f"llama_{short}") or max(1, llama_shapes()[short].hidden_size // 4)
+
 
 ADAMW = "torch AdamW (foreach)"
 REFERENCE = "galore-torch 1.0"
@@ -90,8 +99,9 @@ class BenchConfig:
         from galorekit.projection import SVD_METHODS
 
         self.model = self.model.strip().lower().removeprefix("llama").strip("-_")
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
+        models = llama_shapes()
+        if self.model not in models:
+            raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(models)}")
         for name in ("T", "steady_steps", "cycles"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -111,11 +121,8 @@ class BenchConfig:
 
     @property
     def effective_rank(self) -> int:
-        if self.rank is not None:
-            return self.rank
-        if self.model in PAPER_RANKS:
-            return PAPER_RANKS[self.model]
-        return max(1, LLAMA_SHAPES[self.model][0] // 4)
+        """``rank``, else the paper's for the model (:func:`paper_rank`)."""
+        return self.rank if self.rank is not None else paper_rank(self.model)
 
 
 @dataclass
@@ -172,9 +179,10 @@ class Timing:
 # ---- shapes and gradients ----------------------------------------------------------------------
 def model_shapes(model: str, layers: int | None = None) -> list[tuple[str, tuple[int, int]]]:
     """(name, (out, in)) of every GaLore-targeted weight of LLaMA-``model``, ``layers`` deep."""
-    h, i, depth = LLAMA_SHAPES[model]
+    shape = llama_shapes()[model]
+    h, i = shape.hidden_size, shape.intermediate_size
     per_layer = [(h, h)] * 4 + [(i, h), (i, h), (h, i)]
-    depth = depth if layers is None else layers
+    depth = shape.num_hidden_layers if layers is None else layers
     return [
         (f"layers.{layer}.{module}", dims)
         for layer in range(depth)
@@ -308,14 +316,12 @@ def time_interleaved(
 
 
 # ---- subspace quality --------------------------------------------------------------------------
-def captured_energy(grad: Tensor, left: Tensor | None, right: Tensor | None) -> float:
-    """‖PᵀG‖²/‖G‖² (left), ‖GQ‖²/‖G‖² (right) or ‖PᵀGQ‖²/‖G‖² (both)."""
-    r = grad
-    if left is not None:
-        r = left.t() @ r
-    if right is not None:
-        r = r @ right.t()
-    return float(r.square().sum() / grad.square().sum())
+def captured_energy(grad: Tensor, side: Side, left: Tensor | None, right: Tensor | None) -> float:
+    """‖R‖²/‖G‖² for the projection R of ``grad`` (``galorekit.projection.project``): ‖PᵀG‖²
+    (left), ‖GQ‖² (right) or ‖PᵀGQ‖² (full) over ‖G‖²."""
+    from galorekit.projection import project
+
+    return float(project(grad, side, left, right).square().sum() / grad.square().sum())
 
 
 def exact_energy(grad: Tensor, rank: int) -> float:
@@ -344,7 +350,7 @@ def method_quality(
             left, right = compute_projector(
                 after, r, side, method=method, previous_left=prev[0], previous_right=prev[1]
             )
-            e = captured_energy(after, left, right)
+            e = captured_energy(after, side, left, right)
             per.setdefault(ours(method), []).append((e, e / best))
         if reference:
             e = _reference_energy(after, r)
@@ -459,34 +465,25 @@ def memory_estimate(shapes: Sequence[tuple[str, tuple[int, int]]], cfg: BenchCon
     return 4 * numel * (3 + (2 if cfg.adamw else 0))
 
 
-def available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def run_benchmark(
     cfg: BenchConfig, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """Run the whole benchmark and return the JSON-ready result (see ``format_markdown``)."""
     import torch
 
+    from galorekit.memory.measure import check_fits
+
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     shapes = model_shapes(cfg.model, cfg.layers)
-    need, have = memory_estimate(shapes, cfg), available_memory()
-    if have is not None and need > 0.8 * have:
-        raise MemoryError(
-            f"LLaMA-{cfg.model} with {len(shapes) // 7} layers needs about {need / 2**30:.1f} GiB "
-            f"(weights, two gradient sets, AdamW moments) but {have / 2**30:.1f} GiB is "
-            "available: pass --layers N to time fewer layers (the per-step ratios do not depend "
-            "on the depth)"
-        )
+    check_fits(
+        memory_estimate(shapes, cfg),
+        torch.device("cpu"),
+        what=f"LLaMA-{cfg.model} with {len(shapes) // 7} layers (weights, two gradient sets, "
+        "AdamW moments)",
+        advice="pass --layers N to time fewer layers (the per-step ratios do not depend on the "
+        "depth)",
+    )
     rank = cfg.effective_rank
     gen = torch.Generator().manual_seed(cfg.seed)
     say = progress or (lambda _msg: None)
@@ -692,28 +689,13 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
     return "\n".join(parts)
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a report is for everyone to read
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---- CLI ---------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="130m",
-        help=f"LLaMA size, one of {', '.join(MODELS)} (default 130m)",
+        help="LLaMA size: a named model of galorekit.models without its llama_ prefix, e.g. 60m, "
+        "130m, 1b (default 130m; an unknown name lists them all)",
     )
     parser.add_argument(
         "--layers",
@@ -725,8 +707,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rank",
         type=int,
         default=None,
-        help="GaLore rank (default: the paper's, 128/256/256/512 for 60m/130m/350m/1b; "
-        "hidden/4 for other sizes)",
+        help="GaLore rank (default: the paper's, "
+        + ", ".join(f"{r} for {m.removeprefix('llama_')}" for m, r in PAPER_RANKS.items())
+        + "; hidden/4 for other sizes)",
     )
     parser.add_argument("--T", type=int, default=200, help="refresh period for the amortized step")
     parser.add_argument(
@@ -804,15 +787,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if cfg.reference and not reference_available():
         print("galore bench: galore-torch is not installed; timing without it", file=sys.stderr)
+    from galorekit.atomic import atomic_write_json, atomic_write_text
+    from galorekit.memory.measure import InsufficientMemoryError
+
     try:
         result = run_benchmark(cfg, progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr))
-    except MemoryError as err:
+    except InsufficientMemoryError as err:
         print(f"galore bench: {err}", file=sys.stderr)
         return 2
     command = getattr(args, "command_line", None) or "galore " + " ".join(sys.argv[1:])
     print(format_markdown(result, command))
     if args.json:
-        write_atomic(args.json, json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json, result)
     if args.md:
-        write_atomic(args.md, format_markdown(result, command) + "\n")
+        atomic_write_text(args.md, format_markdown(result, command) + "\n")
     return 0

@@ -12,26 +12,34 @@ val = data.val_batches(16)
 ```
 """
 
-from galorekit.data.config import OFFLINE_DATASETS, OFFLINE_TOKENIZERS, DataConfig
-from galorekit.data.loader import MemoryTrainLoader, StreamingTrainLoader
-from galorekit.data.pipeline import (
-    PretrainingData,
-    TrainLoader,
-    list_datasets,
-    load_pretraining_data,
-)
-from galorekit.data.tokenizer import build_tokenizer, train_bpe_tokenizer
+from __future__ import annotations
 
-__all__ = [
-    "OFFLINE_DATASETS",
-    "OFFLINE_TOKENIZERS",
-    "DataConfig",
-    "MemoryTrainLoader",
-    "PretrainingData",
-    "StreamingTrainLoader",
-    "TrainLoader",
-    "build_tokenizer",
-    "list_datasets",
-    "load_pretraining_data",
-    "train_bpe_tokenizer",
-]
+import importlib
+from typing import Any
+
+# lazy: the loaders import torch, and ``galore --help`` imports galorekit.data.classification
+_LAZY = {
+    "OFFLINE_DATASETS": "galorekit.data.config",
+    "OFFLINE_TOKENIZERS": "galorekit.data.config",
+    "DataConfig": "galorekit.data.config",
+    "MemoryTrainLoader": "galorekit.data.loader",
+    "StreamingTrainLoader": "galorekit.data.loader",
+    "PretrainingData": "galorekit.data.pipeline",
+    "TrainLoader": "galorekit.data.pipeline",
+    "list_datasets": "galorekit.data.pipeline",
+    "load_pretraining_data": "galorekit.data.pipeline",
+    "build_tokenizer": "galorekit.data.tokenizer",
+    "train_bpe_tokenizer": "galorekit.data.tokenizer",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'galorekit.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

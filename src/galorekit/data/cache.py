@@ -1,22 +1,20 @@
-"""On-disk cache helpers: atomic writes, content keys and memory-mapped token arrays.
+"""On-disk cache helpers: content keys and memory-mapped token arrays.
 
-Every cache entry is published with ``os.replace`` only once it is complete, so a crash or a
-concurrent builder (e.g. several ranks) never leaves a half-written file under its final name.
+Every cache entry is published atomically (:mod:`galorekit.atomic`) only once it is complete, so
+a crash or a concurrent builder (e.g. several ranks) never leaves a half-written file under its
+final name.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from galorekit.atomic import atomic_write_bytes, atomic_write_json
 
 # Bump when the layout of cached token files changes.
 TOKENS_FORMAT_VERSION = 1
@@ -26,47 +24,6 @@ def content_key(*parts: Any) -> str:
     """A short stable hex key for JSON-serialisable ``parts``."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically."""
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
-
-
-@contextlib.contextmanager
-def atomic_directory(path: Path) -> Iterator[Path]:
-    """Yield a temporary directory that is renamed to ``path`` when the block succeeds.
-
-    If another process published ``path`` first, its copy is kept and ours discarded (both
-    were built from the same key, so they are equivalent).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if not path.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -83,7 +40,7 @@ def save_tokens(path: Path, tokens: np.ndarray, meta: dict[str, Any]) -> None:
         "dtype": tokens.dtype.str,
         "num_tokens": len(tokens),
     }
-    atomic_write_json(_meta_path(path), meta)
+    atomic_write_json(_meta_path(path), meta, indent=1, sort_keys=True)
 
 
 def load_tokens(path: Path) -> tuple[np.ndarray, dict[str, Any]] | None:

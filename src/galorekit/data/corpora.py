@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from galorekit.data.cache import atomic_write_bytes
+from galorekit.atomic import atomic_write_bytes
 from galorekit.data.config import OFFLINE_DATASETS
 
 logger = logging.getLogger(__name__)

@@ -42,9 +42,13 @@ class _TrainLoaderBase(Iterator[torch.Tensor]):
     def __iter__(self) -> _TrainLoaderBase:
         return self
 
+    def _state_header(self) -> dict[str, Any]:
+        """What a state is valid for: the loader kind, the data and the seed."""
+        return {"kind": self.kind, "fingerprint": self.fingerprint, "seed": self.seed}
+
     def _check_state(self, state: dict[str, Any]) -> None:
         """Refuse a state saved for other data, another seed or the other loader kind."""
-        expected = {"kind": self.kind, "fingerprint": self.fingerprint, "seed": self.seed}
+        expected = self._state_header()
         wrong = {k: state.get(k) for k, v in expected.items() if state.get(k) != v}
         if wrong:
             raise ValueError(
@@ -104,12 +108,7 @@ class MemoryTrainLoader(_TrainLoaderBase):
         return torch.from_numpy(np.asarray(self._sequences[ids], dtype=np.int64))
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "fingerprint": self.fingerprint,
-            "seed": self.seed,
-            "position": self._position,
-        }
+        return {**self._state_header(), "position": self._position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._check_state(state)
@@ -144,7 +143,6 @@ class StreamingTrainLoader(_TrainLoaderBase):
         self._encoder = encoder
         self._seq_len = seq_len
         self._position = StreamPosition()
-        self._sequences = 0  # global sequences handed out (informational)
         self._stream: Iterator[tuple[np.ndarray, StreamPosition]] | None = None
 
     @property
@@ -160,20 +158,16 @@ class StreamingTrainLoader(_TrainLoaderBase):
         for _ in range(self.batch_size * self.world_size):
             seq, self._position = next(self._stream)
             rows.append(seq)
-        self._sequences += len(rows)
         mine = rows[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         return torch.from_numpy(np.stack(mine))
 
     def state_dict(self) -> dict[str, Any]:
         p = self._position
         return {
-            "kind": self.kind,
-            "fingerprint": self.fingerprint,
-            "seed": self.seed,
+            **self._state_header(),
             "epoch": p.epoch,
             "document": p.document,
             "offset": p.offset,
-            "sequences": self._sequences,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -181,5 +175,4 @@ class StreamingTrainLoader(_TrainLoaderBase):
         self._position = StreamPosition(
             int(state["epoch"]), int(state["document"]), int(state["offset"])
         )
-        self._sequences = int(state.get("sequences", 0))
         self._stream = None  # rebuilt lazily from the restored position

@@ -53,9 +53,6 @@ class PretrainingData:
     Attributes:
         tokenizer: the tokenizer the ids come from.
         seq_len: tokens per sequence.
-        vocab_size: ``len(tokenizer)``; the model's embedding must have at least this many rows.
-        eos_token_id: the separator between packed documents.
-        num_train_tokens: tokens in the training split (``None`` when streaming).
         num_train_sequences: packed training sequences (``None`` when streaming).
         val: the validation split, ``int64 [num_val_sequences, seq_len]``.
         fingerprint: identity of (data, tokenizer, seq_len, split); stored in loader states.
@@ -65,16 +62,29 @@ class PretrainingData:
 
     tokenizer: PreTrainedTokenizerBase = field(repr=False)
     seq_len: int
-    seed: int
-    vocab_size: int
-    eos_token_id: int
-    num_train_tokens: int | None
     num_train_sequences: int | None
     val: np.ndarray = field(repr=False)
     fingerprint: str
     description: str
     streaming: bool
     _make_loader: Callable[[int, int, int], TrainLoader] = field(repr=False)
+
+    @property
+    def vocab_size(self) -> int:
+        """``len(tokenizer)``; the model's embedding must have at least this many rows."""
+        return len(self.tokenizer)
+
+    @property
+    def eos_token_id(self) -> int:
+        """The separator between packed documents."""
+        return int(self.tokenizer.eos_token_id)
+
+    @property
+    def num_train_tokens(self) -> int | None:
+        """Tokens in the training split (``None`` when streaming)."""
+        if self.num_train_sequences is None:
+            return None
+        return self.num_train_sequences * self.seq_len
 
     @property
     def num_val_sequences(self) -> int:
@@ -154,10 +164,6 @@ def _materialised(
     return PretrainingData(
         tokenizer=tok,
         seq_len=cfg.seq_len,
-        seed=cfg.seed,
-        vocab_size=len(tok),
-        eos_token_id=encoder.eos_id,
-        num_train_tokens=num_train * cfg.seq_len,
         num_train_sequences=num_train,
         val=val,
         fingerprint=fingerprint,
@@ -238,10 +244,6 @@ def _streaming(
     return PretrainingData(
         tokenizer=tok,
         seq_len=cfg.seq_len,
-        seed=cfg.seed,
-        vocab_size=len(tok),
-        eos_token_id=encoder.eos_id,
-        num_train_tokens=None,
         num_train_sequences=None,
         val=val,
         fingerprint=fingerprint,

@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from galorekit.atomic import publish_directory
 from galorekit.data import corpora
-from galorekit.data.cache import atomic_directory, content_key
+from galorekit.data.cache import content_key
 from galorekit.data.config import OFFLINE_TOKENIZERS, DataConfig
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def _default_bpe(cfg: DataConfig) -> PreTrainedTokenizerFast:
             corpus.name,
         )
         tok = train_bpe_tokenizer(corpus.load_documents(), cfg.vocab_size)
-        with atomic_directory(path) as tmp:
+        with publish_directory(path) as tmp:
             tok.save_pretrained(tmp)
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
@@ -120,7 +121,7 @@ def _mistral(cache: Path) -> PreTrainedTokenizerFast:
         try:
             (work / "tokenizer.model").write_bytes(blob)
             tok = LlamaTokenizer.from_pretrained(str(work))
-            with atomic_directory(path) as tmp:
+            with publish_directory(path) as tmp:
                 tok.save_pretrained(tmp)
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -9,7 +9,7 @@
 Modules: ``setup`` (the configuration), ``model`` (building it as ``galore pretrain`` does),
 ``optimizer_states`` (state layout rules), ``activations`` (the per-layer formula), ``estimator``,
 ``trackers``/``measure`` (measuring a real run), ``fit`` (budget search), ``report``/``plot``,
-``units`` and ``cli`` (``galore memory``).
+``units``, ``names`` (torch-free names for the parser) and ``cli`` (``galore memory``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 # lazy: ``galore --help`` imports galorekit.memory.cli, which must not pay for torch
 _LAZY = {
     "COMPONENTS": "galorekit.memory.estimator",
+    "COMPONENT_NAMES": "galorekit.memory.estimator",
     "MemoryEstimate": "galorekit.memory.estimator",
     "estimate": "galorekit.memory.estimator",
     "estimate_model": "galorekit.memory.estimator",

@@ -157,7 +157,10 @@ class _Layer:
 
 
 @dataclass(frozen=True)
-class _Llama:
+class LlamaStructure:
+    """What the activation formula reads from a model: its shapes, and per matmul the weight's
+    dtype and trainability (see :func:`llama_structure`)."""
+
     hidden: int
     intermediate: int
     heads: int
@@ -195,7 +198,9 @@ def _forces_input_grad(embedding: nn.Module) -> bool:
     )
 
 
-def _structure(model: nn.Module) -> _Llama:
+def llama_structure(model: nn.Module) -> LlamaStructure:
+    """Walk ``model`` once for :func:`estimate_activations`; reuse the result to evaluate many
+    batch sizes or sequence lengths of one model (the fit search does)."""
     backbone = _find_backbone(model)
     config = backbone.config
     act = getattr(config, "hidden_act", "silu")
@@ -222,7 +227,7 @@ def _structure(model: nn.Module) -> _Llama:
         )
     embed_module = backbone.embed_tokens
     embed = embed_module.weight
-    return _Llama(
+    return LlamaStructure(
         hidden=config.hidden_size,
         intermediate=config.intermediate_size,
         heads=heads,
@@ -323,7 +328,7 @@ def _op_label(chain: int, op: int, ops: int) -> str:
 
 
 def _decoder_layer(
-    fw: _Forward, arch: _Llama, layer: _Layer, x: _T, setup: TrainingSetup
+    fw: _Forward, arch: LlamaStructure, layer: _Layer, x: _T, setup: TrainingSetup
 ) -> tuple[_T, bool]:
     """Records one decoder layer's saved tensors; returns (its output, whether RoPE saved)."""
     b, s = setup.batch_size, setup.seq_len
@@ -371,10 +376,13 @@ def _decoder_layer(
     return fw.new(arch.hidden, x.dtype, x.rg or d.rg), rope
 
 
-def estimate_activations(model: nn.Module, setup: TrainingSetup) -> ActivationEstimate:
+def estimate_activations(
+    model: nn.Module | LlamaStructure, setup: TrainingSetup
+) -> ActivationEstimate:
     """Peak saved-for-backward bytes of one micro-batch of ``setup`` on ``model`` (whose
-    parameters may live on ``device="meta"``); see the module docstring for the formula."""
-    arch = _structure(model)
+    parameters may live on ``device="meta"``, or its :func:`llama_structure`); see the module
+    docstring for the formula."""
+    arch = model if isinstance(model, LlamaStructure) else llama_structure(model)
     s = setup.seq_len
     fw = _Forward(setup, setup.tokens)
     ckpt = setup.activation_checkpointing

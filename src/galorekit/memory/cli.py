@@ -18,22 +18,9 @@ import json
 import sys
 from typing import Any
 
-#: kept in sync with galorekit.memory.setup (checked by the tests); literal here so that building
-#: the parser does not import torch
-_METHODS = (
-    "adamw",
-    "adamw8bit",
-    "adafactor",
-    "galore_adamw",
-    "galore_adamw8bit",
-    "galore_adafactor",
-    "lora",
-    "relora",
-    "low_rank",
-)
-_PRECISIONS = ("fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed", "float32", "bfloat16")
-_PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
-_UNITS = ("auto", "B", "KB", "MB", "GB", "KiB", "MiB", "GiB")
+# torch-free: ``galore --help`` builds this parser
+from galorekit.memory.names import ATTN_IMPLEMENTATIONS, METHODS, PRECISION_NAMES, PROJ_TYPES
+from galorekit.memory.units import DISPLAY_UNITS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         dest="method",
         default=None,
         metavar="METHOD",
-        help=f"one of: {', '.join(_METHODS)} (default galore_adamw; with --budget: all)",
+        help=f"one of: {', '.join(METHODS)} (default galore_adamw; with --budget: all)",
     )
     m.add_argument(
         "--layerwise",
@@ -84,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument(
         "--proj-type",
         default="std",
-        choices=_PROJ_TYPES,
+        choices=PROJ_TYPES,
         help="GaLore projection side; decides the projector and moment shapes (default std)",
     )
     m.add_argument(
@@ -99,7 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--dtype",
         default="bf16",
-        choices=_PRECISIONS,
+        choices=PRECISION_NAMES,
         metavar="DTYPE",
         help="bf16/fp16: pure 16-bit training, weights, gradients and states in 16 bit (the "
         "paper's setting; default); fp32; bf16-mixed/fp16-mixed: float32 weights with autocast. "
@@ -113,7 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--attn-implementation",
         default="sdpa",
-        choices=("sdpa", "eager"),
+        choices=ATTN_IMPLEMENTATIONS,
         help="attention kernel whose saved tensors are counted (default sdpa)",
     )
     t.add_argument(
@@ -155,7 +142,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument(
         "--unit",
         default="auto",
-        choices=_UNITS,
+        choices=("auto", *DISPLAY_UNITS),
         help="unit of the tables: GB = 10^9 bytes (the paper's), GiB = 2^30, ...; auto (default): "
         "GB, or MB/KB for small models",
     )
@@ -207,7 +194,7 @@ def _check_method(method: str | None) -> None:
 def _compare_set(args: argparse.Namespace):
     """Every method, ordinary and (optimizer methods) layer-wise, at the given configuration."""
     from galorekit.memory.estimator import estimate
-    from galorekit.memory.setup import BASELINE_METHODS, METHODS
+    from galorekit.memory.setup import BASELINE_METHODS
 
     out = []
     for method in METHODS:
@@ -263,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from galorekit.memory.measure import InsufficientMemoryError
-    from galorekit.memory.units import DISPLAY_UNITS, parse_size
+    from galorekit.memory.units import parse_size
 
     unit = _get(args, "unit", "auto")
     if unit != "auto" and unit not in DISPLAY_UNITS:
@@ -361,7 +348,6 @@ def _compare(args, budget: int | None) -> int:
 def _fit(args, method: str | None, budget: int) -> int:
     from galorekit.memory.fit import DEFAULT_RANKS, fit_budget
     from galorekit.memory.report import fit_table
-    from galorekit.memory.setup import METHODS
 
     base = _setup(args, method or "galore_adamw")
     ranks = _parse_ranks(_get(args, "ranks"))

@@ -28,12 +28,19 @@ from typing import Any
 from torch import nn
 
 from galorekit.memory.activations import ActivationEstimate, estimate_activations
-from galorekit.memory.model import build_optimizer, build_training_model, default_rank
+from galorekit.memory.model import build_optimizer, build_training_model
 from galorekit.memory.optimizer_states import StateTensor, optimizer_state_tensors, total_bytes
 from galorekit.memory.setup import TrainingSetup
 
 #: the JSON keys of an estimate, in table order
 COMPONENTS = ("weights", "gradients", "optimizer_states", "activations")
+#: how tables and plots name them
+COMPONENT_NAMES = {
+    "weights": "Weights",
+    "gradients": "Weight gradients",
+    "optimizer_states": "Optimizer states",
+    "activations": "Activations",
+}
 
 
 @dataclass
@@ -70,17 +77,23 @@ def _unique(tensors) -> dict[int, Any]:
     return out
 
 
+def gradient_bytes(model: nn.Module, setup: TrainingSetup) -> int:
+    """Weight-gradient bytes of ``setup`` on ``model``: every trainable parameter's, or only the
+    largest with layer-wise updates and no accumulation (see the module docstring)."""
+    trainable = [p for p in _unique(model.parameters()).values() if p.requires_grad]
+    sizes = [p.numel() * p.element_size() for p in trainable]
+    if setup.layerwise and setup.accumulation_steps == 1:
+        return max(sizes, default=0)
+    return sum(sizes)
+
+
 def static_components(model: nn.Module, setup: TrainingSetup) -> dict[str, Any]:
     """Weights, gradients and optimizer states of ``setup`` on ``model`` (any device)."""
     params = _unique(model.parameters())
     buffers = _unique(model.buffers())
     weights = sum(t.numel() * t.element_size() for t in [*params.values(), *buffers.values()])
     trainable = [p for p in params.values() if p.requires_grad]
-    grad_sizes = [p.numel() * p.element_size() for p in trainable]
-    if setup.layerwise and setup.accumulation_steps == 1:
-        gradients = max(grad_sizes, default=0)
-    else:
-        gradients = sum(grad_sizes)
+    gradients = gradient_bytes(model, setup)
     with warnings.catch_warnings():
         # rank ≥ min(m, n) is clamped with a warning at the first step; the estimate clamps too
         warnings.simplefilter("ignore")
@@ -111,6 +124,8 @@ def estimate_model(model: nn.Module, setup: TrainingSetup) -> MemoryEstimate:
     only read: the optimizer built over it is never stepped and registers no hooks. A ``rank``
     of None means ``hidden_size // 4``, as in ``galore pretrain``."""
     if setup.rank is None:
+        from galorekit.train.methods import default_rank
+
         setup = setup.with_(rank=default_rank(model))
     static = static_components(model, setup)
     acts = estimate_activations(model, setup)

@@ -9,13 +9,16 @@ states do not depend on the batch; activations grow with it, so the model is bui
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from galorekit.memory.activations import estimate_activations
-from galorekit.memory.estimator import static_components
-from galorekit.memory.model import build_training_model
+from torch import nn
+
+from galorekit.memory.activations import LlamaStructure, estimate_activations, llama_structure
+from galorekit.memory.estimator import gradient_bytes, static_components
+from galorekit.memory.model import adapter_rank_limit, build_training_model, galore_shapes
 from galorekit.memory.setup import BASELINE_METHODS, METHODS, TrainingSetup, uses_rank
+from galorekit.projection import effective_rank
 
 #: ranks tried when none are given (the paper's 60M…7B ranks)
 DEFAULT_RANKS = (128, 256, 512, 1024)
@@ -55,11 +58,13 @@ class FitRow:
         }
 
 
-def _max_batch(model, setup: TrainingSetup, static: int, budget: int) -> tuple[int, int]:
+def _max_batch(
+    structure: LlamaStructure, setup: TrainingSetup, static: int, budget: int
+) -> tuple[int, int]:
     """(largest batch size that fits, its total); (0, total at batch 1) when none does."""
 
     def total(b: int) -> int:
-        return static + estimate_activations(model, setup.with_(batch_size=b)).total
+        return static + estimate_activations(structure, setup.with_(batch_size=b)).total
 
     first = total(1)
     if first > budget:
@@ -77,9 +82,16 @@ def _max_batch(model, setup: TrainingSetup, static: int, budget: int) -> tuple[i
     return lo, total(lo)
 
 
-def _valid_ranks(model_dims: Iterable[int], ranks: Sequence[int]) -> list[int]:
-    limit = min(model_dims)
-    return [r for r in ranks if r < limit]
+def valid_ranks(net: nn.Module, setup: TrainingSetup, ranks: Sequence[int]) -> list[int]:
+    """The ranks of ``ranks`` that are low-rank on every matrix ``setup.method`` acts on (with
+    ``setup``'s target modules): below ``min(m, n)`` of each matrix GaLore projects
+    (``galorekit.projection.effective_rank`` clamps nothing), or within the adapters' limit
+    (no clamping by ``galore pretrain``'s adapter rule)."""
+    if setup.method in BASELINE_METHODS:
+        limit = adapter_rank_limit(net, setup)
+        return [r for r in ranks if r <= limit]
+    shapes = galore_shapes(net, setup)
+    return [r for r in ranks if all(effective_rank(r, s) < min(s) for s in shapes)]
 
 
 def fit_budget(
@@ -93,26 +105,36 @@ def fit_budget(
 ) -> list[FitRow]:
     """One :class:`FitRow` per (method, layer-wise, rank, checkpointing) for ``model`` under
     ``budget`` bytes; ``base`` gives precision, sequence length, projection type, targets,
-    attention implementation and accumulation. Ranks at or above the smallest targeted matrix
-    dimension are skipped (they save nothing)."""
+    attention implementation and accumulation. Ranks at or above the smallest dimension of the
+    matrices a method acts on (with ``base``'s target modules) are skipped: they save nothing.
+    Raises ``ValueError`` when a method with a rank has no valid rank in ``ranks``."""
     if budget <= 0:
         raise ValueError(f"the budget must be positive, got {budget}")
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; valid: {', '.join(METHODS)}")
-    rows: list[FitRow] = []
     plain = build_training_model(model, base.with_(method="adamw"), vocab_size=vocab_size).model
-    config = plain.config
-    dims = (config.hidden_size, config.intermediate_size)
-    rank_list = _valid_ranks(dims, ranks)
-    if not rank_list and any(uses_rank(m) for m in methods):
-        raise ValueError(
-            f"no rank in {list(ranks)} is below the model's smallest matrix dimension {min(dims)}"
-        )
-    adapted: dict[tuple[str, int], object] = {}  # LoRA and ReLoRA train the same model
+    structures: dict[int, LlamaStructure] = {}  # walked once per built model
+
+    def structure(net: nn.Module) -> LlamaStructure:
+        if id(net) not in structures:
+            structures[id(net)] = llama_structure(net)
+        return structures[id(net)]
+
+    rows: list[FitRow] = []
+    adapted: dict[tuple[str, int], nn.Module] = {}  # LoRA and ReLoRA train the same model
     for method in methods:
-        for rank in rank_list if uses_rank(method) else [None]:
-            setup0 = base.with_(method=method, rank=rank, batch_size=1)
+        rank_list: list[int | None] = [None]
+        if uses_rank(method):
+            probe = base.with_(method=method, rank=None, layerwise=False)
+            rank_list = list(valid_ranks(plain, probe, ranks))
+            if not rank_list:
+                raise ValueError(
+                    f"{method}: no rank in {list(ranks)} is below the smallest dimension of the "
+                    "matrices it acts on; give smaller ranks (--ranks)"
+                )
+        for rank in rank_list:
+            setup0 = base.with_(method=method, rank=rank, batch_size=1, layerwise=False)
             if method in BASELINE_METHODS:
                 key = ("low_rank" if method == "low_rank" else "lora", rank)
                 if key not in adapted:
@@ -120,12 +142,13 @@ def fit_budget(
                 net = adapted[key]
             else:
                 net = plain
+            comp = static_components(net, setup0)  # the optimizer's state: built once
             for layerwise in (False, True) if method not in BASELINE_METHODS else (False,):
                 setup1 = setup0.with_(layerwise=layerwise)
-                comp = static_components(net, setup1)
-                static = comp["weights"] + comp["gradients"] + comp["optimizer_states"]
+                grads = gradient_bytes(net, setup1)
+                static = comp["weights"] + grads + comp["optimizer_states"]
                 for ckpt in (False, True):
                     setup2 = setup1.with_(activation_checkpointing=ckpt)
-                    batch, total = _max_batch(net, setup2, static, budget)
+                    batch, total = _max_batch(structure(net), setup2, static, budget)
                     rows.append(FitRow(method, layerwise, rank, ckpt, batch, total, static))
     return rows

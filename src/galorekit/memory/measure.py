@@ -75,15 +75,22 @@ def available_memory(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_fits(required: int, device: torch.device) -> None:
-    """Raise :class:`InsufficientMemoryError` when ``required`` bytes exceed what a measurement
-    may use on ``device`` (``SAFETY_FRACTION`` of the available memory)."""
+def check_fits(
+    required: int,
+    device: torch.device,
+    *,
+    what: str = "the estimate",
+    advice: str = "refusing to measure. Measure a smaller model (e.g. --model llama_9m or "
+    "llama_20m), a smaller batch, or on a larger device.",
+) -> None:
+    """Raise :class:`InsufficientMemoryError` when ``required`` bytes exceed what a run may use on
+    ``device`` (``SAFETY_FRACTION`` of the available memory); the message names ``what`` needs
+    them and ends with ``advice``."""
     free = available_memory(device)
     if required > SAFETY_FRACTION * free:
         raise InsufficientMemoryError(
-            f"the estimate ({required / 1e9:.2f} GB) exceeds {SAFETY_FRACTION:.0%} of the memory "
-            f"available on {device} ({free / 1e9:.2f} GB): refusing to measure. Measure a smaller "
-            "model (e.g. --model llama_9m or llama_20m), a smaller batch, or on a larger device."
+            f"{what} ({required / 1e9:.2f} GB) exceeds {SAFETY_FRACTION:.0%} of the memory "
+            f"available on {device} ({free / 1e9:.2f} GB): {advice}"
         )
 
 

@@ -26,20 +26,40 @@ class TrainingModel:
     rank_note: str = ""
 
 
-def default_rank(net: nn.Module) -> int:
-    """``hidden_size // 4``, the paper's ratio and ``galore pretrain``'s default."""
-    from galorekit.train.methods import default_rank as pretrain_default
+def adapter_rank_limit(net: nn.Module, setup: TrainingSetup) -> int:
+    """The largest adapter rank (LoRA, ReLoRA, Low-Rank) on the linear layers ``setup`` targets:
+    ``galorekit.train.baselines.max_adapter_rank`` over them, the rule ``galore pretrain``
+    applies (``galorekit.train.methods.adapter_rank``) generalised to explicit targets."""
+    from galorekit.train.baselines import max_adapter_rank, resolve_target_modules
 
-    return pretrain_default(net)
+    return max_adapter_rank(net, resolve_target_modules(net, _targets(setup)))
 
 
-def _smallest_target_dim(net: nn.Module, setup: TrainingSetup) -> int:
-    from galorekit.models import linear_shape
-    from galorekit.train.baselines import resolve_target_modules
+def galore_shapes(net: nn.Module, setup: TrainingSetup) -> list[tuple[int, int]]:
+    """Shapes of the weights GaLore projects under ``setup`` (its optimizer's GaLore group)."""
+    from galorekit.optim import param_groups
 
-    modules = dict(net.named_modules())
-    names = resolve_target_modules(net, _targets(setup))
-    return min(min(linear_shape(modules[n])) for n in names)
+    groups = param_groups(net, target_modules=_galore_targets(net, setup))
+    return [tuple(p.shape) for g in groups if "rank" in g for p in g["params"]]
+
+
+def resolve_rank(net: nn.Module, setup: TrainingSetup) -> tuple[int, str]:
+    """``(rank, note)``: ``setup.rank``, or ``hidden_size // 4`` when None (``galore pretrain``'s
+    ``default_rank``); an adapter rank at or above the smallest targeted dimension is clamped
+    below it, as ``galore pretrain`` does. ``note`` says what was changed, if anything."""
+    from galorekit.train.methods import default_rank
+
+    if setup.rank is None:
+        rank = default_rank(net)
+        note = f"rank {rank} = hidden_size // 4 (the default)"
+    else:
+        rank, note = setup.rank, ""
+    if setup.method in BASELINE_METHODS:
+        limit = adapter_rank_limit(net, setup)
+        if rank > limit:
+            note = f"rank {rank} ≥ the smallest targeted dimension {limit + 1}; clamped to {limit}"
+            rank = limit
+    return rank, note
 
 
 def build_training_model(
@@ -65,13 +85,7 @@ def build_training_model(
     )
     if net.config._attn_implementation != setup.attn_implementation:
         net.set_attn_implementation(setup.attn_implementation)
-    rank = setup.rank if setup.rank is not None else default_rank(net)
-    note = "" if setup.rank is not None else f"rank {rank} = hidden_size // 4 (the default)"
-    if setup.method in BASELINE_METHODS:
-        smallest = _smallest_target_dim(net, setup)
-        if rank >= smallest:
-            note = f"rank {rank} ≥ the smallest targeted dimension {smallest}: clamped to {smallest - 1}"
-            rank = smallest - 1
+    rank, note = resolve_rank(net, setup)
     setup = setup.with_(rank=rank)
     return TrainingModel(apply_method(net, setup), setup, note)
 
@@ -101,6 +115,15 @@ def _targets(setup: TrainingSetup):
     return list(tm) if isinstance(tm, tuple) else tm
 
 
+def _galore_targets(net: nn.Module, setup: TrainingSetup):
+    """What the GaLore group of ``galore pretrain``'s optimizer selects: ``setup``'s targets, by
+    default the linear layers inside the transformer blocks."""
+    from galorekit.models import default_target_modules
+
+    targets = _targets(setup)
+    return default_target_modules(net) if targets is None else targets
+
+
 def build_optimizer(
     net: nn.Module, setup: TrainingSetup, *, layerwise: bool | None = None
 ) -> torch.optim.Optimizer:
@@ -109,15 +132,12 @@ def build_optimizer(
     ``setup.target_modules``), plain AdamW over the trainable parameters for the baselines.
     ``layerwise`` overrides the setup's flag (estimates build the ordinary optimizer: the
     layer-wise wrapper keeps its state in the same inner optimizer)."""
-    from galorekit.models import default_target_modules
     from galorekit.optim import create_optimizer
 
-    if setup.rank is None and setup.method.startswith("galore_"):
+    galore = setup.method.startswith("galore_")
+    if setup.rank is None and galore:
         raise ValueError("build_optimizer needs a resolved rank (use build_training_model)")
-    targets = _targets(setup)
-    if targets is None and setup.method.startswith("galore_"):
-        targets = default_target_modules(net)
-    kwargs = {"target_modules": targets} if targets is not None else {}
+    kwargs = {"target_modules": _galore_targets(net, setup)} if galore else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rank clamping warnings: reported by the estimate
         return create_optimizer(

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from galorekit.memory.estimator import COMPONENTS, MemoryEstimate
+from galorekit.atomic import atomic_path
+from galorekit.memory.estimator import COMPONENT_NAMES, COMPONENTS, MemoryEstimate
 from galorekit.memory.units import in_unit
 
-_LABELS = {
-    "weights": "Weights",
-    "gradients": "Weight gradients",
-    "optimizer_states": "Optimizer states",
-    "activations": "Activations",
-}
 _COLORS = {
     "weights": "#4C72B0",
     "gradients": "#DD8452",
@@ -52,7 +46,7 @@ def plot_estimates(
     ys = list(range(len(estimates)))[::-1]  # first estimate on top
     for key in COMPONENTS:
         widths = [in_unit(getattr(e, key), unit) for e in estimates]
-        ax.barh(ys, widths, left=left, color=_COLORS[key], label=_LABELS[key], height=0.65)
+        ax.barh(ys, widths, left=left, color=_COLORS[key], label=COMPONENT_NAMES[key], height=0.65)
         left = [a + b for a, b in zip(left, widths)]
     for y, total in zip(ys, left):
         ax.text(total, y, f" {total:.2f}", va="center", fontsize=8)
@@ -73,17 +67,9 @@ def plot_estimates(
         ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, format="png")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the plot is an ordinary file
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -5,17 +5,10 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
-from galorekit.memory.estimator import COMPONENTS, MemoryEstimate
+from galorekit.memory.estimator import COMPONENT_NAMES, COMPONENTS, MemoryEstimate
 from galorekit.memory.fit import FitRow
 from galorekit.memory.measure import Measurement
 from galorekit.memory.units import format_bytes
-
-_NAMES = {
-    "weights": "Weights",
-    "gradients": "Weight gradients",
-    "optimizer_states": "Optimizer states",
-    "activations": "Activations",
-}
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
@@ -57,7 +50,7 @@ def breakdown_table(model: str, est: MemoryEstimate, unit: str = "GB") -> str:
     """The estimate of one configuration, component by component."""
     rows = []
     for key in COMPONENTS:
-        rows.append([_NAMES[key], format_bytes(getattr(est, key), unit), _share(est, key)])
+        rows.append([COMPONENT_NAMES[key], format_bytes(getattr(est, key), unit), _share(est, key)])
         if key == "optimizer_states" and est.projectors:
             rows.append(["  of which projectors", format_bytes(est.projectors, unit), ""])
     rows.append(["Total", format_bytes(est.total, unit), "100.0%"])
@@ -87,7 +80,9 @@ def measure_table(est: MemoryEstimate, meas: Measurement, unit: str = "GB") -> s
     rows = []
     for key in COMPONENTS:
         e, m = getattr(est, key), getattr(meas, key)
-        rows.append([_NAMES[key], format_bytes(e, unit), format_bytes(m, unit), _diff(m, e, unit)])
+        rows.append(
+            [COMPONENT_NAMES[key], format_bytes(e, unit), format_bytes(m, unit), _diff(m, e, unit)]
+        )
     rows.append(
         [
             "Total / measured peak",

@@ -7,40 +7,42 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from galorekit.optim.factory import OPTIMIZER_NAMES
+from galorekit.memory.names import (
+    ATTN_IMPLEMENTATIONS,
+    PRECISION_ALIASES,
+    PRECISION_DTYPES,
+    resolve_precision,
+)
+from galorekit.optim import OPTIMIZER_NAMES
 from galorekit.projection import PROJ_TYPES
+from galorekit.train.methods import BASELINES, METHODS
+
+__all__ = [
+    "ATTN_IMPLEMENTATIONS",
+    "BASELINE_METHODS",
+    "METHODS",
+    "PRECISIONS",
+    "PRECISION_ALIASES",
+    "TrainingSetup",
+    "check_method",
+    "optimizer_name",
+    "parse_target_modules",
+    "resolve_precision",
+    "uses_rank",
+]
 
 #: the baselines that change the model rather than the optimizer; they train with AdamW
-BASELINE_METHODS = ("lora", "relora", "low_rank")
-#: every method of ``galore pretrain``
-METHODS: tuple[str, ...] = (*OPTIMIZER_NAMES, *BASELINE_METHODS)
+BASELINE_METHODS = BASELINES
 
-#: precision → (parameter dtype, autocast dtype or None). ``bf16``/``fp16`` are *pure* 16-bit
-#: training (weights, gradients and optimizer states in 16 bit, the paper's memory setting);
-#: ``*-mixed`` keep float32 weights and run the forward under ``torch.autocast``.
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    return None if name is None else getattr(torch, name)
+
+
+#: precision → (parameter dtype, autocast dtype or None); see ``galorekit.memory.names``
 PRECISIONS: dict[str, tuple[torch.dtype, torch.dtype | None]] = {
-    "fp32": (torch.float32, None),
-    "bf16": (torch.bfloat16, None),
-    "fp16": (torch.float16, None),
-    "bf16-mixed": (torch.float32, torch.bfloat16),
-    "fp16-mixed": (torch.float32, torch.float16),
+    key: (_dtype(param), _dtype(autocast)) for key, (param, autocast) in PRECISION_DTYPES.items()
 }
-#: ``galore pretrain --dtype`` spellings: float32, and bfloat16 = autocast over float32 weights
-PRECISION_ALIASES = {"float32": "fp32", "bfloat16": "bf16-mixed"}
-
-
-def resolve_precision(name: str) -> str:
-    """A key of ``PRECISIONS`` (``galore pretrain``'s ``float32``/``bfloat16`` accepted)."""
-    key = PRECISION_ALIASES.get(name, name)
-    if key not in PRECISIONS:
-        valid = [*PRECISIONS, *PRECISION_ALIASES]
-        raise ValueError(f"unknown precision {name!r}; valid: {', '.join(valid)}")
-    return key
-
-
-#: attention implementations the activation formula knows (``sdpa``: a fused kernel saving
-#: q, k, v, the output and the log-sum-exp; ``eager``: the explicit softmax(QKᵀ)V)
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
 def optimizer_name(method: str) -> str:

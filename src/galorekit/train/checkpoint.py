@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from galorekit.atomic import atomic_write_text  # noqa: F401  (re-exported: the CLIs use it)
+
 if TYPE_CHECKING:  # imported where used: the atomic-file helpers must not cost a torch import
     import torch
     from torch import nn
@@ -129,24 +131,6 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` via a fsynced temporary file and ``os.replace``."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = _temp_sibling(final)
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, final)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_path(final.parent)
 
 
 # --------------------------------------------------------------------------- save

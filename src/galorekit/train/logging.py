@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from galorekit.train.checkpoint import atomic_write_text
+from galorekit.atomic import atomic_write_json
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
@@ -133,7 +133,7 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def write_run_config(output_dir: str | os.PathLike[str], config: Mapping[str, Any] | Any) -> Path:
     """Atomically write ``config`` (a dict or dataclass) to ``OUTPUT_DIR/config.json``."""
     path = Path(output_dir) / CONFIG_FILE
-    atomic_write_text(path, json.dumps(to_jsonable(config), indent=2, sort_keys=True) + "\n")
+    atomic_write_json(path, to_jsonable(config), sort_keys=True)
     return path
 
 

@@ -6,6 +6,7 @@ import math
 import os
 from pathlib import Path
 
+from galorekit.atomic import atomic_path
 from galorekit.train.logging import read_metrics
 
 
@@ -37,8 +38,9 @@ def plot_run(output_dir: str | os.PathLike[str], path: str | None = None) -> Pat
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     target = Path(path) if path else out / "curves.png"
-    tmp = target.with_name(target.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, target)
+    try:
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return target

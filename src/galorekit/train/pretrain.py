@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import resource
 import shutil
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from galorekit.atomic import atomic_write_text
 from galorekit.data import DataConfig
 from galorekit.distributed.data_parallel import STRATEGIES
 from galorekit.train.methods import MethodConfig, setup_method
@@ -305,9 +305,7 @@ def truncate_metrics(path: Path, after_step: int) -> None:
             event = json.loads(line)
             if event.get("step", 0) <= after_step:
                 kept.append(line)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 class StopFlag:
@@ -698,7 +696,7 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
         ],
         title=f"galore pretrain — {out}",
     )
-    (out / "summary.md").write_text(f"```\n{summary}\n```\n", encoding="utf-8")
+    atomic_write_text(out / "summary.md", f"```\n{summary}\n```\n")
     if cfg.plot:
         from galorekit.train.plots import plot_run
 

@@ -1,0 +1,147 @@
+"""Atomic writes: a reader (or a run resumed after a crash) sees the old file or the complete new
+one under the final name, never a half-written one.
+
+Every writer here goes through a hidden temporary sibling of the target (same directory, so the
+final ``os.replace`` is a rename, not a copy), fsyncs it, renames it over the target and fsyncs
+the directory. The temporary is created the way ``open(path, "w")`` creates a file, so the result
+has the ordinary umask-derived mode (0644 files and 0755 directories under umask 022), not the
+0600/0700 of ``tempfile.mkstemp``/``mkdtemp``.
+
+>>> atomic_write_json("out/result.json", {"loss": 2.5})                  # doctest: +SKIP
+>>> with atomic_path("out/curves.png") as tmp:                           # doctest: +SKIP
+...     fig.savefig(tmp)              # any writer that wants a path: savefig, torch.save, ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "publish_directory",
+    "temp_sibling",
+]
+
+PathLike = str | os.PathLike[str]
+
+
+def temp_sibling(path: PathLike) -> Path:
+    """A fresh hidden name next to ``path`` that keeps its suffix (``savefig`` reads the format
+    from it): ``dir/.curves.png.<pid>-<random>.tmp.png``."""
+    final = Path(path)
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return final.parent / f".{final.name}.{token}.tmp{final.suffix}"
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    # makes the rename itself durable; directories cannot be opened on every platform (Windows)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` for a writer that wants a file name; when the
+    block succeeds the file written there becomes ``path``, when it raises the temporary is
+    removed and ``path`` is left as it was.
+
+    The writer creates the file itself (``fig.savefig(tmp)``, ``torch.save(obj, tmp)``), so it
+    gets the mode any ``open()`` would give it. Raises ``FileNotFoundError`` when the block
+    wrote nothing there.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(final)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"nothing was written to {tmp} (the temporary of {final})")
+        _fsync_file(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise
+    _fsync_dir(final.parent)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see the module docstring)."""
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically; no newline translation (``"\\n"`` stays ``"\\n"``)."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(
+    path: PathLike, obj: Any, *, indent: int | None = 2, sort_keys: bool = False, **kwargs: Any
+) -> None:
+    """Write ``obj`` as JSON (``json.dumps(obj, indent=..., sort_keys=..., **kwargs)`` and a final
+    newline) to ``path`` atomically."""
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, **kwargs)
+    atomic_write_text(path, text + "\n")
+
+
+@contextlib.contextmanager
+def publish_directory(path: PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory next to ``path``; when the block succeeds it is renamed
+    to ``path`` unless another process published one first; when it raises it is removed.
+    (``galorekit.train.checkpoint.atomic_directory`` is the other policy: it *replaces* ``path``.)
+
+    For caches built once under a content key: if another process published a complete
+    ``path`` first, that copy is kept and ours is discarded (both were built from the same key).
+    The directory gets the umask-derived mode of ``mkdir`` (0755 under umask 022).
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(final)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                _fsync_file(Path(root) / name)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+        else:
+            _fsync_dir(final.parent)
+    finally:
+        _remove(tmp)
