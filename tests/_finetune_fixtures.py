@@ -43,8 +43,11 @@ def make_tokenizer(*, token_types: bool):
     )
 
 
-def save_tiny_encoder(path: Path, kind: str, *, num_labels: int | None = None) -> Path:
-    """A random-initialised 2-layer, hidden-32 BERT or RoBERTa plus tokenizer saved to ``path``.
+def save_tiny_encoder(
+    path: Path, kind: str, *, num_labels: int | None = None, hidden_size: int = 32
+) -> Path:
+    """A random-initialised 2-layer BERT or RoBERTa (MLP width 2 x ``hidden_size``) plus its
+    tokenizer, saved to ``path``.
 
     With ``num_labels`` it is saved as a sequence classifier (as a fine-tuned model would be);
     otherwise as a bare encoder (as a pre-trained one is).
@@ -60,10 +63,10 @@ def save_tiny_encoder(path: Path, kind: str, *, num_labels: int | None = None) -
     torch.manual_seed(0)
     common = dict(
         vocab_size=len(VOCAB),
-        hidden_size=32,
+        hidden_size=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=2 * hidden_size,
         pad_token_id=0,
     )
     if kind == "bert":
@@ -119,3 +122,41 @@ def write_rows(path: Path, rows: list[dict], *, delimiter: str = ",") -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def tiny_data_files(root: Path) -> dict[str, Path]:
+    """Generated sentiment (256 train, 96 validation rows) and pair-task files under ``root``."""
+    return {
+        "train": write_rows(root / "train.csv", sentiment_rows(256, seed=0)),
+        "val": write_rows(root / "val.csv", sentiment_rows(96, seed=1)),
+        "pair_train": write_rows(root / "pair_train.tsv", pair_rows(64, seed=2), delimiter="\t"),
+        "pair_val": write_rows(root / "pair_val.tsv", pair_rows(32, seed=3), delimiter="\t"),
+    }
+
+
+def parse(*argv: str):
+    """``galore finetune``'s flags parsed into a namespace."""
+    import argparse
+
+    from galorekit.train import finetune
+
+    parser = argparse.ArgumentParser()
+    finetune.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def tiny_args(model: Path, files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    """Flags of a fast run: the generated sentiment files, batch 16, 16 tokens, rank 4."""
+    return [
+        "--model", str(model),
+        "--train-file", str(files["train"]),
+        "--validation-file", str(files["val"]),
+        "--output-dir", str(out),
+        "--batch-size", "16",
+        "--max-length", "16",
+        "--rank", "4",
+        "--warmup-ratio", "0",
+        "--no-tensorboard",
+        "--no-progress",
+        *extra,
+    ]  # fmt: skip

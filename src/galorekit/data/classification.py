@@ -20,7 +20,7 @@ import csv
 import importlib.util
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,12 +361,12 @@ def read_table(path: str | Path) -> Any:
     return df
 
 
-def _check_columns(df: Any, columns: Sequence[str], where: str, what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
+def _check_columns(available: Sequence[str], wanted: Sequence[str], where: str, what: str) -> None:
+    missing = [c for c in wanted if c not in available]
     if missing:
         raise DataError(
             f"{what} {', '.join(map(repr, missing))} not in {where}; its columns are: "
-            f"{', '.join(df.columns)}"
+            f"{', '.join(available)}"
         )
 
 
@@ -383,17 +383,24 @@ def _infer_text_columns(df: Any, label_column: str, where: str) -> tuple[str, ..
     )
 
 
-def _texts(df: Any, column: str) -> list[str]:
-    return ["" if _is_missing(v) else str(v) for v in df[column].tolist()]
+def _texts(values: Sequence[Any]) -> list[str]:
+    return ["" if _is_missing(v) else str(v) for v in values]
+
+
+def _split_from_columns(
+    column: Callable[[str], Sequence[Any]], available: Sequence[str], task: TaskSpec, where: str
+) -> TextSplit:
+    """A split from any table (a DataFrame, a ``datasets.Dataset``) given a column getter."""
+    _check_columns(available, task.text_columns, where, "text column(s)")
+    _check_columns(available, (task.label_column,), where, "label column")
+    labels = encode_labels(column(task.label_column), task, where)
+    texts = _texts(column(task.text_columns[0]))
+    pairs = _texts(column(task.text_columns[1])) if task.is_pair else None
+    return TextSplit(texts, labels, pairs)
 
 
 def _split_from_frame(df: Any, task: TaskSpec, where: str) -> TextSplit:
-    _check_columns(df, task.text_columns, where, "text column(s)")
-    _check_columns(df, (task.label_column,), where, "label column")
-    labels = encode_labels(df[task.label_column].tolist(), task, where)
-    texts = _texts(df, task.text_columns[0])
-    pairs = _texts(df, task.text_columns[1]) if task.is_pair else None
-    return TextSplit(texts, labels, pairs)
+    return _split_from_columns(lambda c: df[c].tolist(), list(df.columns), task, where)
 
 
 def _file_task(cfg: ClassificationDataConfig, train_df: Any, where: str) -> TaskSpec:
@@ -418,9 +425,9 @@ def _file_task(cfg: ClassificationDataConfig, train_df: Any, where: str) -> Task
             base.metric_task,
         )
     label_column = cfg.label_column or "label"
-    _check_columns(train_df, (label_column,), where, "label column")
+    _check_columns(list(train_df.columns), (label_column,), where, "label column")
     text_columns = tuple(cfg.text_columns or _infer_text_columns(train_df, label_column, where))
-    _check_columns(train_df, text_columns, where, "text column(s)")
+    _check_columns(list(train_df.columns), text_columns, where, "text column(s)")
     names = infer_label_names(train_df[label_column].tolist(), cfg.problem_type, where)
     if names is None:
         metric = "regression"
@@ -429,14 +436,21 @@ def _file_task(cfg: ClassificationDataConfig, train_df: Any, where: str) -> Task
     return TaskSpec("custom", text_columns, label_column, names, metric, accepts_ids=False)
 
 
-def _holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _sample(split: TextSplit, n: int, seed: int) -> tuple[TextSplit, TextSplit]:
+    """``n`` examples drawn under ``seed`` and the rest, each in their original order."""
+    perm = np.random.default_rng(seed).permutation(len(split))
+    return split.select(np.sort(perm[:n]).tolist()), split.select(np.sort(perm[n:]).tolist())
+
+
+def hold_out(split: TextSplit, fraction: float, seed: int) -> tuple[TextSplit, TextSplit]:
+    """``(train, validation)``: ``fraction`` of ``split`` (at least one example) held out."""
     if not 0 < fraction < 1:
         raise DataError(f"validation fraction must be in (0, 1), got {fraction}")
-    n_val = max(1, round(n * fraction))
-    if n - n_val < 1:
-        raise DataError(f"only {n} example(s): too few to hold out a validation split")
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    n_val = max(1, round(len(split) * fraction))
+    if len(split) - n_val < 1:
+        raise DataError(f"only {len(split)} example(s): too few to hold out a validation split")
+    validation, train = _sample(split, n_val, seed)
+    return train, validation
 
 
 def _load_files(cfg: ClassificationDataConfig) -> ClassificationData:
@@ -450,12 +464,12 @@ def _load_files(cfg: ClassificationDataConfig) -> ClassificationData:
         val_df = read_table(cfg.validation_file)
         evals = {"validation": _split_from_frame(val_df, task, str(cfg.validation_file))}
     else:
-        train_idx, val_idx = _holdout(len(train), cfg.validation_fraction, cfg.seed)
-        evals = {"validation": train.select(val_idx.tolist())}
-        train = train.select(train_idx.tolist())
+        rows = len(train)
+        train, validation = hold_out(train, cfg.validation_fraction, cfg.seed)
+        evals = {"validation": validation}
         notes.append(
-            f"no --validation-file: held out {len(val_idx)} of {len(train_idx) + len(val_idx)} "
-            f"training rows ({cfg.validation_fraction:.0%}, seed {cfg.seed}) for validation"
+            f"no --validation-file: held out {len(validation)} of {rows} training rows "
+            f"({cfg.validation_fraction:.0%}, seed {cfg.seed}) for validation"
         )
     source = f"{cfg.train_file}" + (f" + {cfg.validation_file}" if cfg.validation_file else "")
     return ClassificationData(task, train, evals, source, notes)
@@ -483,17 +497,9 @@ def _load_glue(cfg: ClassificationDataConfig) -> ClassificationData:
                 f"GLUE task {task.name!r} has no split {name!r}; it has {', '.join(dsd)}"
             )
         ds = dsd[name]
-        missing = [c for c in (*task.text_columns, task.label_column) if c not in ds.column_names]
-        if missing:
-            raise DataError(
-                f"GLUE {task.name}/{name} lacks column(s) {', '.join(missing)}; it has "
-                f"{', '.join(ds.column_names)}"
-            )
-        where = f"GLUE {task.name}/{name}"
-        labels = encode_labels(ds[task.label_column], task, where)
-        texts = [str(t) for t in ds[task.text_columns[0]]]
-        pairs = [str(t) for t in ds[task.text_columns[1]]] if task.is_pair else None
-        return TextSplit(texts, labels, pairs)
+        return _split_from_columns(
+            lambda c: ds[c], list(ds.column_names), task, f"GLUE {task.name}/{name}"
+        )
 
     evals = {name: split(hub) for name, hub in task.eval_splits}
     return ClassificationData(task, split("train"), evals, f"{GLUE_HUB_ID}/{task.name}")
@@ -522,10 +528,8 @@ def rotten_tomatoes_path() -> Path:
 
 def load_rotten_tomatoes(cfg: ClassificationDataConfig) -> ClassificationData:
     """Critic reviews labelled fresh (1) or rotten (0), de-duplicated, split under ``cfg.seed``."""
-    import pandas as pd
-
     path = rotten_tomatoes_path()
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = read_table(path)
     rows = len(df)
     df = df[df["category"].isin(ROTTEN_TOMATOES_SPEC.label_names)]  # drop the "plot" summaries
     df = df.assign(text=df["text"].str.strip())
@@ -533,17 +537,13 @@ def load_rotten_tomatoes(cfg: ClassificationDataConfig) -> ClassificationData:
     texts = df["text"].tolist()
     labels = encode_labels(df["category"].tolist(), ROTTEN_TOMATOES_SPEC, str(path))
     full = TextSplit(texts, labels)
-    train_idx, val_idx = _holdout(len(full), cfg.validation_fraction, cfg.seed)
+    train, validation = hold_out(full, cfg.validation_fraction, cfg.seed)
     notes = [
         f"Rotten Tomatoes: {len(full)} reviews (of {rows} rows: plot summaries and duplicates "
-        f"dropped), {len(val_idx)} held out for validation (seed {cfg.seed})"
+        f"dropped), {len(validation)} held out for validation (seed {cfg.seed})"
     ]
     return ClassificationData(
-        ROTTEN_TOMATOES_SPEC,
-        full.select(train_idx.tolist()),
-        {"validation": full.select(val_idx.tolist())},
-        str(path),
-        notes,
+        ROTTEN_TOMATOES_SPEC, train, {"validation": validation}, str(path), notes
     )
 
 
@@ -555,8 +555,7 @@ def _subsample(split: TextSplit, n: int | None, seed: int) -> TextSplit:
         return split
     if n < 1:
         raise DataError(f"sample limits must be >= 1, got {n}")
-    idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:n])
-    return split.select(idx.tolist())
+    return _sample(split, n, seed)[0]
 
 
 def load_classification_data(cfg: ClassificationDataConfig) -> ClassificationData:

@@ -34,12 +34,16 @@ def default_target_modules(model: nn.Module) -> list[str]:
 
     For LLaMA these are every layer's ``q/k/v/o_proj`` and ``gate/up/down_proj`` — the matrices
     the paper trains with GaLore (and the baselines factorise). Embeddings, norms and the output
-    head are excluded: only linear layers inside ``model.base_model`` (the backbone) count, and the
+    head are excluded: only linear layers inside ``model.base_model`` (the backbone) count, not a
+    BERT-style pooler there (a dense layer on [CLS], part of the classification head), and the
     output embedding never does. The names are full paths (``model.layers.0.self_attn.q_proj``),
     usable as peft ``target_modules`` and as substrings for GaLore's parameter groups.
     """
     backbone = getattr(model, "base_model", model)
     inside = {id(m) for m in backbone.modules()}
+    pooler = getattr(backbone, "pooler", None)
+    if isinstance(pooler, nn.Module):  # BERT-style pooler: a dense layer on [CLS], part of the head
+        inside -= {id(m) for m in pooler.modules()}
     head = output_head(model)
     return [
         name

@@ -1,0 +1,323 @@
+"""The loop of ``galore finetune``: tokenized inputs → train one method → evaluate → best checkpoint.
+
+The inputs are tokenized once per command (``tokenize_data``) and shared by every method of
+``--compare``. The learning rate follows ``warmup_linear`` through ``LambdaLR``; each epoch's batch
+order is seeded by ``epoch_seed(seed, epoch)``, as in pre-training. The training loss is summed as
+a tensor and read (one host sync) at each log event and before each evaluation, which is also
+where a non-finite loss is caught.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from galorekit.data.classification import ClassificationData, TaskSpec, tokenize_split
+from galorekit.data.sources import epoch_seed
+from galorekit.train.finetune_config import FinetuneConfig, TrainingError
+from galorekit.train.finetune_methods import build_method
+from galorekit.train.finetune_model import load_model, load_tokenizer, model_max_length, save_best
+from galorekit.train.glue_metrics import compute_metrics, is_better, primary_metric
+from galorekit.train.logging import MetricsLogger
+
+if TYPE_CHECKING:
+    from torch import nn
+
+BEST_DIR = "best"
+
+
+@dataclass
+class TokenizedData:
+    """Model inputs of every split (unpadded, with ``labels``) and the tokenizer that made them."""
+
+    tokenizer: Any
+    max_length: int
+    train: list[dict[str, Any]]
+    evals: dict[str, list[dict[str, Any]]]
+
+
+def tokenize_data(data: ClassificationData, location: str, max_length: int) -> TokenizedData:
+    """Tokenize ``data`` with the tokenizer of the model at ``location``, truncating to
+    ``max_length`` or to what the model accepts, if less."""
+    from transformers import AutoConfig
+
+    tokenizer = load_tokenizer(location)
+    limit = model_max_length(AutoConfig.from_pretrained(location), tokenizer)
+    if max_length > limit:
+        print(f"note: max length {max_length} exceeds what the model accepts; using {limit}")
+        max_length = limit
+    regression = data.task.is_regression
+    return TokenizedData(
+        tokenizer,
+        max_length,
+        tokenize_split(data.train, tokenizer, max_length, regression=regression),
+        {
+            name: tokenize_split(split, tokenizer, max_length, regression=regression)
+            for name, split in data.evals.items()
+        },
+    )
+
+
+def warmup_linear(step: int, *, warmup: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps to 1 (the first step already
+    above 0), then linear decay towards 0 at ``total``. ``step`` counts from 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def epoch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[int]:
+    """Example indices of one epoch: shuffled under ``epoch_seed(seed, epoch)``, grouped into
+    batches of similar length (less padding; transformers' ``LengthGroupedSampler``)."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return list(LengthGroupedSampler(batch_size, lengths=list(lengths), generator=generator))
+
+
+def _eval_batches(
+    examples: list[dict[str, Any]], batch_size: int, collate: Any
+) -> Iterator[dict[str, Any]]:
+    # Evaluation in length order: far less padding, same metrics.
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        yield collate([examples[i] for i in order[start : start + batch_size]])
+
+
+def evaluate(
+    model: nn.Module,
+    eval_sets: Mapping[str, list[dict[str, Any]]],
+    task: TaskSpec,
+    collate: Any,
+    batch_size: int,
+) -> dict[str, float]:
+    """``eval_<metric>`` (and ``eval_loss``) on the main set, ``eval_<set>_<metric>`` on others."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    results: dict[str, float] = {}
+    with torch.inference_mode():
+        for i, (name, examples) in enumerate(eval_sets.items()):
+            preds: list[torch.Tensor] = []
+            labels: list[torch.Tensor] = []
+            loss_sum = 0.0
+            for batch in _eval_batches(examples, batch_size, collate):
+                out = model(**batch)
+                loss_sum += float(out.loss) * len(batch["labels"])
+                logits = out.logits.float()
+                preds.append(logits.squeeze(-1) if task.is_regression else logits.argmax(-1))
+                labels.append(batch["labels"])
+            prefix = "eval_" if i == 0 else f"eval_{name}_"
+            metrics = compute_metrics(
+                task.metric_task, torch.cat(preds).numpy(), torch.cat(labels).numpy()
+            )
+            results.update({prefix + k: v for k, v in metrics.items()})
+            results[prefix + "loss"] = loss_sum / len(examples)
+    model.train(was_training)
+    return results
+
+
+@dataclass
+class RunResult:
+    """What one method's run reached, and at what cost."""
+
+    method: str
+    metric: str
+    best: dict[str, float]
+    final: dict[str, float]
+    best_step: int
+    steps: int
+    trainable_params: int
+    total_params: int
+    #: bytes of the tensors the optimizer holds (``memory.optimizer_states.held_state_bytes``)
+    optimizer_state_bytes: int
+    train_seconds: float
+    #: model loading, training, evaluation and checkpoints (tokenization is shared: not included)
+    total_seconds: float
+    #: CPU time of the process (all threads): on a shared machine, wall time overstates the cost
+    cpu_seconds: float
+    threads: int
+    lr: float
+    output_dir: str
+
+
+def train_and_evaluate(
+    cfg: FinetuneConfig,
+    data: ClassificationData,
+    inputs: TokenizedData,
+    location: str,
+    out_dir: Path,
+    logger: MetricsLogger,
+) -> RunResult:
+    """Load the model, build the method, train, evaluate, keep the best checkpoint.
+
+    ``cfg`` is resolved (``resolve_presets``); ``location`` is ``resolve_model(cfg.model)``.
+    """
+    import torch
+    from transformers import DataCollatorWithPadding, set_seed
+
+    from galorekit.memory.optimizer_states import held_state_bytes
+    from galorekit.models import count_parameters
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    set_seed(cfg.seed)  # same head initialisation and batch order for every method
+    model = load_model(location, data.task, inputs.tokenizer)
+    total_params = count_parameters(model)
+    model, optimizer, method_info = build_method(model, cfg)
+    trainable = count_parameters(model, trainable_only=True)
+    model.train()
+
+    train_examples, tokenizer = inputs.train, inputs.tokenizer
+    collate = DataCollatorWithPadding(tokenizer)
+    steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
+    total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(warmup_linear, warmup=warmup, total=total_steps)
+    )
+    lengths = [len(e["input_ids"]) for e in train_examples]
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
+    metric_key = "eval_" + primary_metric(data.task.metric_task)
+    logger.log(
+        {
+            "event": "start",
+            "method": cfg.method,
+            "train_examples": len(train_examples),
+            "eval_examples": {k: len(v) for k, v in inputs.evals.items()},
+            "steps": total_steps,
+            "warmup_steps": warmup,
+            "trainable_params": trainable,
+            "total_params": total_params,
+            "max_length": inputs.max_length,
+            **method_info,
+        }
+    )
+
+    best: dict[str, float] = {}
+    best_step = 0
+    final: dict[str, float] = {}
+    step, train_seconds = 0, 0.0
+    # the window's losses are summed on the device (float64: as exact as summing Python floats)
+    window_loss = torch.zeros((), dtype=torch.float64)
+    window_start, window_n, window_time = 0, 0, 0.0
+    bar = _progress(total_steps, cfg)
+
+    def checked_window_loss() -> float:
+        """The window's loss sum (a host sync); raises if a step's loss was not finite."""
+        total = float(window_loss)
+        if not math.isfinite(total):
+            raise TrainingError(
+                f"{cfg.method}: the training loss became {total / max(window_n, 1)} within steps "
+                f"{window_start + 1}-{step}; lower --lr (now {cfg.lr:g}) or check the labels"
+            )
+        return total
+
+    def run_eval(epoch: float) -> None:
+        nonlocal best, best_step, final
+        metrics = evaluate(model, inputs.evals, data.task, collate, cfg.batch_size * 2)
+        final = metrics
+        logger.log({"event": "eval", "method": cfg.method, "step": step, "epoch": epoch, **metrics})
+        if is_better(metric_key.removeprefix("eval_"), metrics[metric_key], best.get(metric_key)):
+            best, best_step = metrics, step
+            save_best(
+                model,
+                tokenizer,
+                out_dir / BEST_DIR,
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "method": cfg.method,
+                    "task": data.task.name,
+                    "metrics": metrics,
+                    "label_names": data.task.label_names,
+                },
+            )
+        bar.set_postfix_str(f"{metric_key}={metrics[metric_key]:.4f}")
+
+    epoch = 0
+    while step < total_steps:
+        loader = torch.utils.data.DataLoader(
+            train_examples,
+            batch_size=cfg.batch_size,
+            sampler=epoch_order(lengths, cfg.batch_size, cfg.seed, epoch),
+            collate_fn=collate,
+        )
+        for batch in loader:
+            t0 = time.perf_counter()
+            lr = scheduler.get_last_lr()[-1]
+            loss = model(**batch).loss
+            try:
+                loss.backward()  # layer-wise: the update happens here
+                if cfg.max_grad_norm > 0 and not cfg.layerwise:
+                    torch.nn.utils.clip_grad_norm_(trainable_params, cfg.max_grad_norm)
+                optimizer.step()
+            except FloatingPointError as err:  # GaLore refuses non-finite gradients
+                raise TrainingError(f"{cfg.method} at step {step + 1}: {err}") from err
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            elapsed = time.perf_counter() - t0
+            train_seconds += elapsed
+            window_time += elapsed
+            step += 1
+            window_loss += loss.detach()
+            window_n += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total_steps:
+                mean = checked_window_loss() / window_n
+                logger.log(
+                    {
+                        "event": "train",
+                        "method": cfg.method,
+                        "step": step,
+                        "epoch": step / steps_per_epoch,
+                        "loss": mean,
+                        "lr": lr,
+                        # training steps only (evaluation and checkpointing excluded)
+                        "steps_per_s": window_n / max(window_time, 1e-9),
+                    }
+                )
+                bar.set_postfix_str(f"loss={mean:.4f}")
+                window_loss.zero_()
+                window_start, window_n, window_time = step, 0, 0.0
+            epoch_end = step % steps_per_epoch == 0
+            if (cfg.eval_every and step % cfg.eval_every == 0) or epoch_end or step == total_steps:
+                checked_window_loss()  # never evaluate (or keep) a diverged model
+                run_eval(step / steps_per_epoch)
+            if step >= total_steps:
+                break
+        epoch += 1
+    bar.close()
+    result = RunResult(
+        method=cfg.method,
+        metric=metric_key,
+        best=best or final,
+        final=final,
+        best_step=best_step,
+        steps=step,
+        trainable_params=trainable,
+        total_params=total_params,
+        optimizer_state_bytes=held_state_bytes(optimizer),
+        train_seconds=train_seconds,
+        total_seconds=time.perf_counter() - started,
+        cpu_seconds=time.process_time() - cpu_started,
+        threads=torch.get_num_threads(),
+        lr=cfg.lr,
+        output_dir=str(out_dir),
+    )
+    logger.log({"event": "end", **asdict(result)})
+    return result
+
+
+def _progress(total: int, cfg: FinetuneConfig) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, desc=cfg.method, unit="step", disable=not cfg.progress, dynamic_ncols=True
+    )
