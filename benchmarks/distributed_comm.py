@@ -6,7 +6,11 @@ only), for each mode:
 
 - ``ddp``: DistributedDataParallel, full all-reduce (our counted hook, numerically torch's own);
 - ``ddp_lowrank``: DDP + low-rank communication (projected gradients between refreshes);
-- ``layerwise``: layer-wise GaLore, one all-reduce per parameter inside its backward hook.
+- ``layerwise``: layer-wise GaLore, one all-reduce per parameter inside its backward hook;
+- ``fsdp``: FSDP2 (``fully_shard`` per decoder layer and the root): each step all-gathers the
+  weights (forward, and again in backward) and reduce-scatters the gradients; GaLore works on the
+  row shards and a refresh all-reduces n×l sketches (``galorekit.projection.sharded``);
+- ``fsdp_layerwise``: FSDP2 with layer-wise GaLore (updates in the hooks after reduce-scatter).
 
 Bytes are the payload handed to the ``torch.distributed`` collectives by one rank, counted at the
 calls (``galorekit.distributed.CommCounter``), split into refresh steps (full gradients) and the
@@ -16,9 +20,10 @@ It also times the two ways to keep projectors identical on every rank at a refre
 recomputes every SVD from the (identical) reduced gradient, against each rank computing 1/W of
 them and broadcasting the projectors.
 
-Part 2 (``--loss-steps N``) — the loss of low-rank communication against full all-reduce: two
-``galore pretrain --nproc-per-node 2`` runs on the offline corpus (gradient clipping on, which is
-what low-rank communication changes: the clip sees ‖R̄‖ for GaLore matrices).
+Part 2 (``--loss-steps N``) — the loss of low-rank communication and of FSDP2 against full
+all-reduce: ``galore pretrain --nproc-per-node 2`` runs on the offline corpus (gradient clipping
+on, which is what low-rank communication changes: the clip sees ‖R̄‖ for GaLore matrices; FSDP2
+projects every matrix on the right).
 
     python benchmarks/distributed_comm.py --models llama_60m llama_130m --seq-len 64 \
         --batch-size 1 --steps 6 --gap 3 --loss-steps 100 \
@@ -46,7 +51,7 @@ import torch.multiprocessing as mp
 from galorekit.atomic import atomic_write_json, atomic_write_text
 from galorekit.bench import PAPER_RANKS
 
-MODES = ("ddp", "ddp_lowrank", "layerwise")
+MODES = ("ddp", "ddp_lowrank", "layerwise", "fsdp", "fsdp_layerwise")
 WORLD = 2
 
 
@@ -63,7 +68,12 @@ def _measure_mode(model_name: str, mode: str, args, ctx) -> dict:
 
     torch.manual_seed(0)
     model = build_model(model_name, vocab_size=args.vocab_size, seed=0)
-    layerwise = mode == "layerwise"
+    layerwise = mode.endswith("layerwise")
+    fsdp = mode.startswith("fsdp")
+    if fsdp:  # before the optimizer, which must hold the sharded parameters
+        from galorekit.distributed.fsdp import shard_model
+
+        shard_model(model, ctx, torch.device("cpu"))
     method = MethodConfig(
         method="galore_adamw",
         lr=1e-3,
@@ -81,6 +91,7 @@ def _measure_mode(model_name: str, mode: str, args, ctx) -> dict:
         torch.device("cpu"),
         layerwise=layerwise,
         lowrank_comm=mode == "ddp_lowrank",
+        strategy="fsdp" if fsdp else "ddp",
     )
     gen = torch.Generator().manual_seed(1000 + ctx.rank)
     rows = []
@@ -95,7 +106,7 @@ def _measure_mode(model_name: str, mode: str, args, ctx) -> dict:
             loss = parallel.module(input_ids=batch, labels=batch).loss
             loss.backward()
             if not layerwise:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                parallel.clip_grad_norm_(1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sent, calls = counter.bytes, counter.calls
@@ -109,7 +120,7 @@ def _measure_mode(model_name: str, mode: str, args, ctx) -> dict:
                     "seconds": time.perf_counter() - t0,
                 }
             )
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())  # DTensors count globally
     refresh = [r for r in rows if r["refresh"]]
     between = [r for r in rows if not r["refresh"]]
     # step 0 also builds optimizer states; step 1 is the first steady step
@@ -200,10 +211,16 @@ def _worker(rank: int, port: int, args, out_path: str) -> None:
 
 
 def loss_comparison(args) -> dict:
-    """Two short `galore pretrain --nproc-per-node 2` runs: full vs low-rank communication."""
+    """Short `galore pretrain --nproc-per-node 2` runs: full all-reduce, low-rank communication,
+    FSDP2."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, extra in (("ddp", []), ("ddp_lowrank", ["--lowrank-comm"])):
+        runs = (
+            ("ddp", []),
+            ("ddp_lowrank", ["--lowrank-comm"]),
+            ("fsdp", ["--distributed", "fsdp"]),
+        )
+        for name, extra in runs:
             run_dir = Path(tmp) / name
             cmd = [
                 sys.executable, "-m", "galorekit", "pretrain",
@@ -242,7 +259,13 @@ def to_markdown(res: dict, cmd: str) -> str:
         "",
         "Bytes = payload one rank hands to torch.distributed collectives per optimizer step "
         "(a ring all-reduce moves ~2(W−1)/W × this per link). Refresh steps all-reduce full "
-        "gradients in every mode.",
+        "gradients in the DDP modes. FSDP2 hands over its weight shard twice per step (the "
+        "all-gathers of forward and backward; the root module's once) and the full gradient "
+        "once (reduce-scatter input), so its payload is about twice DDP's, but per link an "
+        "all-gather or a reduce-scatter moves (W−1)/W × its full tensor against 2(W−1)/W for an "
+        "all-reduce: ~1.5× DDP's traffic, for 1/W of the weights, gradients and optimizer "
+        "states per rank. Its refresh steps add only the all-reduced n×l sketches of the "
+        "sharded subspace iteration.",
         "",
         "| model | mode | params | MiB/step refresh | MiB/step between | mean MiB/step "
         "| collectives between | s/step refresh | s/step between |",
@@ -275,7 +298,7 @@ def to_markdown(res: dict, cmd: str) -> str:
     if res.get("loss"):
         lines += [
             "",
-            f"Loss, low-rank vs full all-reduce ({res['loss_setup']}):",
+            f"Loss, low-rank communication and FSDP2 vs full all-reduce ({res['loss_setup']}):",
             "",
             "| mode | final train loss | eval loss | total MiB sent/rank | seconds |",
             "|---|---|---|---|---|",

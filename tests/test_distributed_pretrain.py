@@ -150,7 +150,7 @@ def test_sigterm_stops_every_rank_at_one_step_with_a_checkpoint(corpus, tmp_path
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 128 + signal.SIGTERM, err.decode()[-3000:]
     interrupted = events(out, "interrupted")
-    assert len(interrupted) == 1
+    assert len(interrupted) == 1, err.decode()[-3000:]
     step = interrupted[0]["step"]
     assert 2 <= step < 2000
     assert (out / "checkpoints" / f"step-{step:08d}" / "state.pt").exists()

@@ -27,7 +27,9 @@ _COLLECTIVES: dict[str, int] = {
     "reduce": 0,
     "all_gather": 1,
     "all_gather_into_tensor": 1,
+    "all_gather_single": 1,  # FSDP2's all-gather (torch ≥ 2.13)
     "reduce_scatter": 1,
+    "reduce_scatter_single": 1,  # FSDP2's reduce-scatter (torch ≥ 2.13)
     "reduce_scatter_tensor": 1,
     "all_to_all_single": 1,
 }
@@ -37,7 +39,9 @@ _PAYLOAD_KWARGS = {
     "reduce": "tensor",
     "all_gather": "tensor",
     "all_gather_into_tensor": "input_tensor",
+    "all_gather_single": "input_tensor",
     "reduce_scatter": "input_list",
+    "reduce_scatter_single": "input",
     "reduce_scatter_tensor": "input",
     "all_to_all_single": "input",
 }
