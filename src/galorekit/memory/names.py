@@ -2,27 +2,12 @@
 ``galore memory``'s parser from them, so this module imports nothing heavy.
 
 Precisions, precision aliases and attention implementations are defined here (``setup`` maps
-the precisions to torch dtypes). ``METHODS`` and ``PROJ_TYPES`` are torch-free copies of
-``galorekit.train.methods.METHODS`` and ``galorekit.projection.PROJ_TYPES``, whose modules import
-torch; ``tests/test_memory.py`` checks that they agree, and ``setup`` uses the originals.
+the precisions to torch dtypes); ``METHODS`` and ``PROJ_TYPES`` come from ``galorekit.names``.
 """
 
 from __future__ import annotations
 
-#: every method of ``galore pretrain`` (the optimizers, then the model-changing baselines)
-METHODS: tuple[str, ...] = (
-    "adamw",
-    "adamw8bit",
-    "adafactor",
-    "galore_adamw",
-    "galore_adamw8bit",
-    "galore_adafactor",
-    "lora",
-    "relora",
-    "low_rank",
-)
-#: GaLore's projection sides
-PROJ_TYPES: tuple[str, ...] = ("std", "reverse_std", "left", "right", "full")
+from galorekit.names import METHODS, PROJ_TYPES  # noqa: F401  (re-exported)
 
 #: precision → (parameter dtype, autocast dtype or None), as ``torch`` attribute names.
 #: ``bf16``/``fp16`` are *pure* 16-bit training (weights, gradients and optimizer states in 16 bit,

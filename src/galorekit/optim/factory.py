@@ -8,16 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from galorekit.names import OPTIMIZER_NAMES
 from galorekit.optim.param_groups import DEFAULT_TARGET_MODULES, param_groups
-
-OPTIMIZER_NAMES = (
-    "adamw",
-    "adamw8bit",
-    "adafactor",
-    "galore_adamw",
-    "galore_adamw8bit",
-    "galore_adafactor",
-)
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:

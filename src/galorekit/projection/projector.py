@@ -17,7 +17,18 @@ from enum import IntEnum
 import torch
 from torch import Tensor
 
-PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
+from galorekit.names import PROJ_TYPES
+
+__all__ = [
+    "PROJ_TYPES",
+    "Side",
+    "add_projected_",
+    "choose_side",
+    "effective_rank",
+    "low_rank_shape",
+    "project",
+    "project_back",
+]
 
 
 class Side(IntEnum):
