@@ -87,6 +87,9 @@ def test_resume_is_bit_identical(corpus, tmp_path):
 def test_existing_run_is_refused_and_kept(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(args(corpus, out, "--max-steps", "2")) == 0
+    printed = capsys.readouterr().out
+    assert "metrics:" in printed and "plot:" not in printed  # --no-plot: no plot named
+    assert not (out / "curves.png").exists()
     before = (out / "metrics.jsonl").read_text()
     assert main(args(corpus, out, "--max-steps", "2")) == 2
     assert "already holds a run" in capsys.readouterr().err

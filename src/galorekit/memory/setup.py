@@ -13,8 +13,8 @@ from galorekit.memory.names import (
     PRECISION_DTYPES,
     resolve_precision,
 )
+from galorekit.names import PROJ_TYPES
 from galorekit.optim import OPTIMIZER_NAMES
-from galorekit.projection import PROJ_TYPES
 from galorekit.train.methods import BASELINES, METHODS
 
 __all__ = [

@@ -37,7 +37,7 @@ from galorekit.data.classification import (
     DataError,
     load_classification_data,
 )
-from galorekit.projection import PROJ_TYPES
+from galorekit.names import PROJ_TYPES
 from galorekit.train.checkpoint import CheckpointError, atomic_write_text
 from galorekit.train.finetune_config import (
     FILE_PRESET,

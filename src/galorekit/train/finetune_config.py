@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from galorekit.data.classification import GLUE_TASKS, ROTTEN_TOMATOES, ClassificationDataConfig
-from galorekit.projection import PROJ_TYPES
+from galorekit.names import PROJ_TYPES
 
 METHODS = ("full", "galore_adamw", "galore_adamw8bit", "galore_adafactor", "lora")
 MINILM_ALIASES = ("minilm-l6", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2")

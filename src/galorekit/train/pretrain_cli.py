@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from galorekit.projection import PROJ_TYPES
+from galorekit.names import PROJ_TYPES
 
 GALORE_HELP = "GaLore options (galore_* methods)"
 
@@ -291,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
     if not result.summary:  # not rank 0 of a torchrun job: rank 0 reports
         return 0
     print(result.summary)
-    print(
-        f"\nmetrics: {result.output_dir / 'metrics.jsonl'}   plot: {result.output_dir / 'curves.png'}"
-    )
+    where = f"\nmetrics: {result.output_dir / 'metrics.jsonl'}"
+    if cfg.plot:  # --no-plot writes none
+        where += f"   plot: {result.output_dir / 'curves.png'}"
+    print(where)
     return 0
