@@ -30,6 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "galorekit.bench",
         "time one optimizer step (steady, refresh, amortized) against AdamW and galore-torch",
     ),
+    "reproduce": (
+        "galorekit.reproduce.cli",
+        "reproduce the paper's Table 2, Fig. 5 ablations and low-rank-gradient theory at laptop "
+        "scale",
+    ),
 }
 
 

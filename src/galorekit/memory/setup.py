@@ -13,9 +13,8 @@ from galorekit.memory.names import (
     PRECISION_DTYPES,
     resolve_precision,
 )
-from galorekit.names import PROJ_TYPES
+from galorekit.names import BASELINES, METHODS, PROJ_TYPES
 from galorekit.optim import OPTIMIZER_NAMES
-from galorekit.train.methods import BASELINES, METHODS
 
 __all__ = [
     "ATTN_IMPLEMENTATIONS",

@@ -1,6 +1,11 @@
 """Training methods of the paper: an optimizer (GaLore or full-rank) or a baseline that changes the
 model (LoRA, ReLoRA, Low-Rank) plus AdamW. ``setup_method`` turns a method name into the model to
-train, its optimizer and, for ReLoRA, the restart controller."""
+train, its optimizer and, for ReLoRA, the restart controller.
+
+``galore_torch_adamw`` is the reference implementation, galore-torch 1.0's ``GaLoreAdamW``, over the
+same parameter groups as ``galore_adamw`` (``pip install galore-torch``): it always refreshes with
+an exact SVD, and its projector objects are stored in checkpoints as tensors (see
+``_galore_torch_adamw_class``)."""
 
 from __future__ import annotations
 
@@ -10,10 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from galorekit.names import BASELINES, METHODS  # noqa: F401  (re-exported)
 from galorekit.optim import OPTIMIZER_NAMES, create_optimizer
 
-BASELINES = ("lora", "relora", "low_rank")
-METHODS = (*OPTIMIZER_NAMES, *BASELINES)
+#: other implementations, for comparison (need their package installed)
+REFERENCE_METHODS = ("galore_torch_adamw",)
+ALL_METHODS = (*METHODS, *REFERENCE_METHODS)
+GALORE_TORCH_INSTALL = "pip install galore-torch==1.0"
 
 #: peak learning rates used when --lr is not given: the paper's 0.01 for GaLore, and the usual
 #: 1e-3 for full-rank Adam-family training and the adapter baselines
@@ -27,6 +35,7 @@ DEFAULT_LR = {
     "lora": 1e-3,
     "relora": 1e-3,
     "low_rank": 1e-3,
+    "galore_torch_adamw": 1e-2,
 }
 
 
@@ -51,12 +60,17 @@ class MethodConfig:
     relora_prune: float = 0.99
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
-        if self.layerwise and self.method in BASELINES:
+        if self.method not in ALL_METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(ALL_METHODS)}")
+        if self.layerwise and self.method not in OPTIMIZER_NAMES:
             raise ValueError(
                 f"--layerwise applies to the optimizer methods ({', '.join(OPTIMIZER_NAMES)}), "
                 f"not to {self.method}"
+            )
+        if self.method in REFERENCE_METHODS and self.svd not in (None, "exact"):
+            raise ValueError(
+                f"{self.method} always refreshes with an exact SVD (torch.linalg.svd); "
+                f"--svd {self.svd} applies to galorekit's GaLore methods only"
             )
 
     @property
@@ -128,6 +142,8 @@ def setup_method(model: nn.Module, cfg: MethodConfig, *, total_steps: int) -> Me
             **extra,
         )
         return MethodSetup(model, optimizer)
+    if cfg.method == "galore_torch_adamw":
+        return MethodSetup(model, _galore_torch_adamw(model, cfg, rank=rank, lr=lr))
 
     from galorekit.optim import GaLoreAdamW
     from galorekit.train.baselines import ReLoRA, apply_lora, apply_low_rank
@@ -157,3 +173,79 @@ def setup_method(model: nn.Module, cfg: MethodConfig, *, total_steps: int) -> Me
         weight_decay=cfg.weight_decay,
     )
     return MethodSetup(model, optimizer, relora)
+
+
+def _galore_torch_adamw(
+    model: nn.Module, cfg: MethodConfig, *, rank: int, lr: float
+) -> torch.optim.Optimizer:
+    """galore-torch's GaLoreAdamW over galorekit's parameter groups (same targets, same keys)."""
+    from galorekit.models import default_target_modules
+    from galorekit.optim import param_groups
+
+    cls = _galore_torch_adamw_class()
+    groups = param_groups(
+        model,
+        rank=rank,
+        update_proj_gap=cfg.update_proj_gap,
+        scale=cfg.scale,
+        proj_type=cfg.proj_type,
+        target_modules=default_target_modules(model),
+    )
+    return cls(groups, lr=lr, weight_decay=cfg.weight_decay, no_deprecation_warning=True)
+
+
+_REFERENCE_CLASSES: dict[str, type] = {}
+
+
+def _galore_torch_adamw_class() -> type:
+    """``galore_torch.GaLoreAdamW`` with a checkpointable state dict (created once).
+
+    galore-torch keeps a ``GaLoreProjector`` object in each GaLore parameter's state, which
+    ``torch.load(weights_only=True)`` cannot restore (so galorekit refuses to save it). The
+    subclass stores the projector's matrix instead (``projector_ortho``; its hyper-parameters are
+    the group's) and rebuilds the object on load. The update itself is galore-torch's, untouched.
+    """
+    if "adamw" in _REFERENCE_CLASSES:
+        return _REFERENCE_CLASSES["adamw"]
+    try:
+        import galore_torch
+        from galore_torch.galore_projector import GaLoreProjector
+    except ImportError as err:
+        raise ImportError(
+            f"method galore_torch_adamw needs the reference package galore-torch ({err}); "
+            f"install it with `{GALORE_TORCH_INSTALL}` (galorekit's extra: "
+            "`pip install galorekit[reference]`)"
+        ) from err
+
+    class GaLoreTorchAdamW(galore_torch.GaLoreAdamW):
+        def state_dict(self) -> dict[str, Any]:
+            packed = super().state_dict()
+            packed["state"] = {
+                pid: {
+                    ("projector_ortho" if k == "projector" else k): (
+                        v.ortho_matrix if k == "projector" else v
+                    )
+                    for k, v in pstate.items()
+                }
+                for pid, pstate in packed["state"].items()
+            }
+            return packed
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            super().load_state_dict(state_dict)
+            for group in self.param_groups:
+                for p in group["params"]:
+                    pstate = self.state.get(p, {})
+                    if "projector_ortho" in pstate:
+                        projector = GaLoreProjector(
+                            group["rank"],
+                            update_proj_gap=group["update_proj_gap"],
+                            scale=group["scale"],
+                            proj_type=group["proj_type"],
+                        )
+                        projector.ortho_matrix = pstate.pop("projector_ortho")
+                        pstate["projector"] = projector
+
+    GaLoreTorchAdamW.__qualname__ = GaLoreTorchAdamW.__name__ = "GaLoreTorchAdamW"
+    _REFERENCE_CLASSES["adamw"] = GaLoreTorchAdamW
+    return GaLoreTorchAdamW

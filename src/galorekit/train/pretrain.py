@@ -39,11 +39,13 @@ import torch
 from galorekit.atomic import atomic_write_text
 from galorekit.data import DataConfig
 from galorekit.distributed.data_parallel import STRATEGIES
-from galorekit.train.methods import MethodConfig, setup_method
+from galorekit.train.methods import METHODS, MethodConfig, setup_method
 from galorekit.train.schedule import warmup_cosine
 
 #: fields that must match between a checkpoint and the run resuming from it
 RESUME_KEYS = ("model", "method", "seq_len", "batch_size", "total_batch_size", "data_fingerprint")
+#: galorekit's GaLore methods (low-rank communication and FSDP read their projectors)
+GALORE_METHODS = tuple(m for m in METHODS if m.startswith("galore_"))
 #: data-parallel strategies of ``--distributed``
 DISTRIBUTED_STRATEGIES = STRATEGIES
 RUN_FILES = ("metrics.jsonl", "config.json", "checkpoints", "tensorboard", "summary.md")
@@ -135,7 +137,7 @@ class PretrainConfig:
                     f"{self.method.method} (Adafactor's statistics span whole matrices; the "
                     "adapter baselines rebuild the model); use --distributed ddp"
                 )
-            if self.method.method.startswith("galore_") and self.method.proj_type not in (
+            if self.method.method in GALORE_METHODS and self.method.proj_type not in (
                 "std",
                 "right",
             ):
@@ -149,7 +151,7 @@ class PretrainConfig:
                     "--distributed ddp with it"
                 )
         if self.lowrank_comm:
-            if not self.method.method.startswith("galore_"):
+            if self.method.method not in GALORE_METHODS:
                 errors.append(
                     "--lowrank-comm communicates GaLore's projected gradients: it needs a galore_* "
                     f"method, not {self.method.method}"

@@ -17,7 +17,7 @@ GALORE_HELP = "GaLore options (galore_* methods)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from galorekit.distributed.data_parallel import STRATEGIES
-    from galorekit.train.methods import DEFAULT_LR, METHODS
+    from galorekit.train.methods import ALL_METHODS, DEFAULT_LR
 
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     m = p.add_argument_group("model and method")
@@ -32,9 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--optimizer",
         dest="method",
         default="galore_adamw",
-        choices=METHODS,
+        choices=ALL_METHODS,
         metavar="METHOD",
-        help=f"one of: {', '.join(METHODS)}",
+        help=f"one of: {', '.join(ALL_METHODS)}",
     )
     m.add_argument(
         "--layerwise",

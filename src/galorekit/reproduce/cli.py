@@ -1,0 +1,202 @@
+"""``galore reproduce``: the paper's Table 2, Figure 5 ablations and low-rank-gradient theory at
+laptop scale (plan: ``galorekit.reproduce.plan``).
+
+Like the other commands this module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and
+imports nothing heavy at module level (``galore --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+SECTIONS = ("table", "ablations", "theory")  # = galorekit.reproduce.plan.SECTIONS (torch-free)
+DEFAULT_OUTPUT = "benchmarks/results/reproduce"
+DEFAULT_QUICK_OUTPUT = "runs/reproduce-quick"
+
+
+def _sections(text: str) -> list[str]:
+    """``--only``'s value: one section or a comma-separated list."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no section named; valid: {', '.join(SECTIONS)}")
+    for name in names:
+        if name not in SECTIONS:
+            raise argparse.ArgumentTypeError(
+                f"unknown section {name!r}; valid: {', '.join(SECTIONS)}"
+            )
+    return names
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = (
+        "Every run uses the same model initialisation and data order (--seed). A finished run is "
+        "cached in OUTPUT_DIR/runs/ and never run again: rerun the same command to continue an "
+        "interrupted reproduction. Results: OUTPUT_DIR/reproduce.md, results.json, plots/."
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few minutes: 60 steps, 4 table rows, 2 ablation runs, the theory run, no LR grid",
+    )
+    p.add_argument(
+        "--only",
+        type=_sections,
+        action="append",
+        metavar="SECTION",
+        help=f"run and report only these sections ({', '.join(SECTIONS)}); repeatable or "
+        "comma-separated (the LR grids they need are run too). Default: all",
+    )
+    p.add_argument(
+        "--steps",
+        type=_positive,
+        default=None,
+        help="token budget of a table row, in steps (default: 400, --quick 60); LR-grid runs "
+        "are 1/4 of it, the long small-rank run 4×",
+    )
+    p.add_argument("--seed", type=_integer, default=0, help="seed of every run (default 0)")
+    p.add_argument(
+        "--jobs",
+        type=_positive,
+        default=2,
+        help="worker processes, one thread each (default 2; 1: run in this process)",
+    )
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help=f"default {DEFAULT_OUTPUT} ({DEFAULT_QUICK_OUTPUT} with --quick)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again: remove the results galore reproduce wrote in --output-dir (needed "
+        "when they come from another plan: other --steps, --seed, --quick)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the runs (and which are cached) without running or writing anything",
+    )
+
+
+def command_line(args: argparse.Namespace, out: Path, sections: tuple[str, ...]) -> str:
+    parts = ["galore", "reproduce"]
+    if args.quick:
+        parts.append("--quick")
+    if args.steps is not None:
+        parts += ["--steps", str(args.steps)]
+    if args.seed:
+        parts += ["--seed", str(args.seed)]
+    if tuple(sections) != SECTIONS:
+        parts += ["--only", ",".join(sections)]
+    parts += ["--jobs", str(args.jobs), "--output-dir", str(out)]
+    return shlex.join(parts)
+
+
+def plan_config_from_args(args: argparse.Namespace):
+    from galorekit.reproduce.plan import full_plan_config, quick_plan_config
+
+    overrides = {"seed": args.seed}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    return (quick_plan_config if args.quick else full_plan_config)(**overrides)
+
+
+def _dry_run(plan, specs, out: Path, overwrite: bool) -> int:
+    from galorekit.reproduce.results import load_result
+    from galorekit.reproduce.runner import check_output_dir
+
+    check_output_dir(plan, out, overwrite=overwrite)
+    for spec in specs:
+        cached = not overwrite and load_result(out, spec.key) is not None
+        lr = f"lr {spec.lr:g}" if spec.lr is not None else f"lr tuned ({spec.lr_group})"
+        print(f"  {'cached ' if cached else 'to run '} {spec.key}  [{spec.steps} steps, {lr}]")
+    return 0
+
+
+def _warn_missing_reference(specs) -> None:
+    import importlib.util
+
+    from galorekit.train.methods import GALORE_TORCH_INSTALL
+
+    if any(s.method == "galore_torch_adamw" for s in specs) and (
+        importlib.util.find_spec("galore_torch") is None
+    ):
+        print(
+            "galore reproduce: warning: galore-torch is not installed, so its reference row will "
+            f"fail (the others run); install it with `{GALORE_TORCH_INSTALL}`",
+            file=sys.stderr,
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from galorekit.reproduce.plan import build_plan, describe
+    from galorekit.reproduce.report import write_report
+    from galorekit.reproduce.runner import prepare_output_dir, run_plan, warm_data_cache
+
+    sections = tuple(dict.fromkeys(s for group in (args.only or [SECTIONS]) for s in group))
+    sections = tuple(s for s in SECTIONS if s in sections)  # report order
+    out = Path(args.output_dir or (DEFAULT_QUICK_OUTPUT if args.quick else DEFAULT_OUTPUT))
+    try:
+        plan = build_plan(plan_config_from_args(args))
+        specs = plan.select(sections)
+        print(describe(plan, specs, args.jobs), file=sys.stderr)
+        print(f"output: {out}  sections: {', '.join(sections)}", file=sys.stderr)
+        if args.dry_run:
+            return _dry_run(plan, specs, out, args.overwrite)
+        prepare_output_dir(plan, out, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as err:
+        print(f"galore reproduce: error: {err}", file=sys.stderr)
+        return 2
+    _warn_missing_reference(specs)
+    warm_data_cache(plan)
+    summary = run_plan(plan, specs, out, jobs=args.jobs)
+    report = write_report(plan, out, sections=sections, command=command_line(args, out, sections))
+    claims = report.data.get("claims", [])
+    if claims:
+        from galorekit.reproduce.table import md_table
+
+        print(
+            md_table(
+                ["claim", "ours", "verdict"],
+                [[c["claim"], c["ours"], c["verdict"]] for c in claims],
+            )
+        )
+    if "table" in report.data:
+        from galorekit.reproduce.table import table_markdown
+
+        print("\n" + table_markdown(report.data["table"]))
+    print(
+        f"\nreport: {out / 'reproduce.md'}   data: {out / 'results.json'}   plots: {out / 'plots'}"
+    )
+    ran = len(summary.executed)
+    print(f"{ran} runs executed, {len(summary.cached)} reused from the cache", file=sys.stderr)
+    for key, error in {**summary.failed, **summary.blocked}.items():
+        print(f"galore reproduce: run {key} did not finish: {error}", file=sys.stderr)
+    if summary.interrupted:
+        print(
+            "galore reproduce: interrupted; rerun the same command to continue (finished runs "
+            "are kept, unfinished ones start again)",
+            file=sys.stderr,
+        )
+        return 130
+    return 0 if summary.ok else 1

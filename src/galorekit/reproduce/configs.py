@@ -1,0 +1,105 @@
+"""A run of the plan as the training code's configs: ``DataConfig``, ``PretrainConfig``, and the
+run's identity (what its result depends on, checked before a cached result is reused)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from galorekit.reproduce.plan import PlanConfig, RunSpec
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to execute: the spec, its resolved LR, the plan's settings and where to write."""
+
+    spec: RunSpec
+    lr: float
+    config: PlanConfig
+    run_dir: str
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return run_identity(self.config, self.spec, self.lr)
+
+
+def data_config(cfg: PlanConfig):
+    from galorekit.data import DataConfig
+
+    return DataConfig(
+        dataset=cfg.dataset,
+        data_files=list(cfg.data_files) if cfg.data_files else None,
+        vocab_size=cfg.vocab_size,
+        seq_len=cfg.seq_len,
+        val_sequences=cfg.val_sequences,
+        seed=cfg.seed,
+        cache_dir=cfg.cache_dir,
+    )
+
+
+def method_config(spec: RunSpec, lr: float, cfg: PlanConfig):
+    from galorekit.train.methods import MethodConfig
+
+    return MethodConfig(
+        method=spec.method,
+        lr=lr,
+        rank=spec.rank,
+        update_proj_gap=spec.update_proj_gap or 200,  # unused by methods without GaLore
+        scale=cfg.scale,
+    )
+
+
+def pretrain_config(job: Job):
+    """The ``galore pretrain`` configuration of a run: the library's defaults (warm-up 10%, cosine
+    to 10% of the peak, gradient clip 1.0, float32) except the plan's settings; no intermediate
+    checkpoints (an unfinished run starts again), no progress bar, TensorBoard or plot."""
+    from galorekit.train.pretrain import PretrainConfig
+
+    cfg, spec = job.config, job.spec
+    return PretrainConfig(
+        model=cfg.model,
+        data=data_config(cfg),
+        method=method_config(spec, job.lr, cfg),
+        max_steps=spec.steps,
+        batch_size=cfg.batch_size,
+        eval_every=cfg.eval_every,
+        save_every=0,
+        keep_checkpoints=1,
+        log_every=max(1, cfg.eval_every // 5),
+        output_dir=str(Path(job.run_dir)),
+        overwrite=True,
+        device=cfg.device,
+        seed=cfg.seed,
+        progress=False,
+        tensorboard=False,
+        plot=False,
+    )
+
+
+def run_identity(cfg: PlanConfig, spec: RunSpec, lr: float) -> dict[str, Any]:
+    """Everything a run's result depends on (the plan's shared settings, the run, its LR)."""
+    shared = {
+        name: value
+        for name, value in cfg.to_dict().items()
+        if name
+        in (
+            "model",
+            "dataset",
+            "data_files",
+            "vocab_size",
+            "seq_len",
+            "batch_size",
+            "val_sequences",
+            "device",
+            "seed",
+            "scale",
+            "eval_points",
+            "theory_points",
+        )
+    }
+    # the table length decides the evaluation cadence of every run
+    shared["eval_every"] = cfg.eval_every
+    run = {k: v for k, v in spec.to_dict().items() if k not in ("key", "lr_group")}
+    run["lr"] = lr
+    return {"shared": shared, "run": run}

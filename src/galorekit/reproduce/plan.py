@@ -1,0 +1,414 @@
+"""What ``galore reproduce`` runs: one dataclass per run, and the quick and full plans.
+
+Every run trains the same model from the same initialisation (``seed``) on the same data in the same
+order (the loader's order depends on ``seed`` only); runs differ in method, rank, T, learning rate
+and length. A plan has four kinds of runs:
+
+- **grid**: per tuned method, one short run per learning rate of ``lr_grid`` (``grid_steps``); a
+  method's final runs take the grid point with the lowest validation perplexity. Rows that share
+  an algorithm share its tuned LR (``tune_as``): GaLore at rank d/2, galore-torch's GaLoreAdamW and
+  every GaLore ablation use GaLore-d/4's.
+- **table** (the paper's Table 2 at laptop scale): one run per row, ``steps`` steps each;
+- **ablations** (Fig. 5): GaLore d/4 with T ∈ ``ablation_gaps``, ranks d/``k`` for k ∈
+  ``ablation_rank_divisors``, and rank d/``long_rank_divisor`` for ``long_factor``× the steps
+  (against rank d/2 for 1×); runs identical to a table row are the same run (cached once);
+- **theory**: one instrumented GaLore-d/4 training run (``galorekit.reproduce.theory``).
+
+Sizing the full plan (measured on this machine, torch 2.13 CPU, 1 thread per process)
+------------------------------------------------------------------------------------------------
+One step of ``llama_9m`` (hidden d = 128, 4 layers) on 8 sequences × 128 tokens with the 4096-token
+BPE of the default corpus costs 0.43–0.53 CPU-seconds whatever the method (AdamW 0.45, GaLore 0.43,
+8-bit Adam 0.51, 8-bit GaLore 0.48, LoRA 0.53, ReLoRA 0.48, Low-Rank 0.34, galore-torch 0.47);
+with the default 8192-token BPE it is 0.63 (8 × 128) and 1.30 (8 × 256), the output layer
+dominating. Why this configuration:
+
+- vocabulary 4096: the embeddings and output head (plain Adam in every method) are then 1.05M of
+  the model's 1.85M parameters, so the matrices GaLore acts on are 43% of the parameters — the
+  share of the paper's 60M model (25M of 58M) — instead of 28% with 8192 tokens, and a step is
+  1.4× cheaper;
+- 8 × 128 tokens a step (1,024): twice the optimizer steps of 8 × 256 for the same tokens, since
+  what GaLore does depends on steps (T, the number of subspaces);
+- ``steps`` = 400 (410K tokens a row, 15% of the corpus's 2.73M training tokens: no repetition):
+  the largest budget for which the whole plan fits below.
+
+Steps: grid 7 methods × 3 LRs × 100 = 2,100; table 9 × 400 = 3,600; ablations T ∈ {10, 200, 1000}
+(T = 50 is the table's row) 3 × 400 + rank d/8 400 + rank d/8 for 4× 1,600 = 3,200; theory 400.
+Total 9,300 steps × ~0.48 s = 4,460 CPU-s, plus evaluations (128 validation sequences ≈ 2.4 CPU-s
+each, every 50 steps: ~400 CPU-s) and start-up (~3 s a run): ≈ 5,000 CPU-s = 42 minutes on 2
+idle cores with 2 worker processes. Two concurrent processes measured 1.6× slower per step
+while other jobs used the machine, hence ≈ 67 minutes on this shared machine (≤ 80 with margin).
+
+The quick plan: 60 steps, rows AdamW, GaLore d/4, Low-Rank, LoRA, T ∈ {10, 50}, ranks d/8 and d/4,
+the theory run, no LR grid: 7 runs, 420 steps ≈ 250 CPU-s with evaluations, about 2–3 minutes on 2
+idle cores (6 minutes measured while other jobs loaded the machine). Its fixed LRs are the best of
+{0.01, 0.005, 0.001} in a 60-step pilot of this plan (validation perplexity at 0.01 / 0.005 /
+0.001): AdamW 467 / 459 / 534, GaLore d/4 302 / 348 / –, LoRA 627 / 610 / 598, Low-Rank
+638 / 493 / 577.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+#: the sections of a plan, in report order (``--only`` picks among them)
+SECTIONS = ("table", "ablations", "theory")
+#: the paper's learning-rate grid (§5.1: tuned over this set)
+PAPER_LR_GRID = (0.01, 0.005, 0.001, 0.0005, 0.0001)
+#: measured CPU-seconds a step of the full plan's model and batch (module docstring)
+FULL_PLAN_CPU_S_PER_STEP = 0.48
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of the laptop Table 2: a method at a rank (``rank_divisor`` k: rank d/k)."""
+
+    label: str
+    method: str
+    rank_divisor: int | None = None
+    tune_as: str | None = None  # the grid whose LR this row takes; None: its own method's
+
+    @property
+    def lr_group(self) -> str:
+        return self.tune_as or self.method
+
+
+FULL_TABLE: tuple[TableRow, ...] = (
+    TableRow("Full-rank AdamW", "adamw"),
+    TableRow("GaLore", "galore_adamw", 4),
+    TableRow("GaLore", "galore_adamw", 2, tune_as="galore_adamw"),
+    TableRow("Low-Rank", "low_rank", 4),
+    TableRow("LoRA", "lora", 4),
+    TableRow("ReLoRA", "relora", 4),
+    TableRow("8-bit Adam", "adamw8bit"),
+    TableRow("8-bit GaLore", "galore_adamw8bit", 4),
+    TableRow("galore-torch GaLoreAdamW", "galore_torch_adamw", 4, tune_as="galore_adamw"),
+)
+QUICK_TABLE: tuple[TableRow, ...] = (
+    TableRow("Full-rank AdamW", "adamw"),
+    TableRow("GaLore", "galore_adamw", 4),
+    TableRow("Low-Rank", "low_rank", 4),
+    TableRow("LoRA", "lora", 4),
+)
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Everything a plan's results depend on (stored in ``plan.json``; a directory holding another
+    plan's results is refused). ``steps`` is the token budget of a table row, in optimizer steps of
+    ``batch_size`` × ``seq_len`` tokens."""
+
+    name: str = "full"
+    model: str = "llama_9m"
+    dataset: str = "default"
+    data_files: tuple[str, ...] | None = None
+    vocab_size: int = 4096
+    seq_len: int = 128
+    batch_size: int = 8
+    val_sequences: int = 128
+    cache_dir: str | None = None
+    device: str = "cpu"
+    seed: int = 0
+    steps: int = 400
+    eval_points: int = 8  # evaluations per run of ``steps`` (every steps // eval_points)
+    update_proj_gap: int = 50  # T of every GaLore run but the T ablation
+    scale: float = 0.25
+    table: tuple[TableRow, ...] = FULL_TABLE
+    lr_grid: tuple[float, ...] = (0.01, 0.005, 0.001)
+    grid_fraction: float = 0.25  # grid runs are this fraction of ``steps``; 0: no grid
+    fixed_lrs: tuple[tuple[str, float], ...] = ()  # without a grid: LR per method (else default)
+    ablation_gaps: tuple[int, ...] = (10, 50, 200, 1000)
+    ablation_rank_divisors: tuple[int, ...] = (8, 4, 2)
+    long_rank_divisor: int | None = 8  # None: no "small rank for longer" run
+    long_factor: int = 4
+    theory_points: int = 40  # gradient measurements over the theory run
+
+    def __post_init__(self) -> None:
+        from galorekit.train.methods import ALL_METHODS
+
+        errors = []
+        for name in ("steps", "seq_len", "batch_size", "eval_points", "theory_points"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                errors.append(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= self.grid_fraction <= 1.0:
+            errors.append(f"grid_fraction must be in [0, 1], got {self.grid_fraction}")
+        if self.grid_fraction > 0 and not self.lr_grid:
+            errors.append("lr_grid is empty but grid_fraction > 0")
+        if any(not (isinstance(lr, float | int) and lr > 0) for lr in self.lr_grid):
+            errors.append(f"lr_grid must hold positive numbers, got {self.lr_grid}")
+        if not self.table:
+            errors.append("the table needs at least one row")
+        for row in self.table:
+            if row.method not in ALL_METHODS:
+                errors.append(f"table row {row.label!r}: unknown method {row.method!r}")
+        if self.long_factor < 1:
+            errors.append(f"long_factor must be ≥ 1, got {self.long_factor}")
+        if errors:
+            raise ValueError("invalid reproduce plan: " + "; ".join(errors))
+
+    @property
+    def tuned(self) -> bool:
+        return self.grid_fraction > 0
+
+    @property
+    def grid_steps(self) -> int:
+        return max(1, round(self.steps * self.grid_fraction))
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def eval_every(self) -> int:
+        """Steps between evaluations: ``steps // eval_points`` of a table-length run, for every
+        run (so that a longer run's curve is sampled alike; a grid run is evaluated at its end)."""
+        return max(1, self.steps // self.eval_points)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples → lists, recursively (so that a config compares equal to its JSON round trip)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def full_plan_config(**overrides: Any) -> PlanConfig:
+    """The committed plan (module docstring); ``overrides`` change fields (``steps``, ``seed``)."""
+    return replace(PlanConfig(), **overrides)
+
+
+def quick_plan_config(**overrides: Any) -> PlanConfig:
+    """``--quick``: a few minutes — fewer steps, fewer rows, no LR grid."""
+    base = PlanConfig(
+        name="quick",
+        steps=60,
+        eval_points=3,
+        table=QUICK_TABLE,
+        grid_fraction=0.0,
+        fixed_lrs=(("adamw", 0.005), ("galore_adamw", 0.01), ("low_rank", 0.005), ("lora", 0.001)),
+        ablation_gaps=(10, 50),
+        ablation_rank_divisors=(8, 4),
+        long_rank_divisor=None,
+        theory_points=12,
+    )
+    return replace(base, **overrides)
+
+
+# ---------------------------------------------------------------------------------------- runs
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run. ``lr`` None: the tuned LR of grid ``lr_group``; ``kind`` "theory" is the
+    instrumented loop, "pretrain" a ``galore pretrain`` run."""
+
+    key: str
+    method: str
+    steps: int
+    rank: int | None = None
+    update_proj_gap: int | None = None  # GaLore methods only
+    lr: float | None = None
+    lr_group: str | None = None
+    kind: str = "pretrain"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def uses_rank(method: str) -> bool:
+    return method.startswith("galore_") or method in ("lora", "relora", "low_rank")
+
+
+def uses_gap(method: str) -> bool:
+    return method.startswith("galore_")
+
+
+def run_key(
+    method: str,
+    steps: int,
+    *,
+    rank: int | None,
+    gap: int | None,
+    lr: float | None,
+    kind: str = "pretrain",
+) -> str:
+    """A readable, unique file name for a run: ``galore_adamw-r32-T50-400steps-lr_tuned``."""
+    parts = ["theory"] if kind == "theory" else []
+    parts.append(method)
+    if rank is not None:
+        parts.append(f"r{rank}")
+    if gap is not None:
+        parts.append(f"T{gap}")
+    parts.append(f"{steps}steps")
+    parts.append("lr_tuned" if lr is None else f"lr{lr:g}")
+    return "-".join(parts)
+
+
+def make_run(
+    cfg: PlanConfig,
+    method: str,
+    steps: int,
+    *,
+    rank: int | None = None,
+    gap: int | None = None,
+    lr_group: str | None = None,
+    kind: str = "pretrain",
+    lr: float | None = None,
+) -> RunSpec:
+    """A run whose LR is ``lr``, else the tuned one of ``lr_group`` (default: ``method``'s), or,
+    in an untuned plan, ``fixed_lrs``'s (else ``galore pretrain``'s default) for ``lr_group``."""
+    from galorekit.train.methods import DEFAULT_LR
+
+    rank = rank if uses_rank(method) else None
+    gap = (gap if gap is not None else cfg.update_proj_gap) if uses_gap(method) else None
+    group = lr_group or method
+    if lr is None and not cfg.tuned:
+        lr = dict(cfg.fixed_lrs).get(group, DEFAULT_LR[group])
+    key = run_key(method, steps, rank=rank, gap=gap, lr=lr, kind=kind)
+    return RunSpec(
+        key=key,
+        method=method,
+        steps=steps,
+        rank=rank,
+        update_proj_gap=gap,
+        lr=lr,
+        lr_group=None if lr is not None else group,
+        kind=kind,
+    )
+
+
+@dataclass
+class Plan:
+    """The runs of a ``PlanConfig`` and which result plays which part.
+
+    ``runs``: every distinct run (key → spec); ``grid``: LR group → [(lr, key)]; ``table``:
+    [(row, key)]; ``gaps``: [(T, key)]; ``ranks``: [(divisor, key)]; ``long``: [(label, key)]
+    (rank d/2 for 1× and the small rank for ``long_factor``×); ``theory``: the theory run's key.
+    """
+
+    config: PlanConfig
+    hidden_size: int
+    runs: dict[str, RunSpec] = field(default_factory=dict)
+    grid: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    table: list[tuple[TableRow, str]] = field(default_factory=list)
+    gaps: list[tuple[int, str]] = field(default_factory=list)
+    ranks: list[tuple[int, str]] = field(default_factory=list)
+    long: list[tuple[str, str]] = field(default_factory=list)
+    theory: str | None = None
+
+    def rank(self, divisor: int | None) -> int | None:
+        return None if divisor is None else max(1, self.hidden_size // divisor)
+
+    def _add(self, spec: RunSpec) -> str:
+        self.runs.setdefault(spec.key, spec)
+        return spec.key
+
+    def section_keys(self, section: str) -> list[str]:
+        """Run keys a section reports (grid runs excluded)."""
+        if section == "table":
+            return [k for _, k in self.table]
+        if section == "ablations":
+            return list(dict.fromkeys(k for _, k in [*self.gaps, *self.ranks, *self.long]))
+        if section == "theory":
+            return [self.theory] if self.theory else []
+        raise ValueError(f"unknown section {section!r}; valid: {', '.join(SECTIONS)}")
+
+    def select(self, sections: tuple[str, ...] | list[str]) -> list[RunSpec]:
+        """The runs ``sections`` need, their LR grids included (grid runs first)."""
+        chosen = list(dict.fromkeys(k for s in sections for k in self.section_keys(s)))
+        groups = list(dict.fromkeys(g for k in chosen if (g := self.runs[k].lr_group)))
+        grid = [key for g in groups for _, key in self.grid.get(g, [])]
+        return [self.runs[k] for k in dict.fromkeys([*grid, *chosen])]
+
+    def total_steps(self, specs: list[RunSpec]) -> int:
+        return sum(s.steps for s in specs)
+
+
+def build_plan(cfg: PlanConfig) -> Plan:
+    """Every run of ``cfg`` (the model's hidden size d sets the ranks d/k)."""
+    from galorekit.models.registry import NAMED_SHAPES, normalise_name
+
+    shape = NAMED_SHAPES.get(normalise_name(cfg.model))
+    if shape is not None:  # no transformers import for the named models (--dry-run stays quick)
+        hidden = shape.hidden_size
+    else:
+        from galorekit.models import model_config
+
+        hidden = int(model_config(cfg.model).hidden_size)
+    plan = Plan(config=cfg, hidden_size=hidden)
+    steps = cfg.steps
+    galore_rank = plan.rank(4)
+
+    # tables first, so that the grid covers exactly the LR groups the plan uses
+    for row in cfg.table:
+        spec = make_run(
+            cfg, row.method, steps, rank=plan.rank(row.rank_divisor), lr_group=row.lr_group
+        )
+        plan.table.append((row, plan._add(spec)))
+    for gap in cfg.ablation_gaps:
+        spec = make_run(cfg, "galore_adamw", steps, rank=galore_rank, gap=gap)
+        plan.gaps.append((gap, plan._add(spec)))
+    for divisor in cfg.ablation_rank_divisors:
+        spec = make_run(cfg, "galore_adamw", steps, rank=plan.rank(divisor))
+        plan.ranks.append((divisor, plan._add(spec)))
+    if cfg.long_rank_divisor is not None:
+        short = make_run(cfg, "galore_adamw", steps, rank=plan.rank(2))
+        long = make_run(
+            cfg,
+            "galore_adamw",
+            steps * cfg.long_factor,
+            rank=plan.rank(cfg.long_rank_divisor),
+        )
+        plan.long.append((f"rank d/2 = {plan.rank(2)}, {steps} steps", plan._add(short)))
+        plan.long.append(
+            (
+                f"rank d/{cfg.long_rank_divisor} = {plan.rank(cfg.long_rank_divisor)}, "
+                f"{steps * cfg.long_factor} steps",
+                plan._add(long),
+            )
+        )
+    theory = make_run(cfg, "galore_adamw", steps, rank=galore_rank, kind="theory")
+    plan.theory = plan._add(theory)
+
+    if cfg.tuned:
+        groups = dict.fromkeys(s.lr_group for s in plan.runs.values() if s.lr_group)
+        for group in groups:
+            rank = galore_rank if uses_rank(group) else None
+            points = []
+            for lr in cfg.lr_grid:
+                spec = make_run(cfg, group, cfg.grid_steps, rank=rank, lr=float(lr))
+                points.append((float(lr), plan._add(spec)))
+            plan.grid[group] = points
+    return plan
+
+
+def describe(plan: Plan, specs: list[RunSpec], jobs: int = 2) -> str:
+    """Plan summary for the terminal: runs, steps and tokens, and the time estimate when the
+    plan's model and batch are the measured ones."""
+    cfg = plan.config
+    steps = plan.total_steps(specs)
+    lines = [
+        f"plan {cfg.name!r}: {cfg.model} (d = {plan.hidden_size}), {cfg.batch_size} × "
+        f"{cfg.seq_len} tokens a step, {cfg.steps} steps a row "
+        f"({cfg.steps * cfg.tokens_per_step:,} tokens), seed {cfg.seed}",
+        f"{len(specs)} runs, {steps:,} steps ({steps * cfg.tokens_per_step:,} tokens)",
+    ]
+    measured = (cfg.model, cfg.vocab_size, cfg.batch_size, cfg.seq_len) == (
+        "llama_9m",
+        4096,
+        8,
+        128,
+    )
+    if measured:
+        cpu = steps * FULL_PLAN_CPU_S_PER_STEP * 1.1  # + evaluations and start-up
+        lines.append(
+            f"≈ {math.ceil(cpu / 60):,} CPU-min (measured {FULL_PLAN_CPU_S_PER_STEP} CPU-s a "
+            f"step, + 10% for evaluations): ≈ {math.ceil(cpu / 60 / jobs):,} min with {jobs} "
+            "worker(s) on idle cores, more on a loaded machine"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,372 @@
+"""The reproduction's report: ``results.json`` (every number, every grid point), ``reproduce.md``
+(the tables and the verdict on each claim) and ``plots/*.png``, from the cached run results."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from galorekit.reproduce.ablations import ablation_tables, ablations_markdown
+from galorekit.reproduce.claims import ablation_claims, table_claims, theory_claims
+from galorekit.reproduce.plan import SECTIONS, Plan
+from galorekit.reproduce.results import RunResult, finite_json, load_results
+from galorekit.reproduce.table import fmt_ppl, md_table, table_markdown, table_rows
+from galorekit.reproduce.theory import LAYER_TYPES, summarize
+from galorekit.reproduce.tuning import TuningError, best_lr, grid_done, grid_report
+
+PLOTS_DIR = "plots"
+
+
+@dataclass
+class Report:
+    data: dict[str, Any]
+    markdown: str
+    plots: list[Path] = field(default_factory=list)
+
+
+def environment() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    import galorekit
+
+    try:
+        from importlib.metadata import version
+
+        galore_torch = version("galore-torch")
+    except Exception:  # not installed
+        galore_torch = None
+    return {
+        "galorekit": galorekit.__version__,
+        "torch": torch.__version__,
+        "galore_torch": galore_torch,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def _run_summary(result: RunResult) -> dict[str, Any]:
+    data = result.to_dict()
+    data.pop("theory", None)  # the per-matrix series stay in runs/<key>.json
+    return data
+
+
+def build_report(
+    plan: Plan,
+    results: dict[str, RunResult],
+    *,
+    sections: tuple[str, ...] = SECTIONS,
+    command: str = "",
+    env: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything ``results.json`` holds (JSON-ready)."""
+    tuned = {}
+    for group in plan.grid:
+        if grid_done(plan, group, results):
+            try:
+                tuned[group] = best_lr(plan, group, results)
+            except TuningError:
+                tuned[group] = None
+    data: dict[str, Any] = {
+        "command": command,
+        "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "environment": env if env is not None else environment(),
+        "plan": plan.config.to_dict(),
+        "hidden_size": plan.hidden_size,
+        "sections": list(sections),
+        "lr_grid": grid_report(plan, results),
+        "tuned_lr": tuned,
+    }
+    claims: list[dict[str, str]] = []
+    if "table" in sections:
+        data["table"] = table_rows(plan, results)
+        claims += table_claims(plan, results)
+    if "ablations" in sections:
+        tables = ablation_tables(plan, results)
+        data["ablations"] = tables
+        claims += ablation_claims(tables)
+    if "theory" in sections and plan.theory:
+        result = results.get(plan.theory)
+        theory: dict[str, Any] = {"key": plan.theory, "status": "not run"}
+        if result is not None:
+            theory["status"] = result.status
+            theory["eval_ppl"] = result.eval_ppl
+            if result.theory:
+                theory["summary"] = summarize(result.theory)
+                theory["every"] = result.theory["every"]
+                theory["rank"] = result.theory["rank"]
+                theory["update_proj_gap"] = result.theory["update_proj_gap"]
+            twin = _table_twin(plan, results)
+            if twin is not None and twin.ok and result.ok:
+                theory["table_galore_ppl"] = twin.eval_ppl
+        data["theory"] = theory
+        claims += theory_claims(theory.get("summary"))
+    data["claims"] = claims
+    keys = [k for s in sections for k in plan.section_keys(s)]
+    keys += [k for _, points in plan.grid.items() for _, k in points]
+    data["runs"] = {k: _run_summary(results[k]) for k in dict.fromkeys(keys) if k in results}
+    return data
+
+
+def _table_twin(plan: Plan, results: dict[str, RunResult]) -> RunResult | None:
+    """The table's run with the theory run's settings (same training, uninstrumented)."""
+    spec = plan.runs[plan.theory] if plan.theory else None
+    for key, other in plan.runs.items():
+        if (
+            spec is not None
+            and other.kind == "pretrain"
+            and (other.method, other.rank, other.update_proj_gap, other.steps, other.lr_group)
+            == (spec.method, spec.rank, spec.update_proj_gap, spec.steps, spec.lr_group)
+            and other.lr == spec.lr
+        ):
+            return results.get(key)
+    return None
+
+
+# ---------------------------------------------------------------------------------- markdown
+def _plan_lines(plan: Plan, data: dict[str, Any]) -> list[str]:
+    cfg = plan.config
+    env = data["environment"]
+    if cfg.data_files:
+        corpus = "local files " + ", ".join(cfg.data_files)
+    elif cfg.dataset == "default":
+        corpus = "offline KJV + Shakespeare (`default`)"
+    else:
+        corpus = f"`{cfg.dataset}`"
+    lines = [
+        f"- command: `{data['command']}`" if data["command"] else "",
+        f"- model: `{cfg.model}` (d = {plan.hidden_size}), {cfg.vocab_size}-token BPE on the "
+        f"{corpus} corpus, float32 on {cfg.device}, seed {cfg.seed} for every run (same "
+        "initialisation, same data order)",
+        f"- a table row: {cfg.steps} steps × {cfg.batch_size} sequences × {cfg.seq_len} tokens "
+        f"= {cfg.steps * cfg.tokens_per_step:,} tokens; warm-up 10%, cosine decay to 10% of the "
+        f"peak LR, gradient clipping 1.0, Adam β = (0.9, 0.999); GaLore α = {cfg.scale}, "
+        f"T = {cfg.update_proj_gap} (except the T ablation); eval on {cfg.val_sequences} "
+        "held-out sequences",
+    ]
+    if cfg.tuned:
+        lrs = ", ".join(f"{lr:g}" for lr in cfg.lr_grid)
+        lines.append(
+            f"- learning rates: tuned per method over {{{lrs}}} (from the paper's "
+            f"{{0.01, 0.005, 0.001, 0.0005, 0.0001}}) on {cfg.grid_steps}-step runs "
+            f"({cfg.grid_fraction:.0%} of a row), best validation perplexity; GaLore d/2, "
+            "galore-torch and the ablations use GaLore d/4's LR"
+        )
+    else:
+        fixed = ", ".join(f"{m} {lr:g}" for m, lr in cfg.fixed_lrs)
+        lines.append(
+            "- learning rates: not tuned here; "
+            + (
+                f"fixed: {fixed} (the best of a short pilot, see `galorekit/reproduce/plan.py`); "
+                if fixed
+                else ""
+            )
+            + "others at `galore pretrain`'s default"
+        )
+    lines.append(
+        f"- environment: galorekit {env.get('galorekit')}, torch {env.get('torch')}, galore-torch "
+        f"{env.get('galore_torch')}, Python {env.get('python')}, {env.get('cpu_count')} CPUs; "
+        "one thread per run; times are wall-clock on a machine shared with other jobs (CPU "
+        "seconds are the steadier measure)"
+    )
+    return [line for line in lines if line]
+
+
+def _claims_markdown(claims: list[dict[str, str]]) -> str:
+    return md_table(
+        ["claim", "paper", "ours", "verdict", "rule"],
+        [[c["claim"], c["paper"], c["ours"], f"**{c['verdict']}**", c["rule"]] for c in claims],
+    )
+
+
+def _grid_markdown(grid: list[dict[str, Any]]) -> str:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in grid:
+        groups.setdefault(row["group"], []).append(row)
+    lrs = sorted({row["lr"] for row in grid}, reverse=True)
+    body = []
+    for group, rows in groups.items():
+        by_lr = {r["lr"]: r for r in rows}
+        cells = []
+        for lr in lrs:
+            r = by_lr.get(lr)
+            if r is None:
+                cells.append("")
+            elif r["eval_ppl"] is None:
+                cells.append(r["status"])
+            else:
+                text = fmt_ppl(r["eval_ppl"])
+                cells.append(f"**{text}**" if r["chosen"] else text)
+        body.append([group, *cells])
+    return md_table(["method", *[f"lr {lr:g}" for lr in lrs]], body)
+
+
+def _theory_markdown(theory: dict[str, Any]) -> str:
+    summary = theory.get("summary")
+    if not summary:
+        return f"Theory run: {theory['status']}."
+    rows = []
+    for kind in [k for k in LAYER_TYPES if k in summary] + sorted(set(summary) - set(LAYER_TYPES)):
+        s = summary[kind]
+
+        def f(x: float | None, digits: int = 3) -> str:
+            return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+        rows.append(
+            [
+                kind,
+                "×".join(map(str, s["shape"])),
+                str(s["rank"]),
+                f"{f(s['energy_first'])} → {f(s['energy_last_quarter'])}",
+                f"{f(s['stable_rank_first'], 2)} → {f(s['stable_rank_last_quarter'], 2)}",
+                f(s["captured_mean"]),
+                f"{f(s['overlap_mean'])} ({s['refreshes']})",
+                f(s["random_overlap"]),
+            ]
+        )
+    table = md_table(
+        [
+            "layer",
+            "shape",
+            "r",
+            "top-r energy (first → last quarter)",
+            "stable rank (first → last quarter)",
+            "energy in GaLore's subspace (mean)",
+            "overlap at refreshes (count)",
+            "random overlap",
+        ],
+        rows,
+    )
+    lines = [
+        f"GaLore rank {theory.get('rank')}, T = {theory.get('update_proj_gap')}, measured every "
+        f"{theory.get('every')} steps on every targeted matrix (means over the layers of a type).",
+    ]
+    if theory.get("table_galore_ppl") is not None and theory.get("eval_ppl") is not None:
+        lines.append(
+            f"The instrumented run ends at perplexity {theory['eval_ppl']:.2f}; the table's "
+            f"GaLore d/4 run with the same settings at {theory['table_galore_ppl']:.2f}."
+        )
+    return "\n\n".join([" ".join(lines), table])
+
+
+def render_markdown(plan: Plan, data: dict[str, Any], plots: list[Path], out: Path) -> str:
+    cfg = plan.config
+    parts = [
+        f"# GaLore at laptop scale — `galore reproduce` (plan {cfg.name!r})",
+        "\n".join(_plan_lines(plan, data)),
+        "## What reproduced",
+        "One seed per run: read gaps of about 1% as ties.",
+        _claims_markdown(data["claims"]) if data["claims"] else "(no section run)",
+    ]
+    if "table" in data:
+        parts += [
+            "## Table 2 at laptop scale",
+            "Optimizer states from `galorekit.memory` (float32, as trained); the paper's Table 2 "
+            "convention, BF16 weights + optimizer states, next to it. Paper: LLaMA 60M on C4, "
+            "1.1B tokens.",
+            table_markdown(data["table"]),
+        ]
+    if data["lr_grid"]:
+        parts += [
+            "## Learning-rate grid",
+            f"Validation perplexity after {cfg.grid_steps} steps; bold: chosen.",
+            _grid_markdown(data["lr_grid"]),
+        ]
+    if "ablations" in data:
+        parts += [
+            "## Ablations (GaLore, rank d/4 unless stated)",
+            ablations_markdown(data["ablations"]),
+        ]
+    if "theory" in data:
+        parts += ["## Low-rank gradients, observed", _theory_markdown(data["theory"])]
+    if plots:
+        parts += [
+            "## Plots",
+            "\n".join(f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots),
+        ]
+    return "\n\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------- writing
+def write_plots(plan: Plan, data: dict[str, Any], results: dict[str, RunResult], out: Path):
+    from galorekit.reproduce import plots as P
+    from galorekit.reproduce.table import row_label
+
+    folder = out / PLOTS_DIR
+    written: list[Path | None] = []
+    if "table" in data:
+        written.append(P.plot_table(plan, data["table"], folder / "table.png"))
+        entries = [(row_label(plan, row), key) for row, key in plan.table]
+        written.append(
+            P.plot_curves(plan, entries, results, folder / "table_curves.png", "Table 2 rows")
+        )
+    if data["lr_grid"]:
+        written.append(P.plot_lr_grid(data["lr_grid"], folder / "lr_grid.png"))
+    if "ablations" in data:
+        tables = data["ablations"]
+        written.append(
+            P.plot_ablation_points(
+                tables["update_proj_gap"],
+                "update_proj_gap",
+                "T (steps between subspace refreshes)",
+                folder / "ablation_T.png",
+                "GaLore d/4: update frequency",
+                log_x=True,
+            )
+        )
+        written.append(
+            P.plot_curves(
+                plan,
+                [(f"T = {g}", k) for g, k in plan.gaps],
+                results,
+                folder / "ablation_T_curves.png",
+                "GaLore d/4: update frequency T",
+            )
+        )
+        written.append(
+            P.plot_ablation_points(
+                tables["rank"], "rank", "rank", folder / "ablation_rank.png", "GaLore: rank", True
+            )
+        )
+        if plan.long:
+            written.append(
+                P.plot_curves(
+                    plan, plan.long, results, folder / "ablation_long.png", "small rank, longer"
+                )
+            )
+    theory_result = results.get(plan.theory) if plan.theory else None
+    if "theory" in data and theory_result is not None and theory_result.theory:
+        for kind in LAYER_TYPES:
+            written.append(
+                P.plot_theory_type(theory_result.theory, kind, folder / f"theory_{kind}.png")
+            )
+        written.append(P.plot_theory_overlap(theory_result.theory, folder / "theory_overlap.png"))
+    return [p for p in written if p is not None]
+
+
+def write_report(
+    plan: Plan,
+    out: Path,
+    *,
+    sections: tuple[str, ...] = SECTIONS,
+    command: str = "",
+    env: dict[str, Any] | None = None,
+) -> Report:
+    """Read the cached results in ``out`` and write ``results.json``, ``reproduce.md`` and
+    ``plots/`` for ``sections``."""
+    from galorekit.atomic import atomic_write_json, atomic_write_text
+
+    results = load_results(out, list(plan.runs))
+    data = build_report(plan, results, sections=sections, command=command, env=env)
+    plots = write_plots(plan, data, results, out)
+    data["plots"] = [p.relative_to(out).as_posix() for p in plots]
+    markdown = render_markdown(plan, data, plots, out)
+    atomic_write_json(out / "results.json", finite_json(data), allow_nan=False)
+    atomic_write_text(out / "reproduce.md", markdown)
+    return Report(data=data, markdown=markdown, plots=plots)

@@ -1,0 +1,318 @@
+"""The theory, observed: how low-rank the gradients GaLore projects are, and how its subspace moves.
+
+The paper argues (§3, Lemma 3.3) that the gradients of reversible networks become low-rank during
+training, which is what lets a rank-r projection keep most of each update. This module trains one
+GaLore run with an instrumented copy of ``galore pretrain``'s loop (same model, data order,
+optimizer, schedule and clipping, so its perplexity matches the table's GaLore row) and records,
+for every targeted matrix, every ``k`` steps, on the full gradient G (after clipping):
+
+- ``energy``: fraction of ‖G‖_F² in its top-r singular directions, Σ_{i≤r} σ_i² / Σ_i σ_i²;
+- ``stable_rank``: ‖G‖_F² / ‖G‖_2² = Σ σ_i² / σ_1² (1 for a rank-one matrix, min(m, n) for an
+  isotropic one);
+- ``captured``: fraction of ‖G‖_F² inside the subspace GaLore actually used at that step,
+  ‖PᵀG‖²/‖G‖² (or ‖G Qᵀ‖²... for a right projector): the top-r energy is its ceiling, reached at a
+  refresh with an exact SVD; the gap measures how stale the projector has become;
+
+and at each subspace refresh the overlap of the old and new projectors, ‖P_oldᵀ P_new‖_F² / r
+(1: the same subspace, 0: orthogonal; two random r-dimensional subspaces of ℝᵏ overlap r/k on
+average). Projectors are read only through the optimizer's public ``projection(p)`` view.
+
+Why a GaLore run rather than full-rank AdamW: the subspace overlap exists only for GaLore's
+projectors, and the claim that matters for GaLore is about the gradients along its own trajectory.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from galorekit.projection import Side
+from galorekit.reproduce.configs import Job, data_config, pretrain_config
+from galorekit.reproduce.results import RunResult
+
+#: LLaMA's targeted layer types, in the order of a block
+LAYER_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# ------------------------------------------------------------------------------------ metrics
+def _squared_singular_values(matrix: Tensor) -> Tensor:
+    return torch.linalg.svdvals(matrix.detach().to(torch.float64)) ** 2
+
+
+def energy_fraction(matrix: Tensor, rank: int) -> float:
+    """Σ_{i≤r} σ_i² / Σ σ_i² of ``matrix`` (NaN for a zero matrix)."""
+    s2 = _squared_singular_values(matrix)
+    total = float(s2.sum())
+    return float(s2[:rank].sum()) / total if total > 0 else math.nan
+
+
+def stable_rank(matrix: Tensor) -> float:
+    """‖A‖_F² / ‖A‖_2² (NaN for a zero matrix)."""
+    s2 = _squared_singular_values(matrix)
+    return float(s2.sum() / s2[0]) if float(s2[0]) > 0 else math.nan
+
+
+def spectrum_metrics(matrix: Tensor, rank: int) -> tuple[float, float]:
+    """``(energy_fraction, stable_rank)`` from one SVD."""
+    s2 = _squared_singular_values(matrix)
+    total = float(s2.sum())
+    if total <= 0:
+        return math.nan, math.nan
+    return float(s2[:rank].sum()) / total, total / float(s2[0])
+
+
+def subspace_overlap(a: Tensor, b: Tensor, *, rows: bool = False) -> float:
+    """‖AᵀB‖_F² / r for two orthonormal column bases A, B (m×r), or ‖A Bᵀ‖_F² / r for row bases
+    (r×n, ``rows=True``, GaLore's right projectors Qᵀ): 1 for the same subspace, 0 for orthogonal
+    ones."""
+    a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
+    if rows:
+        a64, b64 = a64.T, b64.T
+    if a64.shape != b64.shape:
+        raise ValueError(f"bases of different shapes: {tuple(a.shape)} vs {tuple(b.shape)}")
+    r = a64.shape[1]
+    return float((a64.T @ b64).pow(2).sum()) / r
+
+
+def random_overlap(dim: int, rank: int) -> float:
+    """Expected overlap of two independent uniformly random r-dimensional subspaces of ℝ^dim."""
+    return min(rank, dim) / dim
+
+
+def projector_overlap(old: dict[str, Any], new: dict[str, Any]) -> float:
+    """Overlap of two projectors of one matrix (``side``/``left``/``right`` dicts); for a two-sided
+    projector the mean of both sides'."""
+    values = []
+    if old["left"] is not None and new["left"] is not None:
+        values.append(subspace_overlap(old["left"], new["left"]))
+    if old["right"] is not None and new["right"] is not None:
+        values.append(subspace_overlap(old["right"], new["right"], rows=True))
+    if not values:
+        raise ValueError("the projectors have no common side")
+    return sum(values) / len(values)
+
+
+def captured_energy(matrix: Tensor, side: Side, left: Tensor | None, right: Tensor | None) -> float:
+    """Fraction of ‖G‖_F² that the projector keeps: ‖PᵀG‖², ‖G Qᵀ‖² (Qᵀ stored r×n) or both."""
+    g = matrix.detach().to(torch.float64)
+    total = float(g.pow(2).sum())
+    if total <= 0:
+        return math.nan
+    if side in (Side.LEFT, Side.FULL):
+        assert left is not None
+        g = left.detach().to(torch.float64).T @ g
+    if side in (Side.RIGHT, Side.FULL):
+        assert right is not None
+        g = g @ right.detach().to(torch.float64).T
+    return float(g.pow(2).sum()) / total
+
+
+def layer_type(name: str) -> str:
+    """``model.layers.3.self_attn.q_proj`` → ``q_proj``."""
+    return name.rsplit(".", 1)[-1]
+
+
+def layer_index(name: str) -> int | None:
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part == "layers" and parts[i + 1].isdigit():
+            return int(parts[i + 1])
+    return None
+
+
+# ------------------------------------------------------------------------ instrumented loop
+def _snapshot(view) -> dict[str, Any]:
+    return {
+        "side": view.side,
+        "left": None if view.left is None else view.left.detach().clone(),
+        "right": None if view.right is None else view.right.detach().clone(),
+    }
+
+
+def run_theory(job: Job) -> RunResult:
+    """Train ``job`` (a GaLore method) with the measurements of the module docstring."""
+    import contextlib
+
+    import numpy as np
+
+    from galorekit.data import build_tokenizer, load_pretraining_data
+    from galorekit.models import build_model, default_target_modules
+    from galorekit.projection import effective_rank
+    from galorekit.train.methods import setup_method
+    from galorekit.train.pretrain import StopFlag, evaluate_sums, resolve_device
+    from galorekit.train.schedule import warmup_cosine
+
+    cfg, spec = job.config, job.spec
+    if not spec.method.startswith("galore_") or spec.method == "galore_torch_adamw":
+        raise ValueError(
+            f"the theory run needs a galorekit GaLore method (its projectors are read through "
+            f"optimizer.projection), not {spec.method}"
+        )
+    run = pretrain_config(job)  # the same settings as a table run: schedule, clipping, seed
+    device = resolve_device(run.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    data_cfg = data_config(cfg)
+    data = load_pretraining_data(data_cfg, build_tokenizer(data_cfg))
+    model = build_model(
+        cfg.model,
+        vocab_size=data.vocab_size,
+        max_position_embeddings=max(cfg.seq_len, 1024),
+        seed=cfg.seed,
+        device=device,
+    )
+    optimizer = setup_method(model, run.method, total_steps=spec.steps).optimizer
+    warmup = int(run.warmup_ratio * spec.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: warmup_cosine(s, warmup=warmup, total=spec.steps, min_ratio=run.min_lr_ratio),
+    )
+    loader = data.train_loader(cfg.batch_size)
+    val_batches = data.val_batches(cfg.batch_size)
+    modules = dict(model.named_modules())
+    targets = [(name, modules[name].weight) for name in default_target_modules(model)]
+    rank = spec.rank or 1
+    every = max(1, spec.steps // cfg.theory_points)
+    series: dict[str, dict[str, Any]] = {}
+    for name, p in targets:
+        r = effective_rank(rank, p.shape)
+        series[name] = {
+            "type": layer_type(name),
+            "layer": layer_index(name),
+            "shape": list(p.shape),
+            "rank": r,
+            "steps": [],
+            "energy": [],
+            "stable_rank": [],
+            "captured": [],
+            "refresh_steps": [],
+            "overlap": [],
+        }
+    clip = run.method.max_grad_norm
+    eval_curve: list[list[float]] = []
+    train_curve: list[list[float]] = []
+    started = time.perf_counter()
+
+    def evaluate() -> float:
+        total, count = evaluate_sums(model, val_batches, device, contextlib.nullcontext)
+        return total / max(count, 1)
+
+    eval_loss = math.nan
+    loss_value = math.nan
+    model.train()
+    with StopFlag() as stop:
+        for step in range(spec.steps):
+            batch = next(loader).to(device)
+            loss = model(input_ids=batch, labels=batch).loss
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):  # before the SVDs, which fail on NaN gradients
+                raise FloatingPointError(
+                    f"the training loss became {loss_value} at step {step + 1}; lower the LR"
+                )
+            loss.backward()
+            params = [p for p in model.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, clip or math.inf)
+            measure = step % every == 0 or step == spec.steps - 1
+            before: dict[str, dict[str, Any]] = {}
+            grads: dict[str, Tensor] = {}
+            for name, p in targets:
+                view = optimizer.projection(p)
+                if view.refresh_due and (view.left is not None or view.right is not None):
+                    before[name] = _snapshot(view)
+                if measure:
+                    grads[name] = p.grad.detach().clone()
+            optimizer.step()
+            for name, p in targets:
+                entry = series[name]
+                view = optimizer.projection(p)  # the projector this step's update used
+                if name in before:
+                    entry["refresh_steps"].append(step)
+                    entry["overlap"].append(projector_overlap(before[name], _snapshot(view)))
+                if measure:
+                    energy, srank = spectrum_metrics(grads[name], entry["rank"])
+                    entry["steps"].append(step)
+                    entry["energy"].append(energy)
+                    entry["stable_rank"].append(srank)
+                    entry["captured"].append(
+                        captured_energy(grads[name], view.side, view.left, view.right)
+                    )
+                    if "side" not in entry:
+                        entry["side"] = view.side.name.lower()
+                        dim = p.shape[0] if view.side == Side.LEFT else p.shape[1]
+                        entry["random_overlap"] = random_overlap(int(dim), entry["rank"])
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            done = step + 1
+            if measure:
+                train_curve.append([done, loss_value])
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done == spec.steps:
+                eval_loss = evaluate()
+                eval_curve.append([done, math.exp(min(eval_loss, 50.0))])
+            if stop.signal is not None:
+                raise SystemExit(128 + stop.signal)
+    seconds = time.perf_counter() - started
+    return RunResult(
+        key=spec.key,
+        status="ok",
+        identity=job.identity,
+        lr=job.lr,
+        steps=spec.steps,
+        tokens=spec.steps * cfg.tokens_per_step,
+        eval_loss=eval_loss,
+        eval_ppl=math.exp(min(eval_loss, 50.0)),
+        train_loss=loss_value,
+        seconds=seconds,
+        eval_curve=eval_curve,
+        train_curve=train_curve,
+        theory={
+            "method": spec.method,
+            "rank": rank,
+            "update_proj_gap": spec.update_proj_gap,
+            "every": every,
+            "matrices": series,
+        },
+    )
+
+
+# ------------------------------------------------------------------------------- summaries
+def summarize(theory: dict[str, Any]) -> dict[str, Any]:
+    """Per layer type: mean over its matrices of the first and last measurements (energy, stable
+    rank, captured energy) and the mean overlap at refreshes — the numbers the report quotes."""
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for entry in theory["matrices"].values():
+        by_type.setdefault(entry["type"], []).append(entry)
+    out: dict[str, Any] = {}
+    for kind in [t for t in LAYER_TYPES if t in by_type] + sorted(set(by_type) - set(LAYER_TYPES)):
+        entries = by_type[kind]
+
+        def mean(values: list[float]) -> float | None:
+            finite = [v for v in values if v is not None and math.isfinite(v)]
+            return sum(finite) / len(finite) if finite else None
+
+        def late(values: list[float]) -> float:
+            tail = values[-max(1, len(values) // 4) :]
+            return sum(tail) / len(tail)
+
+        overlaps = [o for e in entries for o in e["overlap"]]
+        out[kind] = {
+            "matrices": len(entries),
+            "shape": entries[0]["shape"],
+            "rank": entries[0]["rank"],
+            "energy_first": mean([e["energy"][0] for e in entries if e["energy"]]),
+            "energy_last_quarter": mean([late(e["energy"]) for e in entries if e["energy"]]),
+            "stable_rank_first": mean([e["stable_rank"][0] for e in entries if e["stable_rank"]]),
+            "stable_rank_last_quarter": mean(
+                [late(e["stable_rank"]) for e in entries if e["stable_rank"]]
+            ),
+            "captured_mean": mean([mean(e["captured"]) or math.nan for e in entries]),
+            "overlap_mean": mean(overlaps),
+            "refreshes": len(overlaps),
+            "random_overlap": entries[0].get("random_overlap"),
+        }
+    return out
