@@ -18,3 +18,22 @@ BASELINES = ("lora", "relora", "low_rank")
 METHODS = (*OPTIMIZER_NAMES, *BASELINES)
 #: GaLore's projection types (``galorekit.projection.choose_side``)
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
+#: other implementations, for comparison (need their package installed)
+REFERENCE_METHODS = ("galore_torch_adamw",)
+ALL_METHODS = (*METHODS, *REFERENCE_METHODS)
+#: peak learning rates used when --lr is not given: the paper's 0.01 for GaLore, and the usual
+#: 1e-3 for full-rank Adam-family training and the adapter baselines
+DEFAULT_LR = {
+    "adamw": 1e-3,
+    "adamw8bit": 1e-3,
+    "adafactor": 1e-3,
+    "galore_adamw": 1e-2,
+    "galore_adamw8bit": 1e-2,
+    "galore_adafactor": 1e-2,
+    "lora": 1e-3,
+    "relora": 1e-3,
+    "low_rank": 1e-3,
+    "galore_torch_adamw": 1e-2,
+}
+#: data-parallel strategies (``galore pretrain --distributed``)
+DISTRIBUTED_STRATEGIES = ("ddp", "fsdp")

@@ -28,9 +28,7 @@ from torch import nn
 
 from galorekit.distributed.context import DistContext
 from galorekit.distributed.hooks import register_comm_hook
-
-#: data-parallel strategies (``galore pretrain --distributed``)
-STRATEGIES = ("ddp", "fsdp")
+from galorekit.names import DISTRIBUTED_STRATEGIES as STRATEGIES
 
 
 @dataclass

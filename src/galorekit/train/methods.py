@@ -15,28 +15,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from galorekit.names import BASELINES, METHODS  # noqa: F401  (re-exported)
+from galorekit.names import (  # noqa: F401  (re-exported)
+    ALL_METHODS,
+    BASELINES,
+    DEFAULT_LR,
+    METHODS,
+    REFERENCE_METHODS,
+)
 from galorekit.optim import OPTIMIZER_NAMES, create_optimizer
 
-#: other implementations, for comparison (need their package installed)
-REFERENCE_METHODS = ("galore_torch_adamw",)
-ALL_METHODS = (*METHODS, *REFERENCE_METHODS)
 GALORE_TORCH_INSTALL = "pip install galore-torch==1.0"
-
-#: peak learning rates used when --lr is not given: the paper's 0.01 for GaLore, and the usual
-#: 1e-3 for full-rank Adam-family training and the adapter baselines
-DEFAULT_LR = {
-    "adamw": 1e-3,
-    "adamw8bit": 1e-3,
-    "adafactor": 1e-3,
-    "galore_adamw": 1e-2,
-    "galore_adamw8bit": 1e-2,
-    "galore_adafactor": 1e-2,
-    "lora": 1e-3,
-    "relora": 1e-3,
-    "low_rank": 1e-3,
-    "galore_torch_adamw": 1e-2,
-}
 
 
 @dataclass

@@ -38,7 +38,7 @@ import torch
 
 from galorekit.atomic import atomic_write_text
 from galorekit.data import DataConfig
-from galorekit.distributed.data_parallel import STRATEGIES
+from galorekit.names import DISTRIBUTED_STRATEGIES
 from galorekit.train.methods import METHODS, MethodConfig, setup_method
 from galorekit.train.schedule import warmup_cosine
 
@@ -46,8 +46,6 @@ from galorekit.train.schedule import warmup_cosine
 RESUME_KEYS = ("model", "method", "seq_len", "batch_size", "total_batch_size", "data_fingerprint")
 #: galorekit's GaLore methods (low-rank communication and FSDP read their projectors)
 GALORE_METHODS = tuple(m for m in METHODS if m.startswith("galore_"))
-#: data-parallel strategies of ``--distributed``
-DISTRIBUTED_STRATEGIES = STRATEGIES
 RUN_FILES = ("metrics.jsonl", "config.json", "checkpoints", "tensorboard", "summary.md")
 
 

@@ -16,8 +16,7 @@ GALORE_HELP = "GaLore options (galore_* methods)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from galorekit.distributed.data_parallel import STRATEGIES
-    from galorekit.train.methods import ALL_METHODS, DEFAULT_LR
+    from galorekit.names import ALL_METHODS, DEFAULT_LR, DISTRIBUTED_STRATEGIES
 
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     m = p.add_argument_group("model and method")
@@ -151,7 +150,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dp.add_argument(
         "--distributed",
         default="ddp",
-        choices=STRATEGIES,
+        choices=DISTRIBUTED_STRATEGIES,
         help="data-parallel strategy: ddp (DistributedDataParallel; --layerwise reduces in its "
         "hooks instead) or fsdp (FSDP2 fully_shard: parameters, gradients and optimizer states "
         "sharded by rows; GaLore projects on the right and refreshes from all-reduced sketches; "
