@@ -162,3 +162,13 @@ def _trained(out, steps: int) -> bool:
         return len(events(out, "train")) >= steps
     except (FileNotFoundError, json.JSONDecodeError):
         return False
+
+
+def test_relora_two_ranks_equal_one_process(corpus, tmp_path):
+    """ReLoRA under DDP: merges happen on every rank, re-initialised adapters come from rank 0."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    extra = ("--method", "relora", "--relora-reset-every", "3", "--grad-clip", "0")
+    assert main(args(corpus, single, *extra)) == 0
+    assert main(args(corpus, ddp, *extra, "--nproc-per-node", "2")) == 0
+    assert len(events(ddp, "relora_reset")) == len(events(single, "relora_reset")) == 2
+    assert_models_close(final_model(single), final_model(ddp))

@@ -591,9 +591,9 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
             step += 1
             if relora is not None and relora.maybe_reset(step, optimizer):
                 if ctx.enabled:  # re-initialised adapters: rank 0's, whatever each RNG holds
-                    from galorekit.optim.layerwise import broadcast_parameters
-
-                    broadcast_parameters(model)
+                    # (the merged weights are equal already: every rank merged the same adapters)
+                    for adapter in relora.lora_parameters():
+                        torch.distributed.broadcast(adapter.data, src=0)
                 logger.log({"event": "relora_reset", "step": step})
             # one collective: the global batch's loss, and whether any rank was signalled (all
             # ranks must stop at the same step, or the others would wait for it forever)
