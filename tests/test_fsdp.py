@@ -84,7 +84,9 @@ def test_sharded_exact_refresh_spans_the_top_singular_subspace():
     shards = _sharded_projectors(grad, [32, 32], rank=5, side=Side.RIGHT, method="exact")
     assert torch.equal(shards[0], shards[1])
     # singular vectors are defined up to sign: compare the projections onto their span
-    torch.testing.assert_close(shards[0].t() @ shards[0], expected.t() @ expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        shards[0].t() @ shards[0], expected.t() @ expected, atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.parametrize("side", [Side.LEFT, Side.FULL])

@@ -111,9 +111,7 @@ def test_optimizer_state_is_sharded_by_rows(runs):
         torch.testing.assert_close(stacked, whole["exp_avg"], rtol=1e-4, atol=1e-6)
 
 
-def test_sharded_checkpoint_resumes_bit_identically_under_torchrun(
-    runs, pretrain_corpus, tmp_path
-):
+def test_sharded_checkpoint_resumes_bit_identically_under_torchrun(runs, pretrain_corpus, tmp_path):
     straight = runs["fsdp"]
     halted = tmp_path / "halted"
     shutil.copytree(straight, halted)
