@@ -596,13 +596,15 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
                         torch.distributed.broadcast(adapter.data, src=0)
                 logger.log({"event": "relora_reset", "step": step})
             # one collective: the global batch's loss, and whether any rank was signalled (all
-            # ranks must stop at the same step, or the others would wait for it forever)
+            # ranks must stop at the same step, or the others would wait for it forever). The
+            # decision is the reduced flag alone: a signal that lands after the collective is
+            # seen by one rank only, so it waits for the next step's reduction.
+            stopping = stop.signal is not None
             if ctx.enabled:
-                flag = float(stop.signal is not None)
+                flag = float(stopping)
                 loss_total, signalled = all_reduce_sum(ctx, [loss_sum, flag], device)
                 loss_sum = loss_total / ctx.world_size
-                if signalled and stop.signal is None:
-                    stop.signal = signal.SIGTERM
+                stopping = signalled > 0
             if not math.isfinite(loss_sum):
                 raise FloatingPointError(
                     f"the training loss became {loss_sum} at step {step}; lower --lr or check --dtype"
@@ -653,7 +655,8 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
                 )
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
                 save(step)
-            if stop.signal is not None:
+            if stopping:
+                stop.signal = stop.signal or signal.SIGTERM  # another rank's signal
                 path = save(step)
                 bar.close()
                 logger.log({"event": "interrupted", "step": step, "signal": stop.signal})
