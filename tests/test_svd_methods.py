@@ -1,5 +1,7 @@
-"""The subspace-refresh methods: exact, randomized and warm (quality, conventions, determinism,
-optimizer round trips) and the fast non-finite check."""
+"""The subspace-refresh methods: exact, randomized, warm and power (quality, conventions,
+determinism, optimizer round trips) and the fast non-finite check. What only ``power`` does (its
+own ranks, column alignment, row shards, memory) and the benchmark's refresh measurements:
+tests/test_fast_refresh.py."""
 
 from __future__ import annotations
 
@@ -22,13 +24,16 @@ from galorekit.projection.randomized import (
     DEFAULT_CONFIG,
     SubspaceIterationConfig,
     default_seed,
+    power_factors,
     randomized_factors,
     top_right_subspace,
     use_exact,
     warm_factors,
 )
 
-FAST = ("randomized", "warm")
+FAST = ("randomized", "warm", "power")
+#: the methods whose factors are ordered by singular value (``power`` keeps the previous order)
+ORDERED = ("exact", "randomized", "warm")
 
 
 def orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
@@ -66,7 +71,7 @@ def best(g: torch.Tensor, rank: int, side: Side) -> float:
 
 
 def test_registry_lists_the_methods() -> None:
-    assert set(SVD_METHODS) == {"exact", "randomized", "warm"}
+    assert set(SVD_METHODS) == {"exact", "randomized", "warm", "power"}
 
 
 @pytest.mark.parametrize("method", FAST)
@@ -94,7 +99,7 @@ def test_fast_methods_capture_99_percent_of_the_exact_energy(
     assert captured(after, left, right) >= 0.99 * best(after, rank, side)
 
 
-@pytest.mark.parametrize("method", ["exact", *FAST])
+@pytest.mark.parametrize("method", ORDERED)
 @pytest.mark.parametrize("side", [Side.LEFT, Side.RIGHT, Side.FULL])
 def test_factor_convention(method: str, side: Side, gen: torch.Generator) -> None:
     """left = U[:, :r] (m×r, orthonormal columns), right = Vᵀ[:r] (r×n, orthonormal rows), both
@@ -181,10 +186,11 @@ def test_projector_is_continuous_in_the_gradient(method: str, gen: torch.Generat
     torch.testing.assert_close(a.t() @ a, b.t() @ b, atol=1e-4, rtol=0)
 
 
-def test_warm_without_previous_is_randomized(gen: torch.Generator) -> None:
+@pytest.mark.parametrize("factors", [warm_factors, power_factors])
+def test_without_previous_is_randomized(factors, gen: torch.Generator) -> None:
     g = decaying(90, 60, gen)
     for side in (Side.LEFT, Side.RIGHT):
-        warm = warm_factors(g, 8, side, None, None, seed=3)
+        warm = factors(g, 8, side, None, None, seed=3)
         cold = randomized_factors(g, 8, side, seed=3)
         for w, c in zip(warm, cold):
             assert (w is None and c is None) or torch.equal(w, c)
@@ -326,7 +332,7 @@ def _train(model: nn.Module, opt: GaLoreAdamW, steps: range) -> None:
         opt.step()
 
 
-@pytest.mark.parametrize("svd", ["exact", "randomized", "warm"])
+@pytest.mark.parametrize("svd", ["exact", "randomized", "warm", "power"])
 def test_every_mode_resumes_bit_identically(svd: str) -> None:
     """Train 5 steps, checkpoint (weights_only load), train 7 more through two refreshes: the resumed
     run matches the uninterrupted one exactly."""
@@ -352,7 +358,7 @@ def test_every_mode_resumes_bit_identically(svd: str) -> None:
 def test_svd_mode_changes_the_trajectory_only_slightly() -> None:
     """The fast modes really run (different bits) yet train like the exact SVD."""
     finals = {}
-    for svd in ("exact", "randomized", "warm"):
+    for svd in ("exact", *FAST):
         model = _model(0)
         _train(model, _optimizer(model, svd), range(12))
         finals[svd] = torch.cat([p.detach().flatten() for p in model.parameters()])
@@ -365,8 +371,9 @@ def test_svd_mode_changes_the_trajectory_only_slightly() -> None:
 # ---- real gradients ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_fast_methods_on_real_llama_gradients() -> None:
-    """A small LLaMA trained on KJV bytes: on its attention/MLP gradients, randomized and warm
-    (started from the projector of 8 steps earlier) capture ≥ 99% of the exact SVD's energy."""
+    """A small LLaMA trained on KJV bytes: on its attention/MLP gradients, randomized, warm
+    and power (started from the projector of 8 steps earlier) capture ≥ 99% of the exact SVD's
+    energy."""
     from galorekit.bench import RealGradConfig, real_gradient_quality
 
     cfg = RealGradConfig(
@@ -379,7 +386,7 @@ def test_fast_methods_on_real_llama_gradients() -> None:
         steps=24,
         every=8,
         train_rank=32,
-        ranks=(2, 4, 8),
+        ranks=(2, 4, 8, 32),  # power's own steps from rank 32 (min_rank), warm's below
     )
     result = real_gradient_quality(cfg, ["exact", *FAST])
     assert result["pairs"] == 2 * 2 * 7

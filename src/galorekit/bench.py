@@ -9,7 +9,11 @@ of them alike:
 - the amortized step at ``T``: (refresh + (T-1)·steady) / T;
 - the optimizer-state bytes;
 - subspace quality: the gradient energy captured by the projector, ‖PᵀG‖²/‖G‖² (or ‖GQ‖²/‖G‖²),
-  against the exact top-r SVD's, on a gradient that drifted since the previous refresh.
+  against the exact top-r SVD's, on a gradient that drifted since the previous refresh, and the
+  column alignment of the new projector with the previous one (how much of Adam's moments, kept
+  across a refresh coordinate by coordinate, still refers to the same directions);
+- with ``--profile``, where one refresh step's time goes (matmuls, QR, eigh, SVD, copies and
+  casts, the rest), from ``torch.profiler``.
 
 ``--real-grads`` adds the same quality measurement on real gradients of a small LLaMA trained on
 the King James Bible (bytes as tokens). Results: a table, a JSON file (``--json``) and a markdown
@@ -93,6 +97,7 @@ class BenchConfig:
     seed: int = 0
     lr: float = 1e-3
     real_grads: bool = False
+    profile: bool = False
     real: RealGradConfig | None = None
 
     def __post_init__(self) -> None:
@@ -140,7 +145,7 @@ class RealGradConfig:
     lr: float = 2e-3
     train_rank: int = 64
     train_svd: str = "exact"
-    ranks: tuple[int, ...] = (4, 8, 16, 32, 64)
+    ranks: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
     seed: int = 0
 
 
@@ -315,6 +320,60 @@ def time_interleaved(
     return timings
 
 
+# ---- where a refresh step's time goes ------------------------------------------------------------
+#: torch.profiler op names by category (self times: an op's children are not counted twice)
+PROFILE_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm"),
+    "QR": ("aten::linalg_qr", "aten::geqrf", "aten::linalg_householder_product", "aten::orgqr"),
+    "eigh": ("aten::_linalg_eigh", "aten::linalg_eigh"),
+    "SVD": ("aten::_linalg_svd", "aten::linalg_svd", "aten::linalg_svdvals"),
+    "copies and casts": ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous"),
+}
+
+
+def profile_refresh_step(
+    optimizers: dict[str, torch.optim.Optimizer],
+    params: Sequence[torch.nn.Parameter],
+    grads: Sequence[Tensor],
+) -> dict[str, dict[str, float]]:
+    """One step of each refreshing optimizer under ``torch.profiler`` (the caller makes it a
+    refresh step): seconds of CPU self time per ``PROFILE_CATEGORIES`` entry, ``other`` and
+    ``total``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for p, g in zip(params, grads):
+        p.grad = g
+    out: dict[str, dict[str, float]] = {}
+    for name, optimizer in optimizers.items():
+        if name == ADAMW:
+            continue
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            optimizer.step()
+        self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+        total = sum(self_us.values())
+        row = {
+            category: sum(self_us.get(op, 0.0) for op in ops) / 1e6
+            for category, ops in PROFILE_CATEGORIES.items()
+        }
+        row["other"] = total / 1e6 - sum(row.values())
+        row["total"] = total / 1e6
+        out[name] = row
+    return out
+
+
+def format_profile_table(profiles: dict[str, dict[str, float]]) -> str:
+    """Seconds and shares of one refresh step by category (``profile_refresh_step``)."""
+    categories = [*PROFILE_CATEGORIES, "other"]
+    lines = [
+        "| refresh step | total s | " + " | ".join(categories) + " |",
+        "|---|---|" + "---|" * len(categories),
+    ]
+    for name, row in profiles.items():
+        cells = [f"{row[c]:.3f} ({100 * row[c] / row['total']:.0f}%)" for c in categories]
+        lines.append(f"| {name} | {row['total']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ---- subspace quality --------------------------------------------------------------------------
 def captured_energy(grad: Tensor, side: Side, left: Tensor | None, right: Tensor | None) -> float:
     """‖R‖²/‖G‖² for the projection R of ``grad`` (``galorekit.projection.project``): ‖PᵀG‖²
@@ -332,49 +391,75 @@ def exact_energy(grad: Tensor, rank: int) -> float:
     return float(s2[:rank].sum() / s2.sum())
 
 
+def column_alignment(previous: Tensor, new: Tensor) -> float:
+    """Mean cosine between the j-th columns of two orthonormal bases (pass Qᵀ-shaped right
+    factors transposed): 1 when every direction kept its place and sign. GaLore keeps Adam's
+    moments across a refresh, coordinate by coordinate, so this says how much of them still
+    points the way it did; a re-ordered or re-signed basis scores near 0 (or below)."""
+    return float((previous * new).sum(dim=0).mean())
+
+
 def method_quality(
     pairs: Sequence[tuple[Tensor, Tensor]], rank: int, methods: Sequence[str], reference: bool
 ) -> dict[str, dict[str, float]]:
-    """Captured energy on the second gradient of each pair, the projector of ``warm`` started from
-    the same method's projector of the first. Per method: mean captured energy, and the mean and
-    minimum of captured / exact."""
+    """Captured energy on the second gradient of each pair, the projector of ``warm`` and
+    ``power`` started from the same method's projector of the first. Per method: mean captured
+    energy, the mean and minimum of captured / exact, and the mean ``column_alignment`` of the
+    second projector with the first."""
     from galorekit.projection import choose_side, compute_projector
 
-    per: dict[str, list[tuple[float, float]]] = {}
+    per: dict[str, list[tuple[float, float, float]]] = {}
     for before, after in pairs:
         r = min(rank, *after.shape)
         side = choose_side("std", after.shape)
         best = exact_energy(after, r)
+
         for method in methods:
             prev = compute_projector(before, r, side, method=method)
-            left, right = compute_projector(
+            new = compute_projector(
                 after, r, side, method=method, previous_left=prev[0], previous_right=prev[1]
             )
-            e = captured_energy(after, side, left, right)
-            per.setdefault(ours(method), []).append((e, e / best))
+            e = captured_energy(after, side, *new)
+            aligned = column_alignment(_basis(prev, side), _basis(new, side))
+            per.setdefault(ours(method), []).append((e, e / best, aligned))
         if reference:
-            e = _reference_energy(after, r)
-            per.setdefault(REFERENCE, []).append((e, e / best))
+            prev_basis, _ = _reference_projector(before, r)
+            new_basis, e = _reference_projector(after, r)
+            aligned = column_alignment(prev_basis, new_basis)
+            per.setdefault(REFERENCE, []).append((e, e / best, aligned))
     return {
         name: {
-            "captured": statistics.fmean(e for e, _ in values),
-            "vs_exact_mean": statistics.fmean(q for _, q in values),
-            "vs_exact_min": min(q for _, q in values),
+            "captured": statistics.fmean(v[0] for v in values),
+            "vs_exact_mean": statistics.fmean(v[1] for v in values),
+            "vs_exact_min": min(v[1] for v in values),
+            "aligned": statistics.fmean(v[2] for v in values),
             "matrices": len(values),
         }
         for name, values in per.items()
     }
 
 
-def _reference_energy(grad: Tensor, rank: int) -> float:
+def _basis(factors: tuple[Tensor | None, Tensor | None], side: Side) -> Tensor:
+    """A one-sided projector's basis as columns: P, or Q from the stored Qᵀ."""
+    from galorekit.projection import Side
+
+    return factors[1].t() if side == Side.RIGHT else factors[0]
+
+
+def _reference_projector(grad: Tensor, rank: int) -> tuple[Tensor, float]:
+    """galore-torch's projector of ``grad`` (``std``) as columns, and its captured energy."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from galore_torch.galore_projector import GaLoreProjector
 
-    low = GaLoreProjector(rank, proj_type="std").project(grad, 0)
-    return float(low.square().sum() / grad.square().sum())
+    projector = GaLoreProjector(rank, proj_type="std")
+    low = projector.project(grad, 0)
+    m, n = grad.shape
+    # std: ortho_matrix is Vᵀ[:r] (r×n) when m ≥ n, else U[:, :r] (m×r)
+    basis = projector.ortho_matrix.t() if m >= n else projector.ortho_matrix
+    return basis, float(low.square().sum() / grad.square().sum())
 
 
 # ---- real gradients ----------------------------------------------------------------------------
@@ -504,6 +589,11 @@ def run_benchmark(
     )
     load_after = os.getloadavg()
     bytes_by_name = {name: state_bytes(opt) for name, opt in optimizers.items()}
+    profiles = None
+    if cfg.profile:
+        say("profiling one more refresh step of each optimizer")
+        # the timed steps ended a cycle: every optimizer's next step is a refresh step
+        profiles = profile_refresh_step(optimizers, params, phases[(cfg.cycles + 1) % 2])
     del optimizers
     say("measuring subspace quality")
     quality_pairs = pairs[: 7 * cfg.quality_layers]
@@ -550,6 +640,8 @@ def run_benchmark(
         "results": rows,
         "ratios": _ratios(timings, cfg.T),
     }
+    if profiles is not None:
+        result["profile"] = profiles
     if cfg.real_grads:
         say("training a small LLaMA for real gradients")
         real = cfg.real or RealGradConfig()
@@ -607,9 +699,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"| LLaMA-{cfg['model']} shapes ({cfg['layers']} layers), rank {cfg['rank']}, T={cfg['T']} "
         "| steady s | refresh s | amortized s | state MiB | captured energy | ÷ exact (mean / min) "
-        "| steady ×galore-torch | amortized ×galore-torch | amortized ×AdamW "
+        "| column alignment | steady ×galore-torch | amortized ×galore-torch | amortized ×AdamW "
         "| refresh speed-up vs galore-torch | refresh-overhead speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["results"]:
         r = ratios.get(row["optimizer"], {})
@@ -622,6 +714,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{row['state_bytes'] / 2**20:.1f}",
             _fmt(q and q["captured"], ".4f"),
             "–" if not q else f"{q['vs_exact_mean']:.4f} / {q['vs_exact_min']:.4f}",
+            _fmt(q and q.get("aligned"), ".2f"),
             _fmt(r.get("steady_vs_reference"), ".2f"),
             _fmt(r.get("amortized_vs_reference"), ".2f"),
             _fmt(r.get("amortized_vs_adamw"), ".2f"),
@@ -633,12 +726,17 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def format_real_table(real: dict[str, Any]) -> str:
-    """Real-gradient quality: captured / exact (mean / min) per rank and method."""
+    """Real-gradient quality per rank and method: captured / exact (mean / min), then the
+    column alignment of the refreshed projector with the previous one (mean)."""
     ranks = list(real["by_rank"])
     methods = list(real["by_rank"][ranks[0]]["methods"])
     lines = [
-        "| rank | exact captures | " + " | ".join(methods) + " |",
-        "|---|---|" + "---|" * len(methods),
+        "| rank | exact captures | "
+        + " | ".join(methods)
+        + " | column alignment: "
+        + " / ".join(m.removeprefix("galorekit (svd=").removesuffix(")") for m in methods)
+        + " |",
+        "|---|---|" + "---|" * (len(methods) + 1),
     ]
     for rank in ranks:
         entry = real["by_rank"][rank]
@@ -646,7 +744,10 @@ def format_real_table(real: dict[str, Any]) -> str:
             f"{entry['methods'][m]['vs_exact_mean']:.4f} / {entry['methods'][m]['vs_exact_min']:.4f}"
             for m in methods
         ]
-        lines.append(f"| {rank} | {entry['exact_captured']:.4f} | " + " | ".join(cells) + " |")
+        aligned = " / ".join(_fmt(entry["methods"][m].get("aligned"), ".2f") for m in methods)
+        lines.append(
+            f"| {rank} | {entry['exact_captured']:.4f} | " + " | ".join(cells) + f" | {aligned} |"
+        )
     return "\n".join(lines)
 
 
@@ -672,6 +773,14 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
         parts += [
             f"Quality on the first {cfg['quality_layers']} layer(s)' synthetic gradients "
             f"(exact top-{cfg['rank']} SVD captures {result['exact_captured']:.4f} of ‖G‖²).",
+            "",
+        ]
+    if "profile" in result:
+        parts += [
+            "## Where a refresh step's time goes (torch.profiler, one more refresh step each, "
+            "CPU self time)",
+            "",
+            format_profile_table(result["profile"]),
             "",
         ]
     if "real_gradients" in result:
@@ -755,6 +864,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also measure quality on real gradients of a small LLaMA trained on KJV bytes",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run one more refresh step of each optimizer under torch.profiler and report "
+        "where its time goes (matmuls, QR, eigh, SVD, copies and casts, the rest)",
+    )
     parser.add_argument("--json", metavar="FILE", default=None, help="write the result as JSON")
     parser.add_argument("--md", metavar="FILE", default=None, help="write a markdown report")
 
@@ -776,6 +891,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         threads=args.threads,
         seed=args.seed,
         real_grads=args.real_grads,
+        profile=args.profile,
     )
 
 

@@ -1,7 +1,8 @@
-"""Fast subspace refreshes: a randomized range finder and a warm-started subspace iteration.
+"""Fast subspace refreshes: a randomized range finder, a warm-started subspace iteration and a
+single block power step.
 
-Both find the top-``rank`` singular subspace of one side of a gradient G without a full SVD, by
-block power (subspace) iteration on GᵀG followed by a Rayleigh–Ritz step:
+``randomized`` and ``warm`` find the top-``rank`` singular subspace of one side of a gradient G
+without a full SVD, by block power (subspace) iteration on GᵀG followed by a Rayleigh–Ritz step:
 
 1. start from a block Y (q×l, l = rank + oversample) in the space wanted (the row space of G for
    the right factor, the column space for the left one): the randomized range finder's sketch
@@ -22,6 +23,13 @@ Cost per matrix (m×n, l columns, k iterations): 2k + 1 (warm) or 2k + 2 (random
 2mnl flops, k + 1 QRs of a max(m, n)×l block and an l×l eigendecomposition, against
 O(mn·min(m, n)) for the SVD. The error shrinks like (σ_{l+1}/σ_rank)^{2k}; captured energy converges
 much faster than the vectors themselves.
+
+The ``power`` refresh (``power_factors``) keeps one iteration of step 2 and drops the rest: no
+oversampled columns and no Rayleigh–Ritz, only Q ← orth(Gᵀ(G·Q_prev)) — two matmuls and one QR whose column
+signs are kept (``orthonormalize_aligned``), so that each column of the new basis stays close to
+the same column of the previous one. Adam's moments, which GaLore keeps across a refresh, then still
+refer to nearly the same directions, where a Rayleigh–Ritz or SVD basis re-orders and re-signs its
+columns. Small ranks keep the oversampled iteration (``PowerStepConfig.min_rank``).
 
 The random blocks come from a private ``torch.Generator`` seeded from ``seed`` (the caller's, or one
 derived from the matrix's shape and the rank), so a refresh is a pure function of its inputs:
@@ -85,6 +93,39 @@ DEFAULT_CONFIG = SubspaceIterationConfig()
 
 
 @dataclass(frozen=True)
+class PowerStepConfig:
+    """Knobs of the ``power`` refresh (measurements: benchmarks/README.md).
+
+    Attributes:
+        steps: block power steps from the previous projector, each two matmuls with G and one QR
+            of a min(m, n)×rank block.
+        min_rank: below this rank the refresh is ``warm``'s oversampled subspace iteration with
+            Rayleigh–Ritz (``iteration``) instead: there ``oversample`` extra columns are a large
+            part of the block and cost little, and without them a step from a stale projector
+            can miss a direction that has turned into the top ``rank`` (real gradients at rank
+            2–8: 69–95% of the exact energy after one step, ≥ 99.9% with them).
+        iteration: the settings of that subspace iteration, also used for a matrix's first
+            refresh (no previous projector: a ``randomized`` start); its ``oversample`` and
+            ``exact_above`` decide, as for the other modes, when the exact SVD is used instead.
+    """
+
+    steps: int = 1
+    min_rank: int = 32
+    iteration: SubspaceIterationConfig = DEFAULT_CONFIG
+
+    def __post_init__(self) -> None:
+        for name, least in (("steps", 1), ("min_rank", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
+        if not isinstance(self.iteration, SubspaceIterationConfig):
+            raise ValueError(f"iteration must be a SubspaceIterationConfig, got {self.iteration!r}")
+
+
+DEFAULT_POWER_CONFIG = PowerStepConfig()
+
+
+@dataclass(frozen=True)
 class RitzResult:
     """The top-``rank`` Ritz pairs of one side: ``basis`` (q×rank, orthonormal columns, ordered by
     decreasing ``values``), ``values`` (squared singular-value estimates) and the number of
@@ -137,6 +178,34 @@ def _start_block(
     return start
 
 
+def orthonormalize_aligned(block: Tensor) -> Tensor:
+    """An orthonormal basis of span(``block``) (Householder QR: orthonormal however ill-conditioned
+    or rank-deficient the block) whose j-th column has a positive inner product with the block's
+    j-th column: the signs of R's diagonal are moved into Q, where LAPACK leaves them arbitrary.
+    A column whose direction persists therefore keeps its sign, and with it the sign of its
+    coordinate in the low-rank moments."""
+    q, r = torch.linalg.qr(block, mode="reduced")
+    diagonal = torch.diagonal(r)
+    # a zero diagonal (a rank-deficient block) keeps its sign: any sign is right there
+    return q.mul_(torch.where(diagonal < 0, -1.0, 1.0).to(q.dtype))
+
+
+def power_step(
+    a: Tensor, start: Tensor, *, steps: int = 1, shard: RowShard | None = None
+) -> Tensor:
+    """``steps`` block power steps on aᵀa from the q×k ``start``: Y ← orth(aᵀ(a·Y)), each two
+    matmuls with ``a`` and one q×k QR (``orthonormalize_aligned``), no oversampling and no
+    Rayleigh–Ritz: the result is orthonormal and column-aligned with ``start``, not ordered by
+    singular value. With ``shard``, ``a`` is this process's rows and aᵀ(a·Y) is summed over the
+    processes (``galorekit.projection.sharded``): every process gets the same basis."""
+    if steps < 1:
+        raise ValueError(f"power_step needs steps ≥ 1 to orthonormalise its start, got {steps}")
+    y = start
+    for _ in range(steps):
+        y = orthonormalize_aligned(sum_over(shard, a.t() @ (a @ y)))
+    return y
+
+
 def top_right_subspace(
     a: Tensor,
     rank: int,
@@ -169,7 +238,9 @@ def top_right_subspace(
     w = a @ y
     adaptive = max_iters > iters
     if adaptive:
-        threshold = tol * float(sum_over(shard, a.square().sum()))
+        # the norm without a squared copy of the whole matrix (that would be a full-size
+        # float32 temporary per refresh)
+        threshold = tol * float(sum_over(shard, torch.linalg.vector_norm(a).square()))
         energy = float(sum_over(shard, w[:, :rank].square().sum()))
     done = 0
     while done < max_iters:
@@ -275,11 +346,8 @@ def warm_factors(
     # the global shape: every shard must draw the same random blocks
     shape = matrix.shape if shard is None else shard.global_shape(matrix)
     seed = default_seed(shape, rank) if seed is None else seed
-    if side == Side.LEFT:
-        start, dim = previous_left, matrix.shape[0]
-    else:
-        start, dim = (previous_right.t() if previous_right is not None else None), matrix.shape[1]
-    if start is None or start.dim() != 2 or start.shape[0] != dim:
+    start = _previous_start(matrix, side, previous_left, previous_right)
+    if start is None:
         return randomized_factors(matrix, rank, side, config=config, seed=seed, shard=shard)
     return _factors(
         matrix,
@@ -293,3 +361,78 @@ def warm_factors(
         tol=config.warm_tol,
         oversample=config.oversample,
     )
+
+
+def _previous_start(
+    matrix: Tensor, side: Side, previous_left: Tensor | None, previous_right: Tensor | None
+) -> Tensor | None:
+    """The previous projector as a q×k block on the side the iteration runs on (the right one for
+    ``FULL``), or None when there is none or it does not fit the matrix (another shape)."""
+    if side == Side.LEFT:
+        start, dim = previous_left, matrix.shape[0]
+    else:
+        start, dim = (previous_right.t() if previous_right is not None else None), matrix.shape[1]
+    if start is None or start.dim() != 2 or start.shape[0] != dim:
+        return None
+    return start
+
+
+def power_factors(
+    matrix: Tensor,
+    rank: int,
+    side: Side,
+    previous_left: Tensor | None,
+    previous_right: Tensor | None,
+    *,
+    config: PowerStepConfig = DEFAULT_POWER_CONFIG,
+    seed: int | None = None,
+    shard: RowShard | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Factors by ``config.steps`` block power steps from the previous projector of the same side
+    (``FULL``: from the right one; the left factor is then orth(G·Q), one more matmul): for the
+    right factor Q ← orth(Gᵀ(G·Q)). No oversampling, no Rayleigh–Ritz: the basis is not ordered
+    by singular value — GaLore does not need it to be, Adam's moments are per coordinate — and it
+    stays column-aligned with the previous one, so the moments GaLore keeps across a refresh
+    still point along (nearly) the same directions. A previous projector of another rank is cut
+    to ``rank`` columns or padded with seeded random ones.
+
+    ``warm_factors`` with ``config.iteration`` instead below ``config.min_rank`` and when there is
+    no previous projector (the first refresh: a randomized start)."""
+    if rank < config.min_rank:
+        return warm_factors(
+            matrix,
+            rank,
+            side,
+            previous_left,
+            previous_right,
+            config=config.iteration,
+            seed=seed,
+            shard=shard,
+        )
+    shape = matrix.shape if shard is None else shard.global_shape(matrix)
+    seed = default_seed(shape, rank) if seed is None else seed
+    start = _previous_start(matrix, side, previous_left, previous_right)
+    if start is None:
+        return randomized_factors(
+            matrix, rank, side, config=config.iteration, seed=seed, shard=shard
+        )
+    if shard is not None and side != Side.RIGHT:
+        raise ValueError(_SHARD_SIDE_ERROR)
+    p, q = shape
+    if not 1 <= rank <= min(p, q):
+        raise ValueError(f"rank must be in [1, min(m, n) = {min(p, q)}], got {rank}")
+    start = start[:, :rank].to(matrix.dtype)
+    if start.shape[1] < rank:
+        # a previous projector of a smaller rank: padded with seeded random columns and
+        # orthonormalised (aligned: the previous columns stay as they are)
+        gen = torch.Generator(device=matrix.device).manual_seed(seed)
+        extra = _random_block(start.shape[0], rank - start.shape[1], matrix, gen)
+        start = orthonormalize_aligned(torch.cat([start, extra], dim=1))
+    if side == Side.LEFT:
+        # the left factor of G is the right one of Gᵀ (a transposed view: no copy)
+        return power_step(matrix.t(), start, steps=config.steps), None
+    right = power_step(matrix, start, steps=config.steps, shard=shard)
+    if side == Side.RIGHT:
+        return None, right.t()
+    # FULL: P = orth(G·Q), column-aligned with Q (G q_j ≈ σ_j p_j for a converged pair)
+    return orthonormalize_aligned(matrix @ right), right.t()

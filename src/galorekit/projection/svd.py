@@ -13,21 +13,29 @@ only those that ``side`` needs):
   slowly), then Rayleigh–Ritz: one iteration, and a second one only when the first still added
   ≥ 0.1% of ‖G‖² to the captured energy (``warm_iters``/``warm_max_iters``/``warm_tol``);
   3 or 5 matmuls. The first refresh of a matrix (no previous projector) is a ``randomized`` one.
+- ``"power"``: one block power step from the previous projector, Q ← orth(Gᵀ(G·Q_prev)) — no
+  oversampling, no Rayleigh–Ritz: 2 matmuls and one min(m, n)×r QR, whose column signs are kept
+  so that the new basis stays column-aligned with the previous one (Adam's moments, kept across
+  refreshes, still refer to nearly the same directions; the basis is not ordered by singular
+  value, which GaLore does not need). Below rank 32 (``min_rank``) and at a matrix's first refresh
+  it is ``warm``/``randomized``: there one step without oversampling can miss a direction that
+  turned into the top r (``galorekit.projection.randomized.PowerStepConfig``).
 
-``randomized`` and ``warm`` fall back to ``exact`` when rank + oversample exceeds 3/4 of min(m, n),
-where they stop being cheaper. Their random blocks come from a private generator seeded from
-``seed`` or, by default, from the matrix's (global) shape and the rank: a refresh is a
+``randomized``, ``warm`` and ``power`` fall back to ``exact`` when rank + oversample exceeds 3/4 of
+min(m, n), where they stop being cheaper. Their random blocks come from a private generator seeded
+from ``seed`` or, by default, from the matrix's (global) shape and the rank: a refresh is a
 deterministic function of its inputs, leaves the global RNG alone and replays bit-identically on
 resume. Quality and speed against the exact SVD: benchmarks/README.md.
 
 Each method is a function ``(matrix_f32, rank, side, previous_left, previous_right, *, seed)
 -> (left, right)`` registered in ``SVD_METHODS``; other settings of the iteration can be registered
 under a name of your own (before building the optimizer, and before loading a checkpoint that
-uses it), e.g. one warm iteration always::
+uses it), e.g. one warm iteration always, or two power steps::
 
     SVD_METHODS["warm1"] = functools.partial(
         warm_svd, config=SubspaceIterationConfig(warm_max_iters=1)
     )
+    SVD_METHODS["power2"] = functools.partial(power_svd, config=PowerStepConfig(steps=2))
 """
 
 from __future__ import annotations
@@ -41,7 +49,10 @@ from torch import Tensor
 from galorekit.projection.projector import Side
 from galorekit.projection.randomized import (
     DEFAULT_CONFIG,
+    DEFAULT_POWER_CONFIG,
+    PowerStepConfig,
     SubspaceIterationConfig,
+    power_factors,
     use_exact,
     warm_factors,
 )
@@ -156,10 +167,32 @@ def warm_svd(
     )
 
 
+def power_svd(
+    matrix: Tensor,
+    rank: int,
+    side: Side,
+    previous_left: Tensor | None = None,
+    previous_right: Tensor | None = None,
+    *,
+    seed: int | None = None,
+    config: PowerStepConfig = DEFAULT_POWER_CONFIG,
+    shard: RowShard | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """One block power step from the previous projector, Q ← orth(Gᵀ(G·Q_prev)) (randomized
+    without one); see ``galorekit.projection.randomized.power_factors``."""
+    shape = matrix.shape if shard is None else shard.global_shape(matrix)
+    if use_exact(shape, rank, config.iteration):
+        return exact_svd(matrix, rank, side, shard=shard)
+    return power_factors(
+        matrix, rank, side, previous_left, previous_right, config=config, seed=seed, shard=shard
+    )
+
+
 SVD_METHODS: dict[str, SvdFn] = {
     "exact": exact_svd,
     "randomized": randomized_svd,
     "warm": warm_svd,
+    "power": power_svd,
 }
 
 
