@@ -175,7 +175,7 @@ def test_full_plan_rows_grid_ablations_and_theory():
         assert spec.steps == 400 and spec.lr is None  # tuned
         assert spec.rank in (None, 32, 64)
         assert spec.update_proj_gap == (50 if spec.method.startswith("galore_") else None)
-    # the LR grid: per method, points of the paper's grid, a quarter of the budget
+    # the LR grid: per method, the paper's upper points and 0.0025, as long as a row
     assert set(plan.grid) == {
         "adamw",
         "galore_adamw",
@@ -186,10 +186,10 @@ def test_full_plan_rows_grid_ablations_and_theory():
         "galore_adamw8bit",
     }
     for group, points in plan.grid.items():
-        assert [lr for lr, _ in points] == [0.01, 0.005, 0.001]
-        assert set(lr for lr, _ in points) <= set(PAPER_LR_GRID)
+        assert [lr for lr, _ in points] == [0.01, 0.005, 0.0025, 0.001]
+        assert set(lr for lr, _ in points) - set(PAPER_LR_GRID) == {0.0025}
         for _, key in points:
-            assert plan.runs[key].steps == 100 and plan.runs[key].method == group
+            assert plan.runs[key].steps == 400 and plan.runs[key].method == group
     galore_key = dict((plan.rank(r.rank_divisor), k) for r, k in plan.table[1:3])
     assert plan.runs[plan.table[2][1]].lr_group == "galore_adamw"  # d/2 uses d/4's LR
     assert plan.runs[plan.table[8][1]].lr_group == "galore_adamw"  # galore-torch too
@@ -210,8 +210,10 @@ def test_full_plan_rows_grid_ablations_and_theory():
         400,
     )
     everything = plan.select(SECTIONS)
-    assert len(everything) == len(plan.runs) == 36
-    assert plan.total_steps(everything) == 9300  # the plan docstring's arithmetic
+    assert len(everything) == len(plan.runs) == 43
+    # the plan docstring's arithmetic: seven table rows are their grid's winners, not run again
+    assert sum(plan.repeats_grid(s) for s in everything) == 7
+    assert plan.total_steps(everything) == 15600
 
 
 def test_every_run_shares_seed_data_and_model():
@@ -243,13 +245,16 @@ def test_quick_plan_is_small_and_untuned():
     # a method without a fixed LR falls back to galore pretrain's default
     other = build_plan(quick_plan_config(table=(TableRow("ReLoRA", "relora", 4),)))
     assert other.runs[other.table[0][1]].lr == DEFAULT_LR["relora"]
-    assert len(specs) == 7 and plan.total_steps(specs) == 420  # vs 9,300 for the full plan
+    assert len(specs) == 7 and plan.total_steps(specs) == 420  # vs 15,600 for the full plan
     assert not plan.long
 
 
 def test_steps_override_scales_grid_and_long_run():
     plan = build_plan(full_plan_config(steps=200))
-    assert {plan.runs[k].steps for points in plan.grid.values() for _, k in points} == {50}
+    assert {plan.runs[k].steps for points in plan.grid.values() for _, k in points} == {200}
+    short = build_plan(full_plan_config(steps=200, grid_fraction=0.25))
+    assert {short.runs[k].steps for points in short.grid.values() for _, k in points} == {50}
+    assert not any(short.repeats_grid(s) for s in short.runs.values())
     assert plan.runs[plan.long[1][1]].steps == 800
     assert plan.config.eval_every == 25
 
@@ -300,6 +305,28 @@ def test_second_invocation_reruns_nothing(tmp_path):
     third = Recorder()
     run_plan(plan, specs, out, jobs=1, execute=third, log=lambda m: None)
     assert third.keys == [plan.table[0][1]]
+
+
+def test_full_length_grid_winner_is_the_table_row_not_a_second_run(tmp_path):
+    plan = build_plan(tiny_config(grid_fraction=1.0))
+    out = fresh(plan, tmp_path / "out")
+    specs = plan.select(["table"])
+    repeats = [s.key for s in specs if plan.repeats_grid(s)]
+    # the adamw, GaLore d/4 and LoRA rows (not GaLore d/2, not galore-torch: not grid runs)
+    assert len(repeats) == 3
+    recorder = Recorder()
+    summary = run_plan(plan, specs, out, jobs=1, execute=recorder, log=lambda m: None)
+    assert summary.ok and not set(repeats) & set(recorder.keys)
+    assert len(recorder.jobs) == len(specs) - 3
+    results = load_results(out)
+    for key in repeats:
+        winner = dict(plan.grid[plan.runs[key].lr_group])[0.005]  # the fake's best LR
+        assert results[key].eval_ppl == results[winner].eval_ppl
+        assert results[key].identity == results[winner].identity and results[key].key == key
+    # and the relabelled results are cached like any other
+    again = Recorder()
+    run_plan(plan, specs, out, jobs=1, execute=again, log=lambda m: None)
+    assert again.jobs == []
 
 
 def test_interrupted_reproduce_continues_where_it_stopped(tmp_path):

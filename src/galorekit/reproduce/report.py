@@ -154,9 +154,14 @@ def _plan_lines(plan: Plan, data: dict[str, Any]) -> list[str]:
         lrs = ", ".join(f"{lr:g}" for lr in cfg.lr_grid)
         lines.append(
             f"- learning rates: tuned per method over {{{lrs}}} (from the paper's "
-            f"{{0.01, 0.005, 0.001, 0.0005, 0.0001}}) on {cfg.grid_steps}-step runs "
-            f"({cfg.grid_fraction:.0%} of a row), best validation perplexity; GaLore d/2, "
-            "galore-torch and the ablations use GaLore d/4's LR"
+            f"{{0.01, 0.005, 0.001, 0.0005, 0.0001}}) on "
+            + (
+                "full-length runs, best validation perplexity: a row is its method's best grid run"
+                if cfg.grid_steps == cfg.steps
+                else f"{cfg.grid_steps}-step runs ({cfg.grid_fraction:.0%} of a row), best "
+                "validation perplexity"
+            )
+            + "; GaLore d/2, galore-torch and the ablations use GaLore d/4's LR"
         )
     else:
         fixed = ", ".join(f"{m} {lr:g}" for m, lr in cfg.fixed_lrs)

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +228,11 @@ def run_plan(
                     summary.blocked[spec.key] = str(err)
                     continue
                 cached = load_result(out, spec.key)  # a tuned run's LR is known only now
-                if cached is not None and _same_identity(cached, plan, spec, lr):
+                if cached is None or not _same_identity(cached, plan, spec, lr):
+                    cached = _identical_run(results, plan, spec, lr)
+                    if cached is not None:  # the grid point itself: a full-length grid
+                        save_result(out, cached)
+                if cached is not None:
                     results[spec.key] = cached
                     summary.cached.append(spec.key)
                     reused = True
@@ -283,6 +287,17 @@ def _valid(plan: Plan, spec: RunSpec, results: dict[str, RunResult]) -> bool:
     except TuningError:
         return False
     return _same_identity(results[spec.key], plan, spec, lr)
+
+
+def _identical_run(
+    results: dict[str, RunResult], plan: Plan, spec: RunSpec, lr: float
+) -> RunResult | None:
+    """A finished run that ``spec`` would repeat exactly (same identity under another key: the
+    chosen grid point when grid runs are as long as table rows), relabelled as ``spec``'s."""
+    for result in results.values():
+        if _same_identity(result, plan, spec, lr):
+            return replace(result, key=spec.key)
+    return None
 
 
 def _same_identity(result: RunResult, plan: Plan, spec: RunSpec, lr: float) -> bool:
