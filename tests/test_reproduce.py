@@ -403,8 +403,14 @@ def test_output_dir_of_another_plan_is_refused_unless_overwrite(tmp_path):
 def test_our_files_without_a_plan_are_refused(tmp_path):
     out = tmp_path / "out"
     (out / "runs").mkdir(parents=True)
+    # an empty runs/ (a checkout's leftover) protects nothing: the directory is used
+    prepare_output_dir(build_plan(tiny_config()), out, overwrite=False)
+    assert (out / "plan.json").exists()
+    (out / "plan.json").unlink()
+    (out / "runs" / "adamw-8steps-lr0.01.json").write_text("{}")
     with pytest.raises(PlanMismatchError, match=r"no plan\.json"):
         prepare_output_dir(build_plan(tiny_config()), out, overwrite=False)
+    assert (out / "runs" / "adamw-8steps-lr0.01.json").read_text() == "{}"
 
 
 # -------------------------------------------------------------------------------------- CLI

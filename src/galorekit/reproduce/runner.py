@@ -81,10 +81,16 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return diffs
 
 
+def _holds_something(path: Path) -> bool:
+    """A file, or a folder with anything in it (an empty ``runs/`` left by a cleaned-up checkout
+    holds no results to protect)."""
+    return path.exists() and not (path.is_dir() and not any(path.iterdir()))
+
+
 def check_output_dir(plan: Plan, out: Path, *, overwrite: bool) -> list[str]:
     """The names of our files already in ``out``; raises ``PlanMismatchError`` when they belong to
     another plan and ``overwrite`` is off. Changes nothing."""
-    present = [name for name in OUTPUT_NAMES if (out / name).exists()]
+    present = [name for name in OUTPUT_NAMES if _holds_something(out / name)]
     if not present or overwrite:
         return present
     record_path = out / PLAN_FILE
@@ -201,7 +207,11 @@ def run_plan(
     if not pending:
         return summary
     total = len(pending)
-    log(f"{len(summary.cached)} runs cached, {total} to run with {jobs} worker(s)")
+    repeats = sum(plan.repeats_grid(s) for s in pending)
+    log(
+        f"{len(summary.cached)} runs cached, {total - repeats} to run with {jobs} worker(s)"
+        + (f" ({repeats} table rows will be their grid's winning run)" if repeats else "")
+    )
     if jobs > 1:
         pool: Any = cf.ProcessPoolExecutor(
             max_workers=jobs,
