@@ -177,8 +177,8 @@ def _plan_lines(plan: Plan, data: dict[str, Any]) -> list[str]:
     lines.append(
         f"- environment: galorekit {env.get('galorekit')}, torch {env.get('torch')}, galore-torch "
         f"{env.get('galore_torch')}, Python {env.get('python')}, {env.get('cpu_count')} CPUs; "
-        "one thread per run; times are wall-clock on a machine shared with other jobs (CPU "
-        "seconds are the steadier measure)"
+        "one thread per run; times are wall-clock and move with whatever else the machine runs "
+        "(CPU seconds are the steadier measure)"
     )
     return [line for line in lines if line]
 
