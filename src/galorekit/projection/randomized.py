@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from galorekit.projection.projector import Side
-from galorekit.projection.sharded import RowShard, sum_over
+from galorekit.projection.sharded import RowShard, global_shape, sum_over
 
 
 @dataclass(frozen=True)
@@ -206,6 +206,11 @@ def power_step(
     return y
 
 
+def _check_rank(shape: tuple[int, int], rank: int) -> None:
+    if not 1 <= rank <= min(shape):
+        raise ValueError(f"rank must be in [1, min(m, n) = {min(shape)}], got {rank}")
+
+
 def top_right_subspace(
     a: Tensor,
     rank: int,
@@ -226,9 +231,8 @@ def top_right_subspace(
     least ``tol``·‖a‖² to the energy of the block's first ``rank`` columns. With ``shard``, ``a``
     is this process's rows of the matrix and every product with aᵀ is summed over the processes
     (``galorekit.projection.sharded``); the result is the same on every process."""
-    p, q = a.shape if shard is None else shard.global_shape(a)
-    if not 1 <= rank <= min(p, q):
-        raise ValueError(f"rank must be in [1, min(m, n) = {min(p, q)}], got {rank}")
+    p, q = global_shape(a, shard)
+    _check_rank((p, q), rank)
     max_iters = iters if max_iters is None else max_iters
     if start is not None and max_iters == 0:
         raise ValueError("a warm start needs at least one iteration to orthonormalise it")
@@ -315,7 +319,7 @@ def randomized_factors(
     shard: RowShard | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Cold-start factors: randomized range finder + ``config.power_iters`` subspace iterations."""
-    shape = matrix.shape if shard is None else shard.global_shape(matrix)
+    shape = global_shape(matrix, shard)
     seed = default_seed(shape, rank) if seed is None else seed
     return _factors(
         matrix,
@@ -344,7 +348,7 @@ def warm_factors(
     (``FULL`` starts from the right one); a cold ``randomized_factors`` start when there is none
     (the first refresh) or it does not fit the matrix."""
     # the global shape: every shard must draw the same random blocks
-    shape = matrix.shape if shard is None else shard.global_shape(matrix)
+    shape = global_shape(matrix, shard)
     seed = default_seed(shape, rank) if seed is None else seed
     start = _previous_start(matrix, side, previous_left, previous_right)
     if start is None:
@@ -409,7 +413,7 @@ def power_factors(
             seed=seed,
             shard=shard,
         )
-    shape = matrix.shape if shard is None else shard.global_shape(matrix)
+    shape = global_shape(matrix, shard)
     seed = default_seed(shape, rank) if seed is None else seed
     start = _previous_start(matrix, side, previous_left, previous_right)
     if start is None:
@@ -418,21 +422,16 @@ def power_factors(
         )
     if shard is not None and side != Side.RIGHT:
         raise ValueError(_SHARD_SIDE_ERROR)
-    p, q = shape
-    if not 1 <= rank <= min(p, q):
-        raise ValueError(f"rank must be in [1, min(m, n) = {min(p, q)}], got {rank}")
-    start = start[:, :rank].to(matrix.dtype)
-    if start.shape[1] < rank:
-        # a previous projector of a smaller rank: padded with seeded random columns and
-        # orthonormalised (aligned: the previous columns stay as they are)
-        gen = torch.Generator(device=matrix.device).manual_seed(seed)
-        extra = _random_block(start.shape[0], rank - start.shape[1], matrix, gen)
-        start = orthonormalize_aligned(torch.cat([start, extra], dim=1))
+    _check_rank(shape, rank)
+    # the left factor of G is the right one of Gᵀ (a transposed view: no copy)
+    a = matrix.t() if side == Side.LEFT else matrix
+    # a previous projector of a smaller rank is padded with seeded random columns (the power
+    # step's aligned QR orthonormalises them after the previous ones, which stay as they are)
+    gen = torch.Generator(device=matrix.device).manual_seed(seed)
+    basis = power_step(a, _start_block(a, rank, start, gen, shard), steps=config.steps, shard=shard)
     if side == Side.LEFT:
-        # the left factor of G is the right one of Gᵀ (a transposed view: no copy)
-        return power_step(matrix.t(), start, steps=config.steps), None
-    right = power_step(matrix, start, steps=config.steps, shard=shard)
+        return basis, None
     if side == Side.RIGHT:
-        return None, right.t()
+        return None, basis.t()
     # FULL: P = orth(G·Q), column-aligned with Q (G q_j ≈ σ_j p_j for a converged pair)
-    return orthonormalize_aligned(matrix @ right), right.t()
+    return orthonormalize_aligned(matrix @ basis), basis.t()

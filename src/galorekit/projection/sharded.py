@@ -32,6 +32,11 @@ class RowShard:
         return (self.total_rows, local.shape[1])
 
 
+def global_shape(matrix: Tensor, shard: RowShard | None) -> tuple[int, int]:
+    """The whole matrix's shape: ``matrix``'s own, or that of the matrix it is a row shard of."""
+    return tuple(matrix.shape) if shard is None else shard.global_shape(matrix)
+
+
 def sum_over(shard: RowShard | None, tensor: Tensor) -> Tensor:
     """``tensor`` summed over the shards (itself for an unsharded matrix)."""
     return tensor if shard is None else shard.reduce(tensor)

@@ -56,7 +56,7 @@ from galorekit.projection.randomized import (
     use_exact,
     warm_factors,
 )
-from galorekit.projection.sharded import RowShard, sum_over
+from galorekit.projection.sharded import RowShard, global_shape, sum_over
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -159,7 +159,7 @@ def warm_svd(
     shard: RowShard | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Subspace iteration warm-started from the previous projector (randomized without one)."""
-    shape = matrix.shape if shard is None else shard.global_shape(matrix)
+    shape = global_shape(matrix, shard)
     if use_exact(shape, rank, config):
         return exact_svd(matrix, rank, side, shard=shard)
     return warm_factors(
@@ -180,7 +180,7 @@ def power_svd(
 ) -> tuple[Tensor | None, Tensor | None]:
     """One block power step from the previous projector, Q ← orth(Gᵀ(G·Q_prev)) (randomized
     without one); see ``galorekit.projection.randomized.power_factors``."""
-    shape = matrix.shape if shard is None else shard.global_shape(matrix)
+    shape = global_shape(matrix, shard)
     if use_exact(shape, rank, config.iteration):
         return exact_svd(matrix, rank, side, shard=shard)
     return power_factors(
