@@ -6,9 +6,9 @@ and length. A plan has four kinds of runs:
 
 - **grid**: per tuned method, one run per learning rate of ``lr_grid`` (``grid_steps``, by default
   as long as a table row); a method's final runs take the grid point with the lowest validation
-  perplexity, and a table row that is its grid's winner is that grid run, not trained again. Rows that share
-  an algorithm share its tuned LR (``tune_as``): GaLore at rank d/2, galore-torch's GaLoreAdamW and
-  every GaLore ablation use GaLore-d/4's.
+  perplexity, and a table row that is its grid's winner is that grid run, not trained again.
+  Rows that share an algorithm share its tuned LR (``tune_as``): GaLore at rank d/2,
+  galore-torch's GaLoreAdamW and every GaLore ablation use GaLore-d/4's.
 - **table** (the paper's Table 2 at laptop scale): one run per row, ``steps`` steps each;
 - **ablations** (Fig. 5): GaLore d/4 with T ∈ ``ablation_gaps``, ranks d/``k`` for k ∈
   ``ablation_rank_divisors``, and rank d/``long_rank_divisor`` for ``long_factor``× the steps
@@ -331,17 +331,19 @@ class Plan:
         grid = [key for g in groups for _, key in self.grid.get(g, [])]
         return [self.runs[k] for k in dict.fromkeys([*grid, *chosen])]
 
-    def repeats_grid(self, spec: RunSpec) -> bool:
-        """Whether ``spec`` is one of its LR grid's runs at whichever LR wins (grid runs as long
-        as table rows): the runner reuses that grid run instead of training it again."""
-        if spec.lr_group is None:
-            return False
+    def grid_twin(self, spec: RunSpec, lr: float) -> str | None:
+        """The key of the grid run that ``spec`` trained at ``lr`` would repeat exactly (grid runs
+        as long as table rows), or None: the runner reuses that run instead of training it."""
         same = (spec.method, spec.steps, spec.rank, spec.update_proj_gap, spec.kind)
-        return any(
-            (g.method, g.steps, g.rank, g.update_proj_gap, g.kind) == same
-            for _, key in self.grid.get(spec.lr_group, [])
-            for g in (self.runs[key],)
-        )
+        for point_lr, key in self.grid.get(spec.lr_group or "", []):
+            g = self.runs[key]
+            if point_lr == lr and (g.method, g.steps, g.rank, g.update_proj_gap, g.kind) == same:
+                return key
+        return None
+
+    def repeats_grid(self, spec: RunSpec) -> bool:
+        """Whether ``spec`` has a ``grid_twin`` at whichever LR of its grid wins."""
+        return any(self.grid_twin(spec, lr) for lr, _ in self.grid.get(spec.lr_group or "", []))
 
     def total_steps(self, specs: list[RunSpec]) -> int:
         """Steps ``specs`` train (runs that repeat a grid run count once)."""

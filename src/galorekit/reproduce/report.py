@@ -153,7 +153,7 @@ def _plan_lines(plan: Plan, data: dict[str, Any]) -> list[str]:
     if cfg.tuned:
         lrs = ", ".join(f"{lr:g}" for lr in cfg.lr_grid)
         lines.append(
-            f"- learning rates: tuned per method over {{{lrs}}} (from the paper's "
+            f"- learning rates: tuned per method over {{{lrs}}} (the paper tuned over "
             f"{{0.01, 0.005, 0.001, 0.0005, 0.0001}}) on "
             + (
                 "full-length runs, best validation perplexity: a row is its method's best grid run"

@@ -238,10 +238,14 @@ def run_plan(
                     summary.blocked[spec.key] = str(err)
                     continue
                 cached = load_result(out, spec.key)  # a tuned run's LR is known only now
-                if cached is None or not _same_identity(cached, plan, spec, lr):
-                    cached = _identical_run(results, plan, spec, lr)
-                    if cached is not None:  # the grid point itself: a full-length grid
-                        save_result(out, cached)
+                if cached is not None and not _same_identity(cached, plan, spec, lr):
+                    cached = None
+                twin = plan.grid_twin(spec, lr)
+                if cached is None and twin in results:
+                    # the winning grid run is this row (a full-length grid): stored under the
+                    # row's key too, so that the report and the next invocation find it there
+                    cached = replace(results[twin], key=spec.key)
+                    save_result(out, cached)
                 if cached is not None:
                     results[spec.key] = cached
                     summary.cached.append(spec.key)
@@ -297,17 +301,6 @@ def _valid(plan: Plan, spec: RunSpec, results: dict[str, RunResult]) -> bool:
     except TuningError:
         return False
     return _same_identity(results[spec.key], plan, spec, lr)
-
-
-def _identical_run(
-    results: dict[str, RunResult], plan: Plan, spec: RunSpec, lr: float
-) -> RunResult | None:
-    """A finished run that ``spec`` would repeat exactly (same identity under another key: the
-    chosen grid point when grid runs are as long as table rows), relabelled as ``spec``'s."""
-    for result in results.values():
-        if _same_identity(result, plan, spec, lr):
-            return replace(result, key=spec.key)
-    return None
 
 
 def _same_identity(result: RunResult, plan: Plan, spec: RunSpec, lr: float) -> bool:
