@@ -1,8 +1,8 @@
 """The ``power`` refresh — one block power step from the previous projector, Q ← orth(Gᵀ(G·Q))
-— at its own ranks: quality, column alignment with the previous projector, the small-rank and
+— at its own ranks: column alignment with the previous projector, the small-rank and
 first-refresh paths, determinism, row shards (FSDP2), memory, optimizer round trips; and what
 ``galore bench`` measures about refreshes (column alignment, the ``--profile`` breakdown). The
-properties every mode shares are tested in tests/test_svd_methods.py."""
+properties every mode shares (captured energy included) are tested in tests/test_svd_methods.py."""
 
 from __future__ import annotations
 
@@ -40,28 +40,6 @@ def _basis(left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tenso
 
 def test_rank_is_at_least_min_rank() -> None:
     assert DEFAULT_POWER_CONFIG.min_rank <= RANK
-
-
-@pytest.mark.parametrize("kind", ["power", "geometric"])
-@pytest.mark.parametrize(
-    ("shape", "side"),
-    [
-        ((192, 320), Side.LEFT),
-        ((320, 192), Side.RIGHT),
-        ((192, 192), Side.RIGHT),
-        ((192, 256), Side.FULL),
-    ],
-)
-def test_one_step_captures_99_percent_of_the_exact_energy(
-    kind: str, shape: tuple[int, int], side: Side, gen: torch.Generator
-) -> None:
-    before = decaying(*shape, gen, kind=kind)
-    after = drifted(before, gen)
-    prev = compute_projector(before, RANK, side, method="power")
-    left, right = compute_projector(
-        after, RANK, side, method="power", previous_left=prev[0], previous_right=prev[1]
-    )
-    assert captured(after, left, right) >= 0.99 * best(after, RANK, side)
 
 
 @pytest.mark.parametrize("side", [Side.LEFT, Side.RIGHT, Side.FULL])

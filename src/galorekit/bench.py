@@ -413,7 +413,6 @@ def method_quality(
         r = min(rank, *after.shape)
         side = choose_side("std", after.shape)
         best = exact_energy(after, r)
-
         for method in methods:
             prev = compute_projector(before, r, side, method=method)
             new = compute_projector(
