@@ -31,6 +31,7 @@ def test_result_fields(result: dict) -> None:
         "galorekit (svd=exact)",
         "galorekit (svd=randomized)",
         "galorekit (svd=warm)",
+        "galorekit (svd=power)",
     ]
     assert result["config"]["rank"] == 8 and result["config"]["layers"] == 2
     assert result["shapes"] == {"matrices": 14, "weights": 2 * (4 * 64 * 64 + 3 * 176 * 64)}
@@ -60,7 +61,7 @@ def test_state_bytes_are_what_each_optimizer_keeps(result: dict) -> None:
     # GaLore: the projector (smaller side × r) and two moments of the projected size r × larger side
     shapes = [s for _, s in bench.model_shapes("tiny")]
     galore = sum(4 * (min(m, n) * 8 + 2 * max(m, n) * 8) for m, n in shapes)
-    for svd in ("exact", "randomized", "warm"):
+    for svd in ("exact", "randomized", "warm", "power"):
         assert rows[f"galorekit (svd={svd})"]["state_bytes"] == galore
 
 
@@ -83,7 +84,7 @@ def test_ratios_are_paired(result: dict) -> None:
     rows = {row["optimizer"]: row for row in result["results"]}
     adamw = _timing(rows[bench.ADAMW])
     assert set(result["ratios"]) == {
-        f"galorekit (svd={s})" for s in ("exact", "randomized", "warm")
+        f"galorekit (svd={s})" for s in ("exact", "randomized", "warm", "power")
     }
     for name, r in result["ratios"].items():
         assert set(r) == {"steady_vs_adamw", "amortized_vs_adamw"}

@@ -71,7 +71,10 @@ def best(g: torch.Tensor, rank: int, side: Side) -> float:
 
 
 def test_registry_lists_the_methods() -> None:
+    from galorekit.names import SVD_METHOD_NAMES
+
     assert set(SVD_METHODS) == {"exact", "randomized", "warm", "power"}
+    assert tuple(SVD_METHODS) == SVD_METHOD_NAMES  # the torch-free names the CLIs offer
 
 
 # ``power`` runs its own steps from rank 32 (``PowerStepConfig.min_rank``), ``warm``'s below

@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from galorekit.names import SVD_METHOD_NAMES
+
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
@@ -85,7 +87,7 @@ class BenchConfig:
     layers: int | None = None
     rank: int | None = None
     T: int = 200
-    svd: tuple[str, ...] = ("exact", "randomized", "warm")
+    svd: tuple[str, ...] = SVD_METHOD_NAMES
     steady_steps: int = 4
     cycles: int = 3
     reference: bool = True
@@ -822,8 +824,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--T", type=int, default=200, help="refresh period for the amortized step")
     parser.add_argument(
         "--svd",
-        default="exact,randomized,warm",
-        help="comma-separated galorekit refresh methods to time (default: all)",
+        default=",".join(SVD_METHOD_NAMES),
+        help="comma-separated galorekit refresh methods to time (default: the built-in ones, "
+        f"{','.join(SVD_METHOD_NAMES)}; names registered in galorekit.projection.SVD_METHODS too)",
     )
     parser.add_argument(
         "--steady-steps", type=int, default=4, help="steady steps between refreshes (default 4)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from galorekit.names import PROJ_TYPES
+from galorekit.names import PROJ_TYPES, SVD_METHOD_NAMES
 
 GALORE_HELP = "GaLore options (galore_* methods)"
 
@@ -69,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--svd",
         default=None,
-        help="subspace refresh method (see galorekit.projection.SVD_METHODS); default: galorekit's",
+        help=f"subspace refresh method: {', '.join(SVD_METHOD_NAMES)}, or a name registered in "
+        "galorekit.projection.SVD_METHODS (default: galorekit's, warm)",
     )
     b = p.add_argument_group("baselines (lora, relora, low_rank)")
     b.add_argument("--lora-alpha", type=float, default=32.0)
