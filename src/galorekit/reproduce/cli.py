@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_positive,
         default=None,
         help="token budget of a table row, in steps (default: 400, --quick 60); LR-grid runs "
-        "are 1/4 of it, the long small-rank run 4×",
+        "are as long (a row is its grid's winning run), the long small-rank run 4×",
     )
     p.add_argument("--seed", type=_integer, default=0, help="seed of every run (default 0)")
     p.add_argument(
