@@ -33,8 +33,9 @@ from test_svd_methods import best, captured, decaying, drifted, orthonormal
 RANK = 40  # ≥ DEFAULT_POWER_CONFIG.min_rank: the power steps themselves run
 
 
-def _basis(left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
-    """The projector's basis as columns (P, or Q for a right/both-sided one)."""
+def _basis(left: torch.Tensor | None, right: torch.Tensor | None, *_: object) -> torch.Tensor:
+    """The projector's basis as columns (P, or Q for a right/both-sided one); a ``Factors``'
+    projection, when one is passed too, is ignored."""
     return right.t() if right is not None else left
 
 

@@ -10,12 +10,15 @@ import pytest
 import torch
 
 from galorekit.distributed.fsdp import clip_grad_norm_
-from galorekit.projection import RowShard, Side, compute_projector
+from galorekit.projection import RowShard, Side, compute_projector, refresh_projector
 
 
-def _sharded_projectors(grad: torch.Tensor, rows: list[int], **kwargs) -> list[torch.Tensor]:
-    """``compute_projector`` on row blocks of ``grad``, one thread per block; ``reduce`` sums
-    over the threads (what an all-reduce does across processes)."""
+def _sharded_projectors(
+    grad: torch.Tensor, rows: list[int], *, projections: list | None = None, **kwargs
+) -> list[torch.Tensor]:
+    """The right factors ``refresh_projector`` gives on row blocks of ``grad``, one thread per
+    block; ``reduce`` sums over the threads (what an all-reduce does across processes). Each
+    block's projection R, when the refresh gives one, is appended to ``projections``."""
     n = len(rows)
     barrier, lock = threading.Barrier(n), threading.Lock()
     posted: dict[int, list[torch.Tensor]] = {}
@@ -41,7 +44,7 @@ def _sharded_projectors(grad: torch.Tensor, rows: list[int], **kwargs) -> list[t
     def run(i: int) -> None:
         try:
             shard = RowShard(offsets[i], grad.shape[0], make_reduce())
-            results[i] = compute_projector(grad[offsets[i] : offsets[i + 1]], shard=shard, **kwargs)
+            results[i] = refresh_projector(grad[offsets[i] : offsets[i + 1]], shard=shard, **kwargs)
         except BaseException as err:  # surfaced below; the other threads would wait forever
             errors.append(err)
             barrier.abort()
@@ -53,7 +56,9 @@ def _sharded_projectors(grad: torch.Tensor, rows: list[int], **kwargs) -> list[t
         t.join()
     if errors:
         raise errors[0]
-    return [right for _, right in results]
+    if projections is not None:
+        projections.extend(result.projected for result in results)
+    return [result.right for result in results]
 
 
 def _gradient(m: int, n: int, seed: int) -> torch.Tensor:
@@ -71,11 +76,15 @@ def test_sharded_refresh_equals_the_unsharded_one(method, rows):
     grad = _gradient(80, 48, seed=1)
     previous = compute_projector(_gradient(80, 48, seed=2), 6, Side.RIGHT, method="exact")[1]
     kwargs = dict(rank=6, side=Side.RIGHT, method=method, previous_right=previous)
-    _, expected = compute_projector(grad, **kwargs)
-    shards = _sharded_projectors(grad, rows, **kwargs)
+    _, expected, projected = refresh_projector(grad, **kwargs)
+    blocks: list[torch.Tensor] = []
+    shards = _sharded_projectors(grad, rows, projections=blocks, **kwargs)
     for right in shards:  # every process gets the same projector, the single process's
         assert torch.equal(right, shards[0])
         torch.testing.assert_close(right, expected, rtol=0, atol=1e-4)
+    # and each process R = G_i·Q for its own rows, from the refresh's own products
+    assert [b.shape for b in blocks] == [torch.Size([r, 6]) for r in rows]
+    torch.testing.assert_close(torch.cat(blocks), projected, rtol=0, atol=1e-4)
 
 
 def test_sharded_exact_refresh_spans_the_top_singular_subspace():

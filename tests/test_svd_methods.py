@@ -19,6 +19,8 @@ from galorekit.projection import (
     Side,
     check_finite,
     compute_projector,
+    project,
+    refresh_projector,
 )
 from galorekit.projection.randomized import (
     DEFAULT_CONFIG,
@@ -133,6 +135,55 @@ def test_factor_convention(method: str, side: Side, gen: torch.Generator) -> Non
         assert float(off.norm()) < 1e-3 * float(core.norm())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("side", [Side.LEFT, Side.RIGHT, Side.FULL])
+@pytest.mark.parametrize("method", ["exact", *FAST])
+def test_refresh_gives_the_projection_it_computed_on_the_way(
+    method: str, side: Side, dtype: torch.dtype, gen: torch.Generator
+) -> None:
+    """randomized and warm return R = project(G) from their Rayleigh–Ritz products (the optimizer
+    then skips that matmul), for one-sided projections; exact and power compute none."""
+    g = decaying(120, 90, gen).to(dtype)
+    prev = compute_projector(drifted(g.float(), gen), 40, side, method="exact")
+    left, right, projected = refresh_projector(
+        g, 40, side, method=method, previous_left=prev[0], previous_right=prev[1]
+    )
+    if method in ("exact", "power") or side == Side.FULL:
+        assert projected is None
+        return
+    assert projected.dtype == dtype and projected.is_contiguous()
+    expected = project(
+        g.float(),
+        side,
+        None if left is None else left.float(),
+        None if right is None else right.float(),
+    )
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(
+        projected.float(), expected, rtol=tol, atol=tol * float(g.abs().max())
+    )
+
+
+def test_the_optimizer_uses_the_refresh_projection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warm refresh step projects nothing itself; a power one does (one matmul per matrix),
+    except at the first refresh, which is a randomized one."""
+    import galorekit.optim.base as base
+
+    calls: list[int] = []
+    real = base.project
+    monkeypatch.setattr(base, "project", lambda *a: calls.append(1) or real(*a))
+    for svd, expected in (("warm", [0, 1, 0, 1]), ("power", [0, 1, 1, 1])):
+        w = nn.Parameter(torch.zeros(128, 96))
+        opt = GaLoreAdamW([{"params": [w], "rank": 32, "update_proj_gap": 2, "svd": svd}])
+        counts = []
+        for step in range(4):  # refreshes at steps 0 and 2
+            w.grad = decaying(128, 96, torch.Generator().manual_seed(step))
+            calls.clear()
+            opt.step()
+            counts.append(len(calls))
+        assert counts == expected, svd
+
+
 @pytest.mark.parametrize("method", FAST)
 def test_exactly_low_rank_matrix_gives_the_exact_subspace(
     method: str, gen: torch.Generator
@@ -208,10 +259,10 @@ def test_warm_starts_from_the_previous_projector(gen: torch.Generator) -> None:
     g = decaying(m, n, gen, noise=0.0)
     exact_left, _ = compute_projector(g, rank, Side.LEFT, method="exact")
     config = SubspaceIterationConfig(oversample=0, warm_iters=1)
-    from_exact, _ = warm_factors(g, rank, Side.LEFT, exact_left, None, config=config)
-    from_random, _ = warm_factors(
+    from_exact = warm_factors(g, rank, Side.LEFT, exact_left, None, config=config).left
+    from_random = warm_factors(
         g, rank, Side.LEFT, orthonormal(m, rank, gen), None, config=config
-    )
+    ).left
     target = exact_left @ exact_left.t()
     assert float((from_exact @ from_exact.t() - target).norm()) < 1e-3
     assert float((from_random @ from_random.t() - target).norm()) > 1e-2

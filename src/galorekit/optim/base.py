@@ -43,9 +43,9 @@ from galorekit.projection import (
     Side,
     add_projected_,
     choose_side,
-    compute_projector,
     effective_rank,
     project,
+    refresh_projector,
 )
 from galorekit.projection.sharded import RowShard
 from galorekit.projection.svd import nonfinite_error, nonfinite_probe
@@ -334,6 +334,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
     ) -> Tensor | None:
         """R = projection of ``grad``, refreshing the projector when due; None means skip."""
         state.setdefault("step", 0)
+        low_rank = None
         if self._refresh_due(state, group):
             if self._nonfinite(grad, p, group, state):
                 return None
@@ -341,7 +342,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
                 state["proj_offset"] = self._stagger_offset(p, group)
                 state["proj_side"] = int(self._choose_side(p, group))
             side = Side(state["proj_side"])
-            left, right = compute_projector(
+            left, right, low_rank = refresh_projector(
                 grad,
                 self._effective_rank(p, group),
                 side,
@@ -356,8 +357,9 @@ class GaLoreOptimizer(torch.optim.Optimizer):
             if right is not None:
                 state["proj_right"] = right
             state["proj_refresh_step"] = state["step"]
-        side = Side(state["proj_side"])
-        low_rank = project(grad, side, state.get("proj_left"), state.get("proj_right"))
+        if low_rank is None:  # a refresh may have computed R on the way (warm, randomized)
+            side = Side(state["proj_side"])
+            low_rank = project(grad, side, state.get("proj_left"), state.get("proj_right"))
         # a NaN that appears between refreshes is caught on the small projected gradient
         if self._nonfinite(low_rank, p, group, state):
             return None

@@ -2,6 +2,7 @@
 
 from galorekit.projection.projector import (
     PROJ_TYPES,
+    Factors,
     Side,
     add_projected_,
     choose_side,
@@ -16,11 +17,13 @@ from galorekit.projection.svd import (
     NonFiniteGradientError,
     check_finite,
     compute_projector,
+    refresh_projector,
 )
 
 __all__ = [
     "PROJ_TYPES",
     "SVD_METHODS",
+    "Factors",
     "NonFiniteGradientError",
     "RowShard",
     "Side",
@@ -32,4 +35,5 @@ __all__ = [
     "low_rank_shape",
     "project",
     "project_back",
+    "refresh_projector",
 ]

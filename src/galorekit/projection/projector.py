@@ -13,6 +13,7 @@ low-rank gradient happens to be square).
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -21,6 +22,7 @@ from galorekit.names import PROJ_TYPES
 
 __all__ = [
     "PROJ_TYPES",
+    "Factors",
     "Side",
     "add_projected_",
     "choose_side",
@@ -38,6 +40,17 @@ class Side(IntEnum):
     LEFT = 0
     RIGHT = 1
     FULL = 2
+
+
+class Factors(NamedTuple):
+    """A subspace refresh's result: the projector's factors that its side needs (``left`` = P,
+    ``right`` = Qᵀ) and, when the refresh computed it on the way, ``projected``: R, the projection
+    of the gradient it was computed from (``project``'s result up to rounding; it saves the caller
+    that matmul on a refresh step). ``refresh_projector`` returns it in the gradient's dtype."""
+
+    left: Tensor | None
+    right: Tensor | None
+    projected: Tensor | None = None
 
 
 def choose_side(proj_type: str, shape: tuple[int, int] | torch.Size) -> Side:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from galorekit.projection.projector import Side
+from galorekit.projection.projector import Factors, Side
 from galorekit.projection.sharded import RowShard, global_shape, sum_over
 
 
@@ -128,12 +128,14 @@ DEFAULT_POWER_CONFIG = PowerStepConfig()
 @dataclass(frozen=True)
 class RitzResult:
     """The top-``rank`` Ritz pairs of one side: ``basis`` (q×rank, orthonormal columns, ordered by
-    decreasing ``values``), ``values`` (squared singular-value estimates) and the number of
-    subspace ``iterations`` run."""
+    decreasing ``values``), ``values`` (squared singular-value estimates), the number of
+    subspace ``iterations`` run and ``image`` = a·basis (p×rank; this process's rows for a shard),
+    which the Rayleigh–Ritz step gets from the last iteration's product at r×l cost."""
 
     basis: Tensor
     values: Tensor
     iterations: int
+    image: Tensor
 
 
 def default_seed(shape: tuple[int, int] | torch.Size, rank: int) -> int:
@@ -263,8 +265,9 @@ def top_right_subspace(
     # eigenvalues (they only decide which oversampled directions are dropped)
     values, vectors = torch.linalg.eigh(sum_over(shard, w.t() @ w))
     order = torch.argsort(values, descending=True)[:rank]
+    kept = vectors[:, order]
     return RitzResult(
-        basis=y @ vectors[:, order], values=values[order].clamp_(min=0.0), iterations=done
+        basis=y @ kept, values=values[order].clamp_(min=0.0), iterations=done, image=w @ kept
     )
 
 
@@ -276,24 +279,25 @@ def _factors(
     seed: int,
     shard: RowShard | None = None,
     **iteration: int | float,
-) -> tuple[Tensor | None, Tensor | None]:
+) -> Factors:
+    # R comes with the factors (the Ritz image): R = G·Q = image, Pᵀ·G = (Gᵀ·P)ᵀ = imageᵀ
     if shard is not None:
         if side != Side.RIGHT:
             raise ValueError(_SHARD_SIDE_ERROR)
         ritz = top_right_subspace(matrix, rank, start=start, seed=seed, shard=shard, **iteration)
-        return None, ritz.basis.t()
+        return Factors(None, ritz.basis.t(), ritz.image)
     if side == Side.LEFT:
         # the left singular vectors of G are the right ones of Gᵀ (a transposed view: no copy)
         ritz = top_right_subspace(matrix.t(), rank, start=start, seed=seed, **iteration)
-        return ritz.basis, None
+        return Factors(ritz.basis, None, ritz.image.t())
     ritz = top_right_subspace(matrix, rank, start=start, seed=seed, **iteration)
     right = ritz.basis.t()
     if side == Side.RIGHT:
-        return None, right
+        return Factors(None, right, ritz.image)
     # FULL: the left factor is G V Σ⁻¹ orthonormalised; a thin SVD of the m×rank block G V gives it
     # without dividing by small singular values, paired with a rotation of the right factor
-    u, _, vh = torch.linalg.svd(matrix @ ritz.basis, full_matrices=False)
-    return u, vh @ right
+    u, _, vh = torch.linalg.svd(ritz.image, full_matrices=False)
+    return Factors(u, vh @ right)
 
 
 _SHARD_SIDE_ERROR = (
@@ -317,7 +321,7 @@ def randomized_factors(
     config: SubspaceIterationConfig = DEFAULT_CONFIG,
     seed: int | None = None,
     shard: RowShard | None = None,
-) -> tuple[Tensor | None, Tensor | None]:
+) -> Factors:
     """Cold-start factors: randomized range finder + ``config.power_iters`` subspace iterations."""
     shape = global_shape(matrix, shard)
     seed = default_seed(shape, rank) if seed is None else seed
@@ -343,7 +347,7 @@ def warm_factors(
     config: SubspaceIterationConfig = DEFAULT_CONFIG,
     seed: int | None = None,
     shard: RowShard | None = None,
-) -> tuple[Tensor | None, Tensor | None]:
+) -> Factors:
     """Factors by adaptive subspace iteration started from the previous projector of the same side
     (``FULL`` starts from the right one); a cold ``randomized_factors`` start when there is none
     (the first refresh) or it does not fit the matrix."""
@@ -391,7 +395,7 @@ def power_factors(
     config: PowerStepConfig = DEFAULT_POWER_CONFIG,
     seed: int | None = None,
     shard: RowShard | None = None,
-) -> tuple[Tensor | None, Tensor | None]:
+) -> Factors:
     """Factors by ``config.steps`` block power steps from the previous projector of the same side
     (``FULL``: from the right one; the left factor is then orth(G·Q), one more matmul): for the
     right factor Q ← orth(Gᵀ(G·Q)). No oversampling, no Rayleigh–Ritz: the basis is not ordered
@@ -429,9 +433,10 @@ def power_factors(
     # step's aligned QR orthonormalises them after the previous ones, which stay as they are)
     gen = torch.Generator(device=matrix.device).manual_seed(seed)
     basis = power_step(a, _start_block(a, rank, start, gen, shard), steps=config.steps, shard=shard)
+    # no R on the way: the last product was with the previous basis, not this one
     if side == Side.LEFT:
-        return basis, None
+        return Factors(basis, None)
     if side == Side.RIGHT:
-        return None, basis.t()
+        return Factors(None, basis.t())
     # FULL: P = orth(G·Q), column-aligned with Q (G q_j ≈ σ_j p_j for a converged pair)
-    return orthonormalize_aligned(matrix @ basis), basis.t()
+    return Factors(orthonormalize_aligned(matrix @ basis), basis.t())

@@ -28,7 +28,10 @@ deterministic function of its inputs, leaves the global RNG alone and replays bi
 resume. Quality and speed against the exact SVD: benchmarks/README.md.
 
 Each method is a function ``(matrix_f32, rank, side, previous_left, previous_right, *, seed)
--> (left, right)`` registered in ``SVD_METHODS``; other settings of the iteration can be registered
+-> (left, right)`` registered in ``SVD_METHODS``; it may return a ``Factors`` whose ``projected``
+is the projection R of the gradient when it computes that on the way (``randomized`` and ``warm``
+do: their Rayleigh–Ritz step gives G·Q from the last iteration's product, which saves the optimizer
+one full matmul per refreshed matrix). Other settings of the iteration can be registered
 under a name of your own (before building the optimizer, and before loading a checkpoint that
 uses it), e.g. one warm iteration always, or two power steps::
 
@@ -42,11 +45,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from galorekit.projection.projector import Side
+from galorekit.projection.projector import Factors, Side
 from galorekit.projection.randomized import (
     DEFAULT_CONFIG,
     DEFAULT_POWER_CONFIG,
@@ -63,7 +67,7 @@ class NonFiniteGradientError(FloatingPointError):
     """A gradient holding NaN or Inf reached a GaLore subspace refresh or update."""
 
 
-SvdFn = Callable[..., tuple[Tensor | None, Tensor | None]]
+SvdFn = Callable[..., tuple[Tensor | None, Tensor | None] | Factors]
 
 
 def _svd_with_fallbacks(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -109,7 +113,7 @@ def exact_svd(
     *,
     seed: int | None = None,
     shard: RowShard | None = None,
-) -> tuple[Tensor | None, Tensor | None]:
+) -> Factors:
     """Exact truncated SVD (the paper's method); ``previous_*`` and ``seed`` are unused.
 
     A row shard (``shard``) gets the right factor from the eigenvectors of the Gram GᵀG summed over
@@ -124,11 +128,11 @@ def exact_svd(
         local = matrix.double()
         values, vectors = torch.linalg.eigh(sum_over(shard, local.t() @ local))
         order = torch.argsort(values, descending=True)[:rank]
-        return None, vectors[:, order].t().to(matrix.dtype)
+        return Factors(None, vectors[:, order].t().to(matrix.dtype))
     u, _, vh = _svd_with_fallbacks(matrix)
     left = u[:, :rank] if side in (Side.LEFT, Side.FULL) else None
     right = vh[:rank] if side in (Side.RIGHT, Side.FULL) else None
-    return left, right
+    return Factors(left, right)
 
 
 def randomized_svd(
@@ -141,7 +145,7 @@ def randomized_svd(
     seed: int | None = None,
     config: SubspaceIterationConfig = DEFAULT_CONFIG,
     shard: RowShard | None = None,
-) -> tuple[Tensor | None, Tensor | None]:
+) -> Factors:
     """Randomized range finder + power iterations + Rayleigh–Ritz: ``warm`` with nothing to
     start from; ``previous_*`` are ignored."""
     return warm_svd(matrix, rank, side, None, None, seed=seed, config=config, shard=shard)
@@ -157,7 +161,7 @@ def warm_svd(
     seed: int | None = None,
     config: SubspaceIterationConfig = DEFAULT_CONFIG,
     shard: RowShard | None = None,
-) -> tuple[Tensor | None, Tensor | None]:
+) -> Factors:
     """Subspace iteration warm-started from the previous projector (randomized without one)."""
     shape = global_shape(matrix, shard)
     if use_exact(shape, rank, config):
@@ -177,7 +181,7 @@ def power_svd(
     seed: int | None = None,
     config: PowerStepConfig = DEFAULT_POWER_CONFIG,
     shard: RowShard | None = None,
-) -> tuple[Tensor | None, Tensor | None]:
+) -> Factors:
     """One block power step from the previous projector, Q ← orth(Gᵀ(G·Q_prev)) (randomized
     without one); see ``galorekit.projection.randomized.power_factors``."""
     shape = global_shape(matrix, shard)
@@ -224,7 +228,7 @@ def check_finite(grad: Tensor, name: str) -> None:
         raise nonfinite_error(name, int((~torch.isfinite(grad)).sum()))
 
 
-def compute_projector(
+def refresh_projector(
     grad: Tensor,
     rank: int,
     side: Side,
@@ -235,15 +239,16 @@ def compute_projector(
     out_dtype: torch.dtype | None = None,
     seed: int | None = None,
     shard: RowShard | None = None,
-) -> tuple[Tensor | None, Tensor | None]:
-    """New projector factors for ``grad`` (checked finite by the caller).
+) -> Factors:
+    """New projector factors for ``grad`` (checked finite by the caller), and the projection R of
+    ``grad`` when the method computed it on the way (else ``projected`` is None).
 
     ``method`` is a key of ``SVD_METHODS``; ``previous_*`` are the projector being replaced (used
-    by ``"warm"``); ``seed`` seeds the random blocks of ``"randomized"``/``"warm"`` (default: derived
-    from ``grad``, see the module docstring). With ``shard``, ``grad`` is this process's rows of a
-    row-sharded gradient (``galorekit.projection.sharded``; ``side`` must be ``RIGHT``) and the
-    factor, identical on every process, is computed without gathering it. The factors are
-    contiguous, in ``out_dtype`` (default ``grad.dtype``)."""
+    by ``"warm"``/``"power"``); ``seed`` seeds the random blocks (default: derived from the shape,
+    see the module docstring). With ``shard``, ``grad`` is this process's rows of a row-sharded
+    gradient (``galorekit.projection.sharded``; ``side`` must be ``RIGHT``): the factor, identical
+    on every process, is computed without gathering it, and R is this process's rows. The factors
+    are contiguous, in ``out_dtype`` (default ``grad.dtype``); R is contiguous, in ``grad.dtype``."""
     try:
         fn = SVD_METHODS[method]
     except KeyError:
@@ -254,12 +259,23 @@ def compute_projector(
     prev_l = previous_left.float() if previous_left is not None else None
     prev_r = previous_right.float() if previous_right is not None else None
     if shard is None:
-        left, right = fn(matrix, rank, side, prev_l, prev_r, seed=seed)
+        result = fn(matrix, rank, side, prev_l, prev_r, seed=seed)
     else:  # only methods that understand shards take the keyword (registered ones may not)
-        left, right = fn(matrix, rank, side, prev_l, prev_r, seed=seed, shard=shard)
+        result = fn(matrix, rank, side, prev_l, prev_r, seed=seed, shard=shard)
+    left, right, projected = Factors(*result)
     dtype = out_dtype or grad.dtype
     # contiguous: the projectors are multiplied every step, and a transposed view would make every
     # matmul (and the checkpoint) pay for it
-    left = left.to(dtype).contiguous() if left is not None else None
-    right = right.to(dtype).contiguous() if right is not None else None
-    return left, right
+    return Factors(
+        left.to(dtype).contiguous() if left is not None else None,
+        right.to(dtype).contiguous() if right is not None else None,
+        projected.to(grad.dtype).contiguous() if projected is not None else None,
+    )
+
+
+def compute_projector(
+    grad: Tensor, rank: int, side: Side, **kwargs: Any
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(left, right)``: the factors of ``refresh_projector`` (the same arguments), without R."""
+    factors = refresh_projector(grad, rank, side, **kwargs)
+    return factors.left, factors.right
