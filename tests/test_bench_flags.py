@@ -128,3 +128,33 @@ def test_real_grads_adds_the_real_gradient_study(tmp_path, capsys, monkeypatch):
         assert exact["vs_exact_min"] == pytest.approx(1.0, abs=1e-4)
         assert 0 < entry["exact_captured"] <= 1
     assert "## Real gradients" in bench.format_markdown(result)
+
+
+def test_foreach_adds_a_batched_row_per_method(tmp_path, capsys, monkeypatch):
+    from galorekit.optim import galore_adamw
+
+    built = []
+    real = galore_adamw.GaLoreAdamW.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        built.append(self.foreach)
+
+    monkeypatch.setattr(galore_adamw.GaLoreAdamW, "__init__", spy)
+    plain = _run(tmp_path, capsys, "--svd", "exact,warm")
+    assert built == [False, False]
+    built.clear()
+    result = _run(tmp_path, capsys, "--svd", "exact,warm", "--foreach")
+    assert built == [False, True, False, True]
+    rows = _rows(result)
+    assert set(rows) - set(_rows(plain)) == {
+        "galorekit (svd=exact, foreach)",
+        "galorekit (svd=warm, foreach)",
+    }
+    for svd in ("exact", "warm"):
+        batched = rows[f"galorekit (svd={svd}, foreach)"]
+        assert batched["quality"] == rows[f"galorekit (svd={svd})"]["quality"] is not None
+        assert (
+            batched["refresh_s"] > 0 and "steady_vs_adamw" in result["ratios"][batched["optimizer"]]
+        )
+    assert result["config"]["foreach"] is True

@@ -11,7 +11,9 @@ from galorekit.optim.functional import (
     adafactor_beta2,
     adafactor_lr,
     adafactor_update,
+    adam_step_size,
     adam_update,
+    adam_update_foreach,
     rms,
 )
 
@@ -43,6 +45,34 @@ def test_adam_update_by_hand(correct_bias: bool, gen: torch.Generator) -> None:
         expected_size = math.sqrt(1 - beta2**step) / (1 - beta1**step) if correct_bias else 1.0
         assert step_size == pytest.approx(expected_size, rel=1e-12)
     assert direction.data_ptr() != exp_avg.data_ptr(), "the direction must not alias a moment"
+
+
+def test_adam_update_foreach_is_adam_update_on_each(gen: torch.Generator) -> None:
+    """The batched moment update is the per-tensor one, bit for bit, for tensors of any shapes."""
+    shapes = [(3, 5), (7,), (4, 2), (1, 9)]
+    single = [(torch.zeros(s), torch.zeros(s)) for s in shapes]
+    batched = [(torch.zeros(s), torch.zeros(s)) for s in shapes]
+    for step in (1, 2, 3):
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        expected = [
+            adam_update(g, m, v, step=step, beta1=0.9, beta2=0.99, eps=1e-6)
+            for g, (m, v) in zip(grads, single)
+        ]
+        directions = adam_update_foreach(
+            grads,
+            [m for m, _ in batched],
+            [v for _, v in batched],
+            beta1=0.9,
+            beta2=0.99,
+            eps=1e-6,
+        )
+        for (direction, step_size), got, (m, v), (m_ref, v_ref) in zip(
+            expected, directions, batched, single
+        ):
+            assert torch.equal(got, direction)
+            assert torch.equal(m, m_ref) and torch.equal(v, v_ref)
+            assert step_size == adam_step_size(step, 0.9, 0.99)
+    assert adam_step_size(3, 0.9, 0.99, correct_bias=False) == 1.0
 
 
 def test_rms(gen: torch.Generator) -> None:

@@ -833,6 +833,73 @@ def test_svd_failure_is_retried_in_the_optimizer(
     torch.testing.assert_close(w, expected, rtol=1e-5, atol=1e-6)
 
 
+def _mixed_model(gen: torch.Generator) -> list[torch.nn.Parameter]:
+    """Matrices projected on either side, one that is rank-clamped, and plain vectors."""
+    shapes = [(12, 8), (8, 12), (12, 8), (3, 10), (12,), (8,)]
+    return [torch.nn.Parameter(torch.randn(*s, generator=gen)) for s in shapes]
+
+
+def _foreach_run(foreach: bool, *, chunk: int | None = None, nan_at: int = -1) -> list[Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    params = _mixed_model(gen)
+    groups = [
+        {"params": params[:4], "rank": 4, "update_proj_gap": 2, "scale": 0.5},
+        {"params": params[4:], "weight_decay": 0.0, "lr": 0.02},
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the rank-clamp warning of the 3×10 matrix
+        opt = GaLoreAdamW(groups, lr=0.01, weight_decay=0.1, foreach=foreach, on_nonfinite="skip")
+        if chunk is not None:
+            opt.FOREACH_CHUNK_ELEMENTS = chunk
+        for step in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            if step == nan_at:
+                params[1].grad[0, 0] = float("nan")
+            opt.step()
+    states = [opt.state[p] for p in params]
+    return [p.detach() for p in params] + [s["exp_avg_sq"] for s in states]
+
+
+@pytest.mark.parametrize("chunk", [None, 30], ids=["one-chunk", "small-chunks"])
+@pytest.mark.parametrize("nan_at", [-1, 3], ids=["finite", "nan-skipped"])
+def test_foreach_step_is_the_per_parameter_step(
+    chunk: int | None, nan_at: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """foreach=True batches the moment updates over a group's tensors (refreshes, both sides,
+    weight decay, a plain group, a skipped non-finite update, chunks smaller than a tensor) and
+    changes no bit of the result."""
+    import galorekit.optim.galore_adamw as module
+
+    calls = []
+    batched = module.adam_update_foreach
+    monkeypatch.setattr(
+        module,
+        "adam_update_foreach",
+        lambda g, *a, **k: calls.append(len(g)) or batched(g, *a, **k),
+    )
+    expected = _foreach_run(False)
+    assert calls == [], "foreach=False must take the per-parameter path"
+    got = _foreach_run(True, chunk=chunk, nan_at=nan_at)
+    if nan_at < 0:
+        for a, b in zip(got, expected):
+            assert torch.equal(a, b)
+    else:
+        reference = _foreach_run(False, nan_at=nan_at)
+        for a, b in zip(got, reference):
+            assert torch.equal(a, b)
+        assert not torch.equal(got[1], expected[1]), "the NaN step was not skipped"
+    # two groups each step; a chunk of 30 elements splits them (a 12×8 moment alone is 48)
+    assert len(calls) >= 10 and (chunk is None) == (max(calls) > 2)
+
+
+def test_foreach_default_and_validation() -> None:
+    assert GaLoreAdamW(_galore_group()).foreach is False  # CPU parameters: per-parameter loop
+    assert GaLoreAdamW(_galore_group(), foreach=True).foreach is True
+    with pytest.raises(ValueError, match="foreach must be True, False or None"):
+        GaLoreAdamW(_galore_group(), foreach="yes")
+
+
 def test_step_returns_the_closure_loss(gen: torch.Generator) -> None:
     w = torch.nn.Parameter(torch.randn(6, 4, generator=gen))
     opt = GaLoreAdamW([{"params": [w], "rank": 2}], lr=0.01)

@@ -75,8 +75,8 @@ ADAMW = "torch AdamW (foreach)"
 REFERENCE = "galore-torch 1.0"
 
 
-def ours(svd: str) -> str:
-    return f"galorekit (svd={svd})"
+def ours(svd: str, foreach: bool = False) -> str:
+    return f"galorekit (svd={svd}, foreach)" if foreach else f"galorekit (svd={svd})"
 
 
 @dataclass
@@ -100,6 +100,7 @@ class BenchConfig:
     lr: float = 1e-3
     real_grads: bool = False
     profile: bool = False
+    foreach: bool = False
     real: RealGradConfig | None = None
 
     def __post_init__(self) -> None:
@@ -258,7 +259,10 @@ def _make_optimizers(
             [{"params": params, **galore}], lr=cfg.lr, no_deprecation_warning=True
         )
     for svd in cfg.svd:
-        optimizers[ours(svd)] = GaLoreAdamW([{"params": params, **galore, "svd": svd}], lr=cfg.lr)
+        for foreach in (False, True) if cfg.foreach else (False,):
+            optimizers[ours(svd, foreach)] = GaLoreAdamW(
+                [{"params": params, **galore, "svd": svd}], lr=cfg.lr, foreach=foreach
+            )
     return optimizers
 
 
@@ -606,6 +610,8 @@ def run_benchmark(
         if quality_pairs
         else None
     )
+    # the foreach rows refresh as their method's own row does
+    quality.update({ours(svd, True): quality.get(ours(svd)) for svd in cfg.svd if cfg.foreach})
     rows = []
     for name, t in timings.items():
         steady = statistics.median(t.steady)
@@ -872,6 +878,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also run one more refresh step of each optimizer under torch.profiler and report "
         "where its time goes (matmuls, QR, eigh, SVD, copies and casts, the rest)",
     )
+    parser.add_argument(
+        "--foreach",
+        action="store_true",
+        help="also time each galorekit method with foreach=True (the moment updates batched over "
+        "the tensors; the optimizer's default only when every parameter is on a GPU)",
+    )
     parser.add_argument("--json", metavar="FILE", default=None, help="write the result as JSON")
     parser.add_argument("--md", metavar="FILE", default=None, help="write a markdown report")
 
@@ -894,6 +906,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         seed=args.seed,
         real_grads=args.real_grads,
         profile=args.profile,
+        foreach=args.foreach,
     )
 
 

@@ -125,8 +125,9 @@ def validate_betas(betas: Any) -> None:
 class GaLoreOptimizer(torch.optim.Optimizer):
     """Base class: subclasses implement ``_update_param(p, grad, group)`` for one parameter.
 
-    ``step()`` applies it to every parameter with a gradient; ``galorekit.LayerwiseOptimizer`` calls
-    it from backward hooks instead, one parameter at a time.
+    ``step()`` applies it to every parameter with a gradient (through ``_update_params``, which a
+    subclass may override to batch them); ``galorekit.LayerwiseOptimizer`` calls it from backward
+    hooks instead, one parameter at a time.
     """
 
     #: state keys whose tensors keep their own dtype on load (8-bit codes, their absmax and maps);
@@ -176,16 +177,20 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         bad = self._nonfinite_params(checked)
         self._prechecked = True
         try:
-            for p, group in pairs:
-                if p in bad:
-                    state = self.state[p]
-                    state.setdefault("step", 0)
-                    state["nonfinite_skips"] = state.get("nonfinite_skips", 0) + 1
-                    continue
-                self._update_param(p, p.grad, group)
+            for p in bad:
+                state = self.state[p]
+                state.setdefault("step", 0)
+                state["nonfinite_skips"] = state.get("nonfinite_skips", 0) + 1
+            self._update_params([(p, group) for p, group in pairs if p not in bad])
         finally:
             self._prechecked = False
         return loss
+
+    def _update_params(self, pairs: list[tuple[Tensor, dict[str, Any]]]) -> None:
+        """Update every ``(parameter, its group)`` from its gradient: one at a time here;
+        subclasses may batch the work (``GaLoreAdamW``'s foreach path)."""
+        for p, group in pairs:
+            self._update_param(p, p.grad, group)
 
     def _nonfinite_params(self, pairs: list[tuple[Tensor, dict[str, Any]]]) -> set[Tensor]:
         """The parameters among ``pairs`` whose gradient holds NaN/Inf; with the "raise" policy
