@@ -85,6 +85,7 @@ def test_sharded_refresh_equals_the_unsharded_one(method, rows):
     # and each process R = G_i·Q for its own rows, from the refresh's own products
     assert [b.shape for b in blocks] == [torch.Size([r, 6]) for r in rows]
     torch.testing.assert_close(torch.cat(blocks), projected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(torch.cat(blocks), grad @ shards[0].t(), rtol=0, atol=1e-4)
 
 
 def test_sharded_exact_refresh_spans_the_top_singular_subspace():

@@ -900,6 +900,17 @@ def test_foreach_default_and_validation() -> None:
         GaLoreAdamW(_galore_group(), foreach="yes")
 
 
+def test_foreach_steps_an_empty_parameter(gen: torch.Generator) -> None:
+    results = []
+    for foreach in (False, True):
+        empty, w = torch.nn.Parameter(torch.empty(0)), torch.nn.Parameter(torch.ones(3))
+        opt = GaLoreAdamW([empty, w], lr=0.1, foreach=foreach)
+        empty.grad, w.grad = torch.empty(0), torch.tensor([1.0, -2.0, 3.0])
+        opt.step()
+        results.append(w.detach().clone())
+    assert torch.equal(results[0], results[1]) and not torch.equal(results[0], torch.ones(3))
+
+
 def test_step_returns_the_closure_loss(gen: torch.Generator) -> None:
     w = torch.nn.Parameter(torch.randn(6, 4, generator=gen))
     opt = GaLoreAdamW([{"params": [w], "rank": 2}], lr=0.01)

@@ -35,20 +35,21 @@ class GaLoreAdamW(GaLoreOptimizer):
         on_nonfinite: ``"raise"`` (default) raises ``NonFiniteGradientError`` naming the parameter
             when a GaLore gradient holds NaN/Inf; ``"skip"`` skips that parameter's update and
             counts it in its state's ``nonfinite_skips``.
-        foreach: ``step()`` updates the moments of all of a group's parameters (the projected
-            gradients R of a GaLore group) with torch's ``_foreach`` kernels, then projects each
-            update back into its weight (one fused ``addmm_`` per matrix). The updates are
-            bit-identical to the per-parameter loop; the work is batched, which saves a kernel
-            launch per tensor and operation on a GPU, and Python overhead everywhere, at the cost
-            of the directions being held for up to ``FOREACH_CHUNK_ELEMENTS`` elements at a time
-            instead of one tensor's. Default (None): on when every parameter is on a GPU, as in
-            torch's AdamW. Layer-wise updates (``LayerwiseOptimizer``) are one parameter at a time
-            whatever this says.
+        foreach: ``step()`` updates the moments of a group's parameters (the projected
+            gradients R of a GaLore group) in chunks with torch's ``_foreach`` kernels, then
+            projects each update back into its weight (one fused ``addmm_`` per matrix). The same
+            operations in the same order as the per-parameter loop: bit-identical on a CPU
+            (tested); a GPU's fused kernels may round differently in the last bit. It saves a
+            kernel launch per tensor and operation on a GPU, at the cost of holding a chunk's R's
+            and two temporaries of up to ``FOREACH_CHUNK_ELEMENTS`` elements instead of one
+            tensor's. Default (None): on when every parameter is on a GPU, as in torch's AdamW.
+            Layer-wise updates (``LayerwiseOptimizer``) are one parameter at a time whatever this
+            says.
     """
 
-    #: the most elements whose directions a foreach update holds at once (a larger tensor is
-    #: updated alone): bounds the step's temporary memory, as the per-parameter loop does
-    FOREACH_CHUNK_ELEMENTS = 1 << 25
+    #: a foreach chunk's size in elements of R (a larger tensor makes a chunk alone): its R's, the
+    #: directions and their denominators are what the batched update holds at once
+    FOREACH_CHUNK_ELEMENTS = 1 << 24
 
     def __init__(
         self,
@@ -96,18 +97,21 @@ class GaLoreAdamW(GaLoreOptimizer):
         if not self.foreach:
             super()._update_params(pairs)
             return
-        # project (and refresh) every gradient first, then one foreach moment update per run of
-        # parameters that share a group, a device and a dtype
-        pending: dict[tuple[int, torch.device, torch.dtype], list[tuple[Tensor, dict, Tensor]]] = {}
+        # project (and refresh) gradients into a chunk per group, device and dtype; a chunk is
+        # updated as soon as it is full, so that no more than a chunk's R's live at once
+        pending: dict[tuple, tuple[dict, list[tuple[Tensor, dict, Tensor]]]] = {}
         for p, group in pairs:
             state, grad = self._prepare(p, p.grad, group)
-            if grad is not None:
-                key = (id(group), grad.device, grad.dtype)
-                pending.setdefault(key, []).append((p, state, grad))
-        groups = {id(g): g for _, g in pairs}
-        for (group_id, _, _), items in pending.items():
-            for chunk in _chunks(items, self.FOREACH_CHUNK_ELEMENTS):
-                self._foreach_update(chunk, groups[group_id])
+            if grad is None:
+                continue
+            key = (id(group), grad.device, grad.dtype)
+            _, items = pending.setdefault(key, (group, []))
+            items.append((p, state, grad))
+            if sum(item[2].numel() for item in items) >= self.FOREACH_CHUNK_ELEMENTS:
+                self._foreach_update(items, group)
+                del pending[key]
+        for group, items in pending.values():
+            self._foreach_update(items, group)
 
     def _foreach_update(self, items: list[tuple[Tensor, dict, Tensor]], group: dict) -> None:
         beta1, beta2 = group["betas"]
@@ -145,17 +149,3 @@ class GaLoreAdamW(GaLoreOptimizer):
         self._apply_update(p, direction, group, state, -lr * step_size)
         if group["weight_decay"] > 0.0:
             local(p).mul_(1.0 - lr * group["weight_decay"])
-
-
-def _chunks(items: list[tuple[Tensor, dict, Tensor]], limit: int) -> list[list]:
-    """``items`` in runs of at most ``limit`` gradient elements (a larger one alone)."""
-    chunks: list[list] = []
-    size = limit
-    for item in items:
-        numel = item[2].numel()
-        if size + numel > limit:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(item)
-        size += numel
-    return chunks

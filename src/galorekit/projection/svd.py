@@ -28,7 +28,8 @@ deterministic function of its inputs, leaves the global RNG alone and replays bi
 resume. Quality and speed against the exact SVD: benchmarks/README.md.
 
 Each method is a function ``(matrix_f32, rank, side, previous_left, previous_right, *, seed)
--> (left, right)`` registered in ``SVD_METHODS``; it may return a ``Factors`` whose ``projected``
+-> (left, right)`` or ``-> Factors(left, right, projected)`` registered in ``SVD_METHODS`` (the
+built-in ones return a ``Factors``: take ``.left``/``.right`` from them); a ``Factors``' ``projected``
 is the projection R of the gradient when it computes that on the way (``randomized`` and ``warm``
 do: their Rayleigh–Ritz step gives G·Q from the last iteration's product, which saves the optimizer
 one full matmul per refreshed matrix). Other settings of the iteration can be registered
