@@ -100,6 +100,7 @@ class GaLoreAdamW(GaLoreOptimizer):
         # project (and refresh) gradients into a chunk per group, device and dtype; a chunk is
         # updated as soon as it is full, so that no more than a chunk's R's live at once
         pending: dict[tuple, tuple[dict, list[tuple[Tensor, dict, Tensor]]]] = {}
+        elements: dict[tuple, int] = {}  # R elements in each pending chunk
         for p, group in pairs:
             state, grad = self._prepare(p, p.grad, group)
             if grad is None:
@@ -107,9 +108,10 @@ class GaLoreAdamW(GaLoreOptimizer):
             key = (id(group), grad.device, grad.dtype)
             _, items = pending.setdefault(key, (group, []))
             items.append((p, state, grad))
-            if sum(item[2].numel() for item in items) >= self.FOREACH_CHUNK_ELEMENTS:
+            elements[key] = elements.get(key, 0) + grad.numel()
+            if elements[key] >= self.FOREACH_CHUNK_ELEMENTS:
                 self._foreach_update(items, group)
-                del pending[key]
+                del pending[key], elements[key]
         for group, items in pending.values():
             self._foreach_update(items, group)
 
