@@ -38,5 +38,14 @@ DEFAULT_LR = {
     "low_rank": 1e-3,
     "galore_torch_adamw": 1e-2,
 }
+#: GaLore's group keys and their defaults (galore-torch's, plus galorekit's own): the one source of
+#: these values for the optimizers, the method configuration and every command's flags
+GALORE_DEFAULTS = {
+    "update_proj_gap": 200,
+    "scale": 0.25,
+    "proj_type": "std",
+    "svd": "warm",
+    "stagger": False,
+}
 #: data-parallel strategies (``galore pretrain --distributed``)
 DISTRIBUTED_STRATEGIES = ("ddp", "fsdp")

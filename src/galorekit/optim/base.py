@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from galorekit.names import GALORE_DEFAULTS
 from galorekit.optim.sharding import (
     all_reduce_sum_,
     check_row_sharded,
@@ -50,13 +51,6 @@ from galorekit.projection import (
 from galorekit.projection.sharded import RowShard
 from galorekit.projection.svd import nonfinite_error, nonfinite_probe
 
-GALORE_DEFAULTS: dict[str, Any] = {
-    "update_proj_gap": 200,
-    "scale": 0.25,
-    "proj_type": "std",
-    "svd": "warm",
-    "stagger": False,
-}
 NONFINITE_POLICIES = ("raise", "skip")
 
 
