@@ -23,12 +23,42 @@ SIDE = {"left": Side.LEFT, "right": Side.RIGHT, "full": Side.FULL}
 
 
 # ---- reference computations, written independently of galorekit ---------------------------------
-def hand_projector(grad: Tensor, rank: int, side: str) -> tuple[Tensor | None, Tensor | None]:
-    """P = U[:, :r] and/or Qᵀ = Vᵀ[:r] of the float32 SVD of ``grad``, as float64."""
+def hand_align(previous: Tensor | None, new: Tensor) -> Tensor:
+    """``new``'s columns matched one to one with ``previous``'s (strongest |overlap| first) and
+    signed to a non-negative overlap: the default ``moments="align"`` policy."""
+    if previous is None:
+        return new
+    overlap = previous.t().double() @ new.double()
+    r = overlap.shape[0]
+    order: list[int | None] = [None] * r
+    used: set[int] = set()
+    for flat in sorted(range(r * r), key=lambda k: -abs(float(overlap.flatten()[k]))):
+        i, j = divmod(flat, r)
+        if order[i] is None and j not in used:
+            order[i] = j
+            used.add(j)
+    out = new[:, order]
+    signs = torch.where(torch.diagonal(previous.t().double() @ out.double()) < 0, -1.0, 1.0)
+    return out * signs.to(out.dtype)
+
+
+def hand_projector(
+    grad: Tensor,
+    rank: int,
+    side: str,
+    previous: tuple[Tensor | None, Tensor | None] = (None, None),
+    align: bool = True,
+) -> tuple[Tensor | None, Tensor | None]:
+    """P = U[:, :r] and/or Qᵀ = Vᵀ[:r] of the float32 SVD of ``grad``, as float64; with
+    ``align``, each matched to the ``previous`` one (``hand_align``)."""
     u, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
     r = min(rank, *grad.shape)
     p = u[:, :r].double() if side in ("left", "full") else None
     qt = vh[:r].double() if side in ("right", "full") else None
+    if align and p is not None:
+        p = hand_align(previous[0], p)
+    if align and qt is not None:
+        qt = hand_align(previous[1].t() if previous[1] is not None else None, qt.t()).t()
     return p, qt
 
 
@@ -69,7 +99,7 @@ def hand_galore_adam(
     m = v = p = qt = None
     for t, grad in enumerate(grads, start=1):
         if (t - 1) % gap == 0:
-            p, qt = hand_projector(grad, rank, side)
+            p, qt = hand_projector(grad, rank, side, (p, qt))
         r = hand_project(grad.double(), side, p, qt)
         if m is None:
             m, v = torch.zeros_like(r), torch.zeros_like(r)
@@ -108,7 +138,7 @@ def hand_galore_adafactor(
     row = col = first = p = qt = None
     for t, grad in enumerate(grads, start=1):
         if (t - 1) % gap == 0:
-            p, qt = hand_projector(grad, rank, side)
+            p, qt = hand_projector(grad, rank, side, (p, qt))
         r = hand_project(grad.double(), side, p, qt)
         if row is None:
             row = torch.zeros(r.shape[0], dtype=torch.float64)
@@ -339,7 +369,8 @@ def test_projector_refreshes_exactly_every_gap_steps(cls, gen: torch.Generator) 
         assert state["proj_refresh_step"] == gap * (i // gap), f"after step {i}"
         projector = state["proj_right"].clone()  # std, m > n: right projection
         if i % gap == 0:
-            _, qt = hand_projector(grad, 2, "right")
+            before = previous.double() if previous is not None else None
+            _, qt = hand_projector(grad, 2, "right", (None, before))
             torch.testing.assert_close(projector.double(), qt)  # refreshed from *this* gradient
             if previous is not None:
                 assert not torch.equal(projector, previous), f"no refresh at step {i}"

@@ -10,7 +10,13 @@ Per-parameter state of a GaLore parameter (only tensors and plain numbers, so th
 - ``proj_refresh_step`` (int): the ``step`` at which the projector was last computed.
 - ``proj_offset`` (int): how many steps early this matrix's refreshes come (``stagger``; else 0).
 - ``nonfinite_skips`` (int, only with ``on_nonfinite="skip"``): updates skipped for NaN/Inf.
+- ``moment_origin`` (int, only after ``moments="reset"``): the ``step`` at which the moments were
+  last zeroed; bias corrections count from it.
 - the inner optimizer's moments, shaped like the projected gradient.
+
+At a refresh the group key ``moments`` decides what happens to the moments (``galorekit.names.
+MOMENT_POLICIES``, ``galorekit.projection.alignment``); the default ``"align"`` matches the new
+basis's columns to the old ones so that each moment coordinate keeps its direction.
 
 FSDP2 parameters (DTensors sharded on dim 0) are updated on their local shard
 (``galorekit.optim.sharding``): a GaLore matrix is projected on the right, its projector is
@@ -30,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from galorekit.names import GALORE_DEFAULTS
+from galorekit.names import GALORE_DEFAULTS, MOMENT_POLICIES, STATE_DTYPES
 from galorekit.optim.sharding import (
     all_reduce_sum_,
     check_row_sharded,
@@ -48,7 +54,9 @@ from galorekit.projection import (
     project,
     refresh_projector,
 )
-from galorekit.projection.sharded import RowShard
+from galorekit.projection.alignment import transitions
+from galorekit.projection.projector import low_rank_shape
+from galorekit.projection.sharded import RowShard, global_shape
 from galorekit.projection.svd import nonfinite_error, nonfinite_probe
 
 NONFINITE_POLICIES = ("raise", "skip")
@@ -88,6 +96,11 @@ def validate_galore_group(group: dict[str, Any]) -> None:
         raise ValueError(f"unknown svd method {group['svd']!r}; valid: {', '.join(SVD_METHODS)}")
     if not isinstance(group["stagger"], bool):
         raise ValueError(f"GaLore stagger must be True or False, got {group['stagger']!r}")
+    if group["moments"] not in MOMENT_POLICIES:
+        raise ValueError(
+            f"unknown GaLore moments policy {group['moments']!r}; valid: "
+            f"{', '.join(MOMENT_POLICIES)}"
+        )
     names = group.get("param_names")
     for i, p in enumerate(group["params"]):
         if p.dim() != 2:
@@ -97,6 +110,28 @@ def validate_galore_group(group: dict[str, Any]) -> None:
                 f"{name} of shape {tuple(p.shape)}. Put biases, norms and embeddings in a group "
                 "without 'rank' (galorekit.param_groups(model) does this)."
             )
+
+
+def normalize_state_dtype(value: Any) -> str | None:
+    """``state_dtype`` as stored in a group: None (the parameter's dtype) or a name of
+    ``STATE_DTYPES`` (a string: it survives ``torch.load(weights_only=True)`` and HF's
+    ``optim_args``); a ``torch.dtype`` is accepted and named."""
+    if value is None:
+        return None
+    if isinstance(value, torch.dtype):
+        value = str(value).removeprefix("torch.")
+    if value not in STATE_DTYPES:
+        raise ValueError(
+            f"state_dtype must be None (the parameter's dtype) or one of "
+            f"{', '.join(STATE_DTYPES)}, got {value!r}"
+        )
+    return value
+
+
+def state_dtype(group: dict[str, Any], p: Tensor) -> torch.dtype:
+    """The dtype of ``p``'s moments in ``group``: its ``state_dtype``, else ``p``'s dtype."""
+    name = group.get("state_dtype")
+    return p.dtype if name is None else getattr(torch, name)
 
 
 def validate_lr(lr: Any, *, allow_none: bool = False) -> None:
@@ -127,6 +162,9 @@ class GaLoreOptimizer(torch.optim.Optimizer):
     #: state keys whose tensors keep their own dtype on load (8-bit codes, their absmax and maps);
     #: every other floating state tensor follows the parameter's dtype, as in torch.
     _keep_dtype_keys: frozenset[str] = frozenset()
+    #: the inner optimizer's moment tensors in a parameter's state (zeroed by a reset; they keep
+    #: their dtype on load when the group has a ``state_dtype``)
+    _moment_keys: tuple[str, ...] = ()
 
     def __init__(
         self, params: Iterable[Any], defaults: dict[str, Any], *, on_nonfinite: str = "raise"
@@ -151,6 +189,8 @@ class GaLoreOptimizer(torch.optim.Optimizer):
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         validate_lr(group["lr"])
+        if "state_dtype" in group:
+            group["state_dtype"] = normalize_state_dtype(group["state_dtype"])
         names = group.get("param_names") or []
         for i, p in enumerate(group["params"]):
             if is_sharded(p):
@@ -164,11 +204,11 @@ class GaLoreOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         pairs = [(p, g) for g in self.param_groups for p in g["params"] if p.grad is not None]
-        # Check gradients before touching any state (one host sync for all of them): "raise" must
-        # never leave a half-applied step behind, and "skip" must protect every parameter — a NaN
-        # loss reaches biases, norms and embeddings too, not only the GaLore matrices.
-        checked = pairs if self.on_nonfinite == "skip" else [x for x in pairs if "rank" in x[1]]
-        bad = self._nonfinite_params(checked)
+        # Check every gradient before touching any state (one host sync for all of them): "raise"
+        # must never leave a half-applied step behind, and both policies must protect every
+        # parameter — a NaN loss reaches biases, norms and embeddings too, not only the GaLore
+        # matrices.
+        bad = self._nonfinite_params(pairs)
         self._prechecked = True
         try:
             for p in bad:
@@ -311,7 +351,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         state = self.state[p]
         if "rank" in group:
             grad = self._project_grad(p, grad, group, state)
-        elif self.on_nonfinite == "skip" and self._nonfinite(grad, p, group, state):
+        elif self._nonfinite(grad, p, group, state):
             grad = None
         state.setdefault("step", 0)
         return state, grad
@@ -321,6 +361,8 @@ class GaLoreOptimizer(torch.optim.Optimizer):
     ) -> None:
         """p += alpha · update, projected back (and scaled) for a GaLore group."""
         weight = local(p)
+        if update.dtype != weight.dtype:  # moments kept in another dtype (``state_dtype``)
+            update = update.to(weight.dtype)
         if "rank" in group:
             side = Side(state["proj_side"])
             left, right = state.get("proj_left"), state.get("proj_right")
@@ -341,16 +383,28 @@ class GaLoreOptimizer(torch.optim.Optimizer):
                 state["proj_offset"] = self._stagger_offset(p, group)
                 state["proj_side"] = int(self._choose_side(p, group))
             side = Side(state["proj_side"])
+            policy = group["moments"]
+            previous_left, previous_right = state.get("proj_left"), state.get("proj_right")
             left, right, low_rank = refresh_projector(
                 grad,
                 self._effective_rank(p, group),
                 side,
                 method=group["svd"],
-                previous_left=state.get("proj_left"),
-                previous_right=state.get("proj_right"),
+                previous_left=previous_left,
+                previous_right=previous_right,
                 out_dtype=p.dtype,
                 shard=self._row_shard(p),
+                align=policy != "keep",
             )
+            if self._has_moments(state):
+                if policy == "project":
+                    moved = transitions(side, left, right, previous_left, previous_right)
+                    if moved is None:  # no previous projector of this shape: nothing to carry
+                        self._reset_moments(state)
+                    else:
+                        self._rotate_moments(state, side, *moved)
+                elif policy == "reset":
+                    self._reset_moments(state)
             if left is not None:
                 state["proj_left"] = left
             if right is not None:
@@ -363,6 +417,35 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         if self._nonfinite(low_rank, p, group, state):
             return None
         return low_rank
+
+    # ---- moments across a refresh (subclasses know their moments) ------------------------------
+    def _has_moments(self, state: dict[str, Any]) -> bool:
+        """Whether ``state`` holds moments yet (not before the first update)."""
+        return any(key in state for key in self._moment_keys)
+
+    def _rotate_moments(
+        self, state: dict[str, Any], side: Side, c_left: Tensor | None, c_right: Tensor | None
+    ) -> None:
+        """Carry the low-rank moments into the new basis, in place
+        (``galorekit.projection.alignment.rotate_first``/``rotate_second``)."""
+        raise NotImplementedError
+
+    def _reset_moments(self, state: dict[str, Any]) -> None:
+        """Zero the moments in place and restart their bias correction (``moment_origin``)."""
+        for key in self._moment_keys:
+            if key in state:
+                state[key].zero_()
+        state["moment_origin"] = state["step"]
+
+    @staticmethod
+    def _moment_step(state: dict[str, Any]) -> int:
+        """Updates since the moments were last zeroed: what bias corrections count."""
+        return state["step"] - state.get("moment_origin", 0)
+
+    def _state_shapes(self, shape: tuple[int, ...], group: dict[str, Any]) -> dict[str, tuple]:
+        """The shape of each moment tensor of a parameter whose (projected) gradient has
+        ``shape``; keys absent here are not checked on load."""
+        raise NotImplementedError
 
     def _choose_side(self, p: Tensor, group: dict[str, Any]) -> Side:
         if not is_sharded(p):
@@ -386,18 +469,25 @@ class GaLoreOptimizer(torch.optim.Optimizer):
 
     # ---- checkpoints --------------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's load, except that the tensors named in ``_keep_dtype_keys`` and non-floating
-        tensors keep their dtype (torch would cast 8-bit codes to the parameter's float dtype)."""
+        """torch's load, checked first (``check_state_dict``: nothing changes when it refuses),
+        except that the tensors named in ``_keep_dtype_keys``, non-floating tensors and, in a group
+        with a ``state_dtype``, the moments keep their dtype (torch would cast 8-bit codes or
+        float32 moments to the parameter's dtype)."""
+        self.check_state_dict(state_dict)
         saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
         kept: dict[Any, dict[str, Tensor]] = {}
-        for pid, pstate in state_dict["state"].items():
-            kept[pid] = {
-                k: v
-                for k, v in pstate.items()
-                if isinstance(v, Tensor)
-                and k != "step"
-                and (k in self._keep_dtype_keys or not v.is_floating_point())
-            }
+        for saved in state_dict["param_groups"]:
+            own_dtype = self._keep_dtype_keys
+            if saved.get("state_dtype") is not None:
+                own_dtype = own_dtype | frozenset(self._moment_keys)
+            for pid in saved["params"]:
+                kept[pid] = {
+                    k: v
+                    for k, v in state_dict["state"].get(pid, {}).items()
+                    if isinstance(v, Tensor)
+                    and k != "step"
+                    and (k in own_dtype or not v.is_floating_point())
+                }
         super().load_state_dict(state_dict)
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(saved_ids, params):
@@ -406,3 +496,95 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             if "rank" in group:
                 validate_galore_group(group)
+
+    def check_state_dict(self, state_dict: Any) -> None:
+        """Refuse (``ValueError`` naming the first mismatch) a state dict that does not belong to
+        this optimizer's parameters: another number of groups or parameters, other parameter
+        names (where both sides have them), a GaLore group where this one is plain or the other
+        way round, or a state tensor whose shape does not fit its parameter (projectors against
+        the side and rank, moments against the projected gradient). torch's own load maps state by
+        position only: such a dict would load and fail at the next step with an opaque matmul
+        error, or silently give one parameter another's moments."""
+        if not (
+            isinstance(state_dict, dict)
+            and isinstance(state_dict.get("param_groups"), list)
+            and isinstance(state_dict.get("state"), dict)
+        ):
+            raise ValueError(
+                "not an optimizer state dict (expected the keys 'state' and 'param_groups')"
+            )
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"cannot load the optimizer state: it has {len(saved_groups)} param group(s), "
+                f"this optimizer {len(self.param_groups)} — it was saved for another model or "
+                "another grouping of its parameters; nothing was loaded"
+            )
+        for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            self._check_group(index, saved, group, state_dict["state"])
+
+    def _check_group(
+        self, index: int, saved: dict[str, Any], group: dict[str, Any], state: dict
+    ) -> None:
+        where = f"param group {index}"
+        if len(saved["params"]) != len(group["params"]):
+            raise ValueError(
+                f"cannot load the optimizer state: {where} holds {len(saved['params'])} "
+                f"parameter(s) there and {len(group['params'])} here — it was saved for another "
+                "model; nothing was loaded"
+            )
+        saved_names, names = saved.get("param_names"), group.get("param_names")
+        if saved_names and names:
+            for i, (theirs, ours) in enumerate(zip(saved_names, names)):
+                if theirs != ours:
+                    raise ValueError(
+                        f"cannot load the optimizer state: parameter {i} of {where} is {ours!r} "
+                        f"here but {theirs!r} in the state dict (another model, or parameters in "
+                        "another order); nothing was loaded"
+                    )
+        if ("rank" in saved) != ("rank" in group):
+            kind = "a GaLore group" if "rank" in group else "a plain group"
+            raise ValueError(
+                f"cannot load the optimizer state: {where} is {kind} here but not in the state "
+                "dict; nothing was loaded"
+            )
+        for i, pid in enumerate(saved["params"]):
+            pstate = state.get(pid)
+            if not pstate:
+                continue
+            p = group["params"][i]
+            name = (names or saved_names or [None] * (i + 1))[i] or (f"parameter {i} of {where}")
+            for key, shape in self._expected_shapes(p, saved, pstate, name).items():
+                value = pstate.get(key)
+                if isinstance(value, Tensor) and tuple(value.shape) != tuple(shape):
+                    raise ValueError(
+                        f"cannot load the optimizer state: {name} (shape "
+                        f"{tuple(p.shape)}) has state {key!r} of shape {tuple(value.shape)}, "
+                        f"expected {tuple(shape)} — it was saved for another model, rank or "
+                        "parameter order; nothing was loaded"
+                    )
+
+    def _expected_shapes(
+        self, p: Tensor, group: dict[str, Any], pstate: dict[str, Any], name: str
+    ) -> dict[str, tuple]:
+        own = tuple(local(p).shape)
+        if "rank" not in group:
+            return self._state_shapes(own, group)
+        side = pstate.get("proj_side")
+        if side is None:  # never projected: only a step count or skip counter
+            return {}
+        if side not in tuple(Side):
+            raise ValueError(
+                f"cannot load the optimizer state: {name} has proj_side {side!r}, which is not "
+                f"one of {[int(s) for s in Side]}; nothing was loaded"
+            )
+        side = Side(side)
+        m, n = global_shape(local(p), self._row_shard(p)) if is_sharded(p) else tuple(p.shape)
+        rank = effective_rank(group["rank"], (m, n))
+        shapes: dict[str, tuple] = {}
+        if side in (Side.LEFT, Side.FULL):
+            shapes["proj_left"] = (m, rank)
+        if side in (Side.RIGHT, Side.FULL):
+            shapes["proj_right"] = (rank, n)
+        shapes.update(self._state_shapes(low_rank_shape(own, rank, side), group))
+        return shapes

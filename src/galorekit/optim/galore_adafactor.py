@@ -8,9 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from galorekit.optim.base import GaLoreOptimizer, validate_lr
+from galorekit.optim.base import GaLoreOptimizer, normalize_state_dtype, validate_lr
 from galorekit.optim.functional import adafactor_beta2, adafactor_lr, adafactor_update, rms
 from galorekit.optim.sharding import is_sharded
+from galorekit.projection import Side
+from galorekit.projection.alignment import rotate_first, rotate_second
 
 
 class GaLoreAdafactor(GaLoreOptimizer):
@@ -27,6 +29,7 @@ class GaLoreAdafactor(GaLoreOptimizer):
     """
 
     _keep_dtype_keys = frozenset({"exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq", "exp_avg"})
+    _moment_keys = ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq", "exp_avg")
 
     def __init__(
         self,
@@ -42,6 +45,7 @@ class GaLoreAdafactor(GaLoreOptimizer):
         warmup_init: bool = False,
         *,
         on_nonfinite: str = "raise",
+        state_dtype: str | torch.dtype | None = None,
     ) -> None:
         if relative_step is None:
             relative_step = lr is None
@@ -67,6 +71,7 @@ class GaLoreAdafactor(GaLoreOptimizer):
             scale_parameter=scale_parameter,
             relative_step=relative_step,
             warmup_init=warmup_init,
+            state_dtype=normalize_state_dtype(state_dtype),
         )
         super().__init__(params, defaults, on_nonfinite=on_nonfinite)
 
@@ -86,15 +91,19 @@ class GaLoreAdafactor(GaLoreOptimizer):
         if grad is None:
             return
         grad = grad.float()
+        # float32 statistics unless asked otherwise (they would freeze in bf16, see above)
+        stats_dtype = getattr(torch, group.get("state_dtype") or "float32")
         factored = grad.dim() >= 2
         if "exp_avg_sq_row" not in state and "exp_avg_sq" not in state:
             if factored:
-                state["exp_avg_sq_row"] = grad.new_zeros(grad.shape[:-1])
-                state["exp_avg_sq_col"] = grad.new_zeros(grad.shape[:-2] + grad.shape[-1:])
+                state["exp_avg_sq_row"] = grad.new_zeros(grad.shape[:-1], dtype=stats_dtype)
+                state["exp_avg_sq_col"] = grad.new_zeros(
+                    grad.shape[:-2] + grad.shape[-1:], dtype=stats_dtype
+                )
             else:
-                state["exp_avg_sq"] = torch.zeros_like(grad)
+                state["exp_avg_sq"] = torch.zeros_like(grad, dtype=stats_dtype)
             if group["beta1"] is not None:
-                state["exp_avg"] = torch.zeros_like(grad)
+                state["exp_avg"] = torch.zeros_like(grad, dtype=stats_dtype)
         state["step"] += 1
         eps1, eps2 = group["eps"]
         lr = adafactor_lr(
@@ -109,7 +118,7 @@ class GaLoreAdafactor(GaLoreOptimizer):
         update = adafactor_update(
             grad,
             lr=lr,
-            beta2t=adafactor_beta2(state["step"], group["decay_rate"]),
+            beta2t=adafactor_beta2(self._moment_step(state), group["decay_rate"]),
             eps1=eps1,
             clip_threshold=group["clip_threshold"],
             exp_avg_sq_row=state.get("exp_avg_sq_row"),
@@ -121,3 +130,27 @@ class GaLoreAdafactor(GaLoreOptimizer):
         if group["weight_decay"] > 0.0:
             p.mul_(1.0 - group["weight_decay"] * lr)
         self._apply_update(p, update.to(p.dtype), group, state, -1.0)
+
+    def _rotate_moments(
+        self, state: dict, side: Side, c_left: Tensor | None, c_right: Tensor | None
+    ) -> None:
+        # the factored statistics are R²'s row and column means: a basis change on the left
+        # mixes R's rows (the row statistics rotate, the column means keep their sum of
+        # squares), one on the right mixes its columns
+        if "exp_avg_sq_row" in state and c_left is not None:
+            row = state["exp_avg_sq_row"]
+            row.copy_(rotate_second(row.unsqueeze(-1), c_left, None).squeeze(-1))
+        if "exp_avg_sq_col" in state and c_right is not None:
+            col = state["exp_avg_sq_col"]
+            col.copy_(rotate_second(col.unsqueeze(-2), None, c_right).squeeze(-2))
+        if "exp_avg" in state:
+            state["exp_avg"].copy_(rotate_first(state["exp_avg"], c_left, c_right))
+
+    def _state_shapes(self, shape: tuple[int, ...], group: dict[str, Any]) -> dict[str, tuple]:
+        if len(shape) >= 2:
+            shapes = {"exp_avg_sq_row": shape[:-1], "exp_avg_sq_col": shape[:-2] + shape[-1:]}
+        else:
+            shapes = {"exp_avg_sq": shape}
+        if group.get("beta1") is not None:
+            shapes["exp_avg"] = shape
+        return shapes

@@ -8,9 +8,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from galorekit.optim.base import GaLoreOptimizer, validate_betas
+from galorekit.optim.base import (
+    GaLoreOptimizer,
+    normalize_state_dtype,
+    state_dtype,
+    validate_betas,
+)
 from galorekit.optim.functional import adam_step_size, adam_update, adam_update_foreach
 from galorekit.optim.sharding import local
+from galorekit.projection import Side
+from galorekit.projection.alignment import rotate_first, rotate_second
 
 
 class GaLoreAdamW(GaLoreOptimizer):
@@ -33,8 +40,14 @@ class GaLoreAdamW(GaLoreOptimizer):
         lr, betas, eps, weight_decay: as in ``torch.optim.AdamW`` (defaults as galore-torch's).
         correct_bias: Adam's bias correction (BERT-style training turns it off).
         on_nonfinite: ``"raise"`` (default) raises ``NonFiniteGradientError`` naming the parameter
-            when a GaLore gradient holds NaN/Inf; ``"skip"`` skips that parameter's update and
-            counts it in its state's ``nonfinite_skips``.
+            when a gradient holds NaN/Inf (checked for every parameter before any is updated);
+            ``"skip"`` skips that parameter's update and counts it in its state's
+            ``nonfinite_skips``.
+        state_dtype: the moments' dtype (also a group key): None (default) keeps them in the
+            parameter's dtype, as torch and galore-torch do and as the paper's memory figures
+            assume; ``"float32"`` keeps float32 moments for bf16 weights — in bf16 a β₂ = 0.999
+            decay is not representable (v·0.999 rounds back to v), so after a gradient spike
+            ``exp_avg_sq`` stays high for thousands of steps and the updates shrink.
         foreach: ``step()`` updates the moments of a group's parameters (the projected
             gradients R of a GaLore group) in chunks with torch's ``_foreach`` kernels, then
             projects each update back into its weight (one fused ``addmm_`` per matrix). The same
@@ -50,6 +63,7 @@ class GaLoreAdamW(GaLoreOptimizer):
     #: a foreach chunk's size in elements of R (a larger tensor makes a chunk alone): its R's, the
     #: directions and their denominators are what the batched update holds at once
     FOREACH_CHUNK_ELEMENTS = 1 << 24
+    _moment_keys = ("exp_avg", "exp_avg_sq")
 
     def __init__(
         self,
@@ -62,6 +76,7 @@ class GaLoreAdamW(GaLoreOptimizer):
         *,
         on_nonfinite: str = "raise",
         foreach: bool | None = None,
+        state_dtype: str | torch.dtype | None = None,
     ) -> None:
         validate_betas(betas)
         if not eps >= 0.0:
@@ -71,7 +86,12 @@ class GaLoreAdamW(GaLoreOptimizer):
         if foreach is not None and not isinstance(foreach, bool):
             raise ValueError(f"foreach must be True, False or None, got {foreach!r}")
         defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, correct_bias=correct_bias
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            correct_bias=correct_bias,
+            state_dtype=normalize_state_dtype(state_dtype),
         )
         super().__init__(params, defaults, on_nonfinite=on_nonfinite)
         if foreach is None:
@@ -88,10 +108,24 @@ class GaLoreAdamW(GaLoreOptimizer):
         if grad is None:
             return state, None
         if "exp_avg" not in state:
-            state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.contiguous_format)
-            state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.contiguous_format)
+            dtype = state_dtype(group, p)
+            state["exp_avg"] = torch.zeros_like(
+                grad, dtype=dtype, memory_format=torch.contiguous_format
+            )
+            state["exp_avg_sq"] = torch.zeros_like(
+                grad, dtype=dtype, memory_format=torch.contiguous_format
+            )
         state["step"] += 1
         return state, grad
+
+    def _rotate_moments(
+        self, state: dict, side: Side, c_left: Tensor | None, c_right: Tensor | None
+    ) -> None:
+        state["exp_avg"].copy_(rotate_first(state["exp_avg"], c_left, c_right))
+        state["exp_avg_sq"].copy_(rotate_second(state["exp_avg_sq"], c_left, c_right))
+
+    def _state_shapes(self, shape: tuple[int, ...], group: dict[str, Any]) -> dict[str, tuple]:
+        return {"exp_avg": shape, "exp_avg_sq": shape}
 
     def _update_params(self, pairs: list[tuple[Tensor, dict[str, Any]]]) -> None:
         if not self.foreach:
@@ -105,6 +139,8 @@ class GaLoreAdamW(GaLoreOptimizer):
             state, grad = self._prepare(p, p.grad, group)
             if grad is None:
                 continue
+            if grad.dtype != state["exp_avg"].dtype:  # _foreach kernels want one dtype
+                grad = grad.to(state["exp_avg"].dtype)
             key = (id(group), grad.device, grad.dtype)
             _, items = pending.setdefault(key, (group, []))
             items.append((p, state, grad))
@@ -127,7 +163,9 @@ class GaLoreAdamW(GaLoreOptimizer):
         )
         lr = float(group["lr"])
         for (p, state, _), direction in zip(items, directions):
-            step_size = adam_step_size(state["step"], beta1, beta2, group["correct_bias"])
+            step_size = adam_step_size(
+                self._moment_step(state), beta1, beta2, group["correct_bias"]
+            )
             self._apply_update(p, direction, group, state, -lr * step_size)
         if group["weight_decay"] > 0.0:
             torch._foreach_mul_([local(p) for p, _, _ in items], 1.0 - lr * group["weight_decay"])
@@ -141,7 +179,7 @@ class GaLoreAdamW(GaLoreOptimizer):
             grad,
             state["exp_avg"],
             state["exp_avg_sq"],
-            step=state["step"],
+            step=self._moment_step(state),
             beta1=beta1,
             beta2=beta2,
             eps=group["eps"],

@@ -19,6 +19,8 @@ from torch import Tensor
 
 from galorekit.optim.base import GaLoreOptimizer, validate_betas
 from galorekit.optim.sharding import local
+from galorekit.projection import Side
+from galorekit.projection.alignment import rotate_first, rotate_second
 
 BLOCK_SIZE = 256  # bitsandbytes' block size for 8-bit optimizer states
 
@@ -36,6 +38,7 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
     """
 
     _keep_dtype_keys = frozenset({"state1", "state2", "absmax1", "absmax2", "qmap1", "qmap2"})
+    _moment_keys = ("state1", "state2", "absmax1", "absmax2")
 
     def __init__(
         self,
@@ -47,7 +50,14 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         *,
         min_8bit_size: int = 4096,
         on_nonfinite: str = "raise",
+        state_dtype: None = None,
     ) -> None:
+        if state_dtype is not None:
+            raise ValueError(
+                "GaLoreAdamW8bit keeps its moments as 8-bit block-wise codes (float32 below "
+                f"min_8bit_size elements): state_dtype must be None, got {state_dtype!r}; use "
+                "GaLoreAdamW(state_dtype=...) for float32 moments"
+            )
         validate_betas(betas)
         if not eps >= 0.0:
             raise ValueError(f"eps must be ≥ 0, got {eps!r}")
@@ -99,7 +109,7 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
                 beta3=0.0,
                 alpha=0.0,
                 eps=group["eps"],
-                step=state["step"],
+                step=self._moment_step(state),
                 lr=lr,
                 qmap1=state["qmap1"],
                 qmap2=state["qmap2"],
@@ -117,7 +127,7 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
                 state["state1"],
                 beta1=beta1,
                 eps=group["eps"],
-                step=state["step"],
+                step=self._moment_step(state),
                 lr=lr,
                 state2=state["state2"],
                 beta2=beta2,
@@ -147,6 +157,38 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         self._apply_update(p, buffer, group, state, lr)
         if wd > 0.0:
             local(p).mul_(1.0 - lr * wd)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        super()._validate_group(group)
+        if group.get("state_dtype") is not None:
+            raise ValueError(
+                "GaLoreAdamW8bit keeps its moments as 8-bit codes: a group's state_dtype must be "
+                f"None, got {group['state_dtype']!r}"
+            )
+
+    def _rotate_moments(
+        self, state: dict, side: Side, c_left: Tensor | None, c_right: Tensor | None
+    ) -> None:
+        # de-quantized, carried into the new basis and quantized again (the codes of a rotated
+        # block are not a rotation of the codes)
+        for index, rotate in ((1, rotate_first), (2, rotate_second)):
+            codes = state[f"state{index}"]
+            if codes.dtype != torch.uint8:
+                codes.copy_(rotate(codes, c_left, c_right))
+                continue
+            qmap, absmax = state[f"qmap{index}"], state[f"absmax{index}"]
+            values = bnbf.dequantize_blockwise(
+                codes, absmax=absmax, code=qmap, blocksize=BLOCK_SIZE
+            )
+            rotated = rotate(values.view(codes.shape), c_left, c_right).contiguous()
+            if index == 2:
+                rotated.clamp_(min=0.0)  # the unsigned map has no negative codes
+            new_codes, quant = bnbf.quantize_blockwise(rotated, code=qmap, blocksize=BLOCK_SIZE)
+            codes.copy_(new_codes.view(codes.shape))
+            absmax.copy_(quant.absmax)
+
+    def _state_shapes(self, shape: tuple[int, ...], group: dict[str, Any]) -> dict[str, tuple]:
+        return {"state1": shape, "state2": shape}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)

@@ -18,7 +18,12 @@ and it is correct where the reference is not:
   last update; on the ``accumulation_steps``-th it updates on the accumulated gradient (exactly
   what ``.grad`` holds in ordinary training) and frees it. ``step()`` updates any parameter whose
   gradient did not arrive in every micro-batch (so nothing is lost), and raises when the number of
-  backward passes does not match ``accumulation_steps``. *Memory between micro-batches:* the
+  backward passes does not match ``accumulation_steps``: too few at ``step()``, too many as soon
+  as a parameter already updated in this step gets another gradient (inside that backward, before
+  anything is applied twice). A parameter that gets no gradient in a step is not updated (no
+  moment decay, no weight decay), as torch's optimizers do with ``zero_grad(set_to_none=True)``;
+  each gradient is freed after its update, so ``zero_grad(set_to_none=False)`` has nothing to
+  zero and does not change that. *Memory between micro-batches:* the
   accumulated ``.grad`` of every parameter lives from the first micro-batch to the last — the full
   gradient set exists during accumulation, as in ordinary training; only the last backward frees
   each gradient as soon as it is used. Without accumulation no full set ever exists.
@@ -152,6 +157,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._prev_grad_norm: float | None = None
         self._sq_norm: Tensor | None = None
         self._pending: dict[int, int] = {}  # param index -> backward passes since its update
+        self._updated: set[int] = set()  # param indices updated in the current step
         self._backwards = 0  # backward passes seen since the last step (max over parameters)
         self._mode = "update"  # "update" | "measure" (first pass of exact clipping)
         self._clip_coef = 1.0
@@ -198,6 +204,16 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._pending.clear()
         self._backwards = 0
 
+    def _param_name(self, index: int) -> str:
+        group = self.param_groups[self._group_index[index]]
+        names = group.get("param_names")
+        p = self._params[index]
+        if names:
+            for name, q in zip(names, group["params"]):
+                if q is p:
+                    return name
+        return f"the parameter of shape {tuple(p.shape)} (index {index})"
+
     def __repr__(self) -> str:
         return (
             f"LayerwiseOptimizer({self.optimizer_cls.__name__}, "
@@ -216,6 +232,16 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def _make_hook(self, index: int) -> Callable[[Tensor], None]:
         def hook(param: Tensor) -> None:
+            if index in self._updated:
+                # one backward too many: updating again would apply this step twice (or on a
+                # partial accumulation at step())
+                raise RuntimeError(
+                    f"LayerwiseOptimizer(accumulation_steps={self.accumulation_steps}): "
+                    f"{self._param_name(index)} got a gradient from backward pass "
+                    f"{self.accumulation_steps + 1} of this optimizer step, after its update on "
+                    f"pass {self.accumulation_steps}; call step() and zero_grad() after every "
+                    f"{self.accumulation_steps} backward pass(es). Nothing was applied twice."
+                )
             seen = self._pending.get(index, 0) + 1
             self._pending[index] = seen
             self._backwards = max(self._backwards, seen)
@@ -271,6 +297,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         if self._clip_coef != 1.0:
             shard.mul_(self._clip_coef)
         self._update(index, p, grad)
+        self._updated.add(index)
         p.grad = None
 
     def _update(self, index: int, p: Tensor, grad: Tensor) -> None:
@@ -347,6 +374,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def _end_step(self) -> None:
         self._flush()
+        self._updated.clear()
         if self._backwards not in (0, self.accumulation_steps):
             seen = self._backwards
             self._backwards = 0

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from galorekit.names import GALORE_DEFAULTS
+
 #: the attention and MLP projections of LLaMA-style models (the paper's targets)
 DEFAULT_TARGET_MODULES = ("attn", "attention", "mlp")
 
@@ -44,12 +46,13 @@ def param_groups(
     model: nn.Module,
     *,
     rank: int = 128,
-    update_proj_gap: int = 200,
-    scale: float = 0.25,
-    proj_type: str = "std",
+    update_proj_gap: int = GALORE_DEFAULTS["update_proj_gap"],
+    scale: float = GALORE_DEFAULTS["scale"],
+    proj_type: str = GALORE_DEFAULTS["proj_type"],
     target_modules: str | Sequence[str] = DEFAULT_TARGET_MODULES,
     svd: str | None = None,
     stagger: bool | None = None,
+    moments: str | None = None,
     exclude: Sequence[str] = ("lm_head", "embed", "classifier", "score"),
 ) -> list[dict[str, Any]]:
     """``[plain_group, galore_group]`` for ``model``'s trainable parameters.
@@ -59,8 +62,9 @@ def param_groups(
     expression, or ``"all-linear"``. As in the paper, embeddings, the output head (and names
     containing one of ``exclude``) stay in the plain group with biases and norms. Each group carries
     ``param_names`` so that errors can name a parameter. ``svd`` (the refresh method) and
-    ``stagger`` (spread the group's refreshes over the steps of a period) default to the
-    optimizer's ``GALORE_DEFAULTS``.
+    ``stagger`` (spread the group's refreshes over the steps of a period) and ``moments`` (what
+    a refresh does with the moments, ``galorekit.names.MOMENT_POLICIES``) default to
+    ``galorekit.names.GALORE_DEFAULTS``.
 
     Raises ``ValueError`` when no linear layer matches (listing a few that exist).
     """
@@ -92,6 +96,8 @@ def param_groups(
     }
     if svd is not None:  # else the optimizer's default (GALORE_DEFAULTS["svd"])
         galore["svd"] = svd
+    if moments is not None:  # else GALORE_DEFAULTS["moments"]
+        galore["moments"] = moments
     if stagger is not None:  # else GALORE_DEFAULTS["stagger"]
         galore["stagger"] = stagger
     seen: set[int] = set()

@@ -128,7 +128,8 @@ DEFAULT_POWER_CONFIG = PowerStepConfig()
 @dataclass(frozen=True)
 class RitzResult:
     """The top-``rank`` Ritz pairs of one side: ``basis`` (q×rank, orthonormal columns, ordered by
-    decreasing ``values``), ``values`` (squared singular-value estimates), the number of
+    decreasing ``values``), ``values`` (squared singular-value estimates, float64: they square
+    the gradient's scale), the number of
     subspace ``iterations`` run and ``image`` = a·basis (p×rank; this process's rows for a shard),
     which the Rayleigh–Ritz step gets from the last iteration's product at r×l cost."""
 
@@ -192,19 +193,55 @@ def orthonormalize_aligned(block: Tensor) -> Tensor:
     return q.mul_(torch.where(diagonal < 0, -1.0, 1.0).to(q.dtype))
 
 
+def magnitude(a: Tensor, shard: RowShard | None = None) -> float:
+    """A normaliser for ``a``'s scale: its largest |entry| (for a row shard, the shards' largest
+    entries summed: within a factor of the world size of the true one, and the same number on
+    every process); 1 for a zero or non-finite matrix.
+
+    The iterations divide their small blocks (a·Y, never ``a`` itself: no full-size temporary) by
+    it, so that no product squares G's scale: unscaled, aᵀ(a·Y) and the Gram overflow float32 from
+    entries of ~1e19 and underflow below ~1e-19 (83% of the exact energy captured at 1e-22)."""
+    # an empty row shard (more processes than rows) still takes part in the sum
+    largest = torch.linalg.vector_norm(a, ord=float("inf")) if a.numel() else a.new_zeros(())
+    largest = largest.reshape(1)
+    value = float(sum_over(shard, largest.float()))
+    return value if 0.0 < value < float("inf") else 1.0
+
+
+def _squared_norm(a: Tensor, scale: float, shard: RowShard | None) -> float:
+    """‖a / scale‖²_F, summed over the shards, computed in row blocks."""
+    # blocks of at most an eighth of the matrix (and 4M elements): a scaled copy, but never a
+    # full-size one
+    rows = max(1, min((1 << 22) // max(1, a.shape[1]), -(-a.shape[0] // 8)))
+    local = (
+        sum(torch.linalg.vector_norm(block.div(scale)).square() for block in a.split(rows))
+        if a.numel()
+        else a.new_zeros(())
+    )
+    return float(sum_over(shard, torch.as_tensor(local, dtype=a.dtype).reshape(1)))
+
+
 def power_step(
-    a: Tensor, start: Tensor, *, steps: int = 1, shard: RowShard | None = None
+    a: Tensor,
+    start: Tensor,
+    *,
+    steps: int = 1,
+    shard: RowShard | None = None,
+    scale: float | None = None,
 ) -> Tensor:
     """``steps`` block power steps on aᵀa from the q×k ``start``: Y ← orth(aᵀ(a·Y)), each two
     matmuls with ``a`` and one q×k QR (``orthonormalize_aligned``), no oversampling and no
     Rayleigh–Ritz: the result is orthonormal and column-aligned with ``start``, not ordered by
     singular value. With ``shard``, ``a`` is this process's rows and aᵀ(a·Y) is summed over the
-    processes (``galorekit.projection.sharded``): every process gets the same basis."""
+    processes (``galorekit.projection.sharded``): every process gets the same basis. The product
+    is formed as aᵀ((a·Y)/s)/s with s = ``scale`` (default ``magnitude(a)``), which QR does not
+    see, so that it stays in float32's range whatever the gradient's scale."""
     if steps < 1:
         raise ValueError(f"power_step needs steps ≥ 1 to orthonormalise its start, got {steps}")
+    inv = 1.0 / (magnitude(a, shard) if scale is None else scale)
     y = start
     for _ in range(steps):
-        y = orthonormalize_aligned(sum_over(shard, a.t() @ (a @ y)))
+        y = orthonormalize_aligned(sum_over(shard, (a.t() @ (a @ y).mul_(inv)).mul_(inv)))
     return y
 
 
@@ -240,34 +277,42 @@ def top_right_subspace(
         raise ValueError("a warm start needs at least one iteration to orthonormalise it")
     width = min(rank + oversample, p, q)
     gen = torch.Generator(device=a.device).manual_seed(seed)
+    # every product with aᵀ and every Gram is formed from w/s (``magnitude``): the iteration is
+    # then the same at any scale of the gradient (QR and eigh's vectors do not see s)
+    scale = magnitude(a, shard)
+    inv = 1.0 / scale
     y = _start_block(a, width, start, gen, shard)
     w = a @ y
     adaptive = max_iters > iters
     if adaptive:
-        # the norm without a squared copy of the whole matrix (that would be a full-size
-        # float32 temporary per refresh)
-        threshold = tol * float(sum_over(shard, torch.linalg.vector_norm(a).square()))
-        energy = float(sum_over(shard, w[:, :rank].square().sum()))
+        # energies in units of s²: the norm in row blocks, without a squared (or scaled) copy
+        # of the whole matrix (that would be a full-size float32 temporary per refresh)
+        threshold = tol * _squared_norm(a, scale, shard)
+        energy = float(sum_over(shard, (w[:, :rank] * inv).square().sum()))
     done = 0
     while done < max_iters:
-        y = _orthonormalize(sum_over(shard, a.t() @ w))
+        y = _orthonormalize(sum_over(shard, (a.t() @ (w * inv)).mul_(inv)))
         w = a @ y
         done += 1
         if adaptive and done >= iters:
             # span(y[:, :rank]) is the first rank columns' own subspace iteration (QR keeps
             # leading spans), so its energy gain measures how far the iteration still moves
-            new_energy = float(sum_over(shard, w[:, :rank].square().sum()))
+            new_energy = float(sum_over(shard, (w[:, :rank] * inv).square().sum()))
             if new_energy - energy < threshold:
                 break
             energy = new_energy
     # Rayleigh–Ritz on span(y), reusing w = a·y: eigh of the small Gram instead of an SVD of w is
     # several times cheaper, and y·E stays orthonormal whatever eigh's accuracy on the tiny
     # eigenvalues (they only decide which oversampled directions are dropped)
-    values, vectors = torch.linalg.eigh(sum_over(shard, w.t() @ w))
+    u = w * inv
+    values, vectors = torch.linalg.eigh(sum_over(shard, u.t() @ u))
     order = torch.argsort(values, descending=True)[:rank]
     kept = vectors[:, order]
     return RitzResult(
-        basis=y @ kept, values=values[order].clamp_(min=0.0), iterations=done, image=w @ kept
+        basis=y @ kept,
+        values=values[order].clamp_(min=0.0).double().mul_(scale**2),
+        iterations=done,
+        image=w @ kept,
     )
 
 

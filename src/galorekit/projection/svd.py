@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from galorekit.projection.alignment import align_factors
 from galorekit.projection.projector import Factors, Side
 from galorekit.projection.randomized import (
     DEFAULT_CONFIG,
@@ -136,6 +137,38 @@ def exact_svd(
     return Factors(left, right)
 
 
+_FALLBACK_WARNED: set[str] = set()
+
+
+def _fast_or_exact(
+    name: str,
+    fast: Callable[[], Factors],
+    matrix: Tensor,
+    rank: int,
+    side: Side,
+    shard: RowShard | None,
+) -> Factors:
+    """``fast()``, or the exact SVD (with a warning, once per method) when the iteration fails
+    or returns a non-finite basis: a refresh must never end a run that the exact SVD can serve."""
+    try:
+        factors = fast()
+        bases = [f for f in (factors.left, factors.right) if f is not None]
+        if all(bool(torch.isfinite(f).all()) for f in bases):
+            return factors
+        problem = "a non-finite basis"
+    except RuntimeError as err:  # torch.linalg.LinAlgError subclasses RuntimeError
+        problem = f"{type(err).__name__}: {err}"
+    if name not in _FALLBACK_WARNED:
+        _FALLBACK_WARNED.add(name)
+        warnings.warn(
+            f"GaLore {name!r} subspace refresh failed on a {tuple(matrix.shape)} gradient "
+            f"({problem}); used the exact SVD instead. This warning is shown once per method.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+    return exact_svd(matrix, rank, side, shard=shard)
+
+
 def randomized_svd(
     matrix: Tensor,
     rank: int,
@@ -167,8 +200,16 @@ def warm_svd(
     shape = global_shape(matrix, shard)
     if use_exact(shape, rank, config):
         return exact_svd(matrix, rank, side, shard=shard)
-    return warm_factors(
-        matrix, rank, side, previous_left, previous_right, config=config, seed=seed, shard=shard
+    name = "warm" if previous_left is not None or previous_right is not None else "randomized"
+    return _fast_or_exact(
+        name,
+        lambda: warm_factors(
+            matrix, rank, side, previous_left, previous_right, config=config, seed=seed, shard=shard
+        ),
+        matrix,
+        rank,
+        side,
+        shard,
     )
 
 
@@ -188,8 +229,15 @@ def power_svd(
     shape = global_shape(matrix, shard)
     if use_exact(shape, rank, config.iteration):
         return exact_svd(matrix, rank, side, shard=shard)
-    return power_factors(
-        matrix, rank, side, previous_left, previous_right, config=config, seed=seed, shard=shard
+    return _fast_or_exact(
+        "power",
+        lambda: power_factors(
+            matrix, rank, side, previous_left, previous_right, config=config, seed=seed, shard=shard
+        ),
+        matrix,
+        rank,
+        side,
+        shard,
     )
 
 
@@ -240,9 +288,15 @@ def refresh_projector(
     out_dtype: torch.dtype | None = None,
     seed: int | None = None,
     shard: RowShard | None = None,
+    align: bool = False,
 ) -> Factors:
     """New projector factors for ``grad`` (checked finite by the caller), and the projection R of
     ``grad`` when the method computed it on the way (else ``projected`` is None).
+
+    With ``align``, each new basis is re-ordered and re-signed to match the previous one
+    (``galorekit.projection.alignment.align_factors``; R is permuted with it), so that moments
+    kept coordinate by coordinate still refer to the same directions; without it the factors are
+    the method's own (an SVD's signs are LAPACK's: galore-torch's trajectory).
 
     ``method`` is a key of ``SVD_METHODS``; ``previous_*`` are the projector being replaced (used
     by ``"warm"``/``"power"``); ``seed`` seeds the random blocks (default: derived from the shape,
@@ -264,6 +318,10 @@ def refresh_projector(
     else:  # only methods that understand shards take the keyword (registered ones may not)
         result = fn(matrix, rank, side, prev_l, prev_r, seed=seed, shard=shard)
     left, right, projected = Factors(*result)
+    if align:
+        left, right, projected = align_factors(
+            Factors(left, right, projected), side, prev_l, prev_r
+        )
     dtype = out_dtype or grad.dtype
     # contiguous: the projectors are multiplied every step, and a transposed view would make every
     # matmul (and the checkpoint) pay for it
