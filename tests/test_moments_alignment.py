@@ -297,3 +297,21 @@ def test_a_failing_fast_refresh_falls_back_to_exact_once(monkeypatch) -> None:
         warnings.simplefilter("error")  # once per method: the second failure is silent
         refresh_projector(g, 8, Side.RIGHT, method="warm")
     assert math.isfinite(_energy(g, None, factors.right))
+
+
+def test_create_optimizer_passes_moments_and_state_dtype() -> None:
+    from galorekit.optim import create_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    opt = create_optimizer(
+        model,
+        "galore_adamw",
+        lr=1e-2,
+        rank=4,
+        moments="project",
+        state_dtype="float32",
+        target_modules="all-linear",
+    )
+    galore = next(g for g in opt.param_groups if "rank" in g)
+    assert galore["moments"] == "project"
+    assert all(g["state_dtype"] == "float32" for g in opt.param_groups)

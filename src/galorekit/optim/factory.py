@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from galorekit.names import OPTIMIZER_NAMES
+from galorekit.names import GALORE_DEFAULTS, OPTIMIZER_NAMES
 from galorekit.optim.param_groups import DEFAULT_TARGET_MODULES, param_groups
 
 
@@ -39,10 +39,11 @@ def create_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float | None = None,
     rank: int = 128,
-    update_proj_gap: int = 200,
-    scale: float = 0.25,
-    proj_type: str = "std",
+    update_proj_gap: int = GALORE_DEFAULTS["update_proj_gap"],
+    scale: float = GALORE_DEFAULTS["scale"],
+    proj_type: str = GALORE_DEFAULTS["proj_type"],
     svd: str | None = None,
+    moments: str | None = None,
     target_modules: str | Sequence[str] = DEFAULT_TARGET_MODULES,
     layerwise: bool = False,
     accumulation_steps: int = 1,
@@ -54,8 +55,9 @@ def create_optimizer(
     group (see ``galorekit.param_groups``); the plain names optimize every parameter full-rank.
     ``layerwise=True`` returns a ``galorekit.LayerwiseOptimizer`` that updates each parameter
     during backward. Adafactor with ``lr`` runs with ``relative_step=False`` and
-    ``scale_parameter=False`` (the lr is absolute). ``extra`` goes to
-    the optimizer's constructor.
+    ``scale_parameter=False`` (the lr is absolute). ``svd`` and ``moments`` (None: the defaults of
+    ``galorekit.names.GALORE_DEFAULTS``) go to the GaLore group; ``extra`` (e.g. ``state_dtype``)
+    goes to the optimizer's constructor.
     """
     cls = optimizer_class(name)
     if name.startswith("galore_"):
@@ -67,6 +69,7 @@ def create_optimizer(
             proj_type=proj_type,
             target_modules=target_modules,
             svd=svd,
+            moments=moments,
         )
     else:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
