@@ -229,3 +229,42 @@ def test_8bit_refuses_a_state_dtype_and_bad_names_are_refused() -> None:
         GaLoreAdamW(groups(model), state_dtype="float64")
     with pytest.raises(ValueError, match="unknown GaLore moments policy 'rotate'"):
         GaLoreAdamW([{**groups(model)[1], "moments": "rotate"}])
+
+
+# ---- group keys and foreign state dicts -----------------------------------------------------
+@pytest.mark.parametrize("cls", [GaLoreAdamW, GaLoreAdamW8bit, GaLoreAdafactor])
+def test_an_unknown_group_key_is_refused_with_a_suggestion(cls) -> None:
+    model = make_model()
+    bad = groups(model)
+    bad[1]["ranks"] = bad[1].pop("rank")
+    with pytest.raises(ValueError, match=r"unknown param group key 'ranks'.*did you mean 'rank'"):
+        cls(bad, lr=1e-2)
+
+
+def test_a_scheduler_key_and_galore_keys_are_accepted() -> None:
+    model = make_model()
+    good = groups(model)
+    good[1].update(svd="power", moments="project", stagger=True, scale=0.5, proj_type="left")
+    good[0]["initial_lr"] = 1e-2
+    opt = GaLoreAdamW(good, lr=1e-2, state_dtype=None)
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    assert opt.param_groups[1]["moments"] == "project"
+
+
+def test_a_galore_torch_state_dict_is_refused_with_a_message() -> None:
+    galore_torch = pytest.importorskip("galore_torch")  # the [reference] extra (CI installs it)
+    model = make_model()
+    theirs = galore_torch.GaLoreAdamW(
+        [{"params": list(model.parameters())[:1], "rank": 4, "update_proj_gap": 2,
+          "scale": 0.25, "proj_type": "std"}],
+        lr=1e-2,
+        no_deprecation_warning=True,
+    )  # fmt: skip
+    loss_of(model).backward()
+    theirs.step()
+    ours = GaLoreAdamW(
+        [{"params": list(model.parameters())[:1], "rank": 4, "update_proj_gap": 2}], lr=1e-2
+    )
+    with pytest.raises(ValueError, match=r"galore-torch 1\.0 projector objects"):
+        ours.load_state_dict(theirs.state_dict())
+    assert not ours.state

@@ -27,6 +27,7 @@ process takes the same decision.
 
 from __future__ import annotations
 
+import difflib
 import math
 import warnings
 from collections.abc import Iterable
@@ -180,12 +181,31 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     # ---- groups -------------------------------------------------------------------------------
+    #: group keys any galorekit optimizer takes besides its defaults' ("initial_lr" is what
+    #: torch's LR schedulers add)
+    _COMMON_GROUP_KEYS = frozenset({"params", "param_names", "rank", "initial_lr"})
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if isinstance(param_group, dict):
+            self._check_group_keys(param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         self._validate_group(group)
         if "rank" in group:
             validate_galore_group(group)
+
+    def _check_group_keys(self, group: dict[str, Any]) -> None:
+        """Refuse a key no galorekit optimizer reads: a typo such as ``ranks`` would otherwise
+        turn a GaLore group into a plain one without a word."""
+        known = self._COMMON_GROUP_KEYS | self.defaults.keys() | GALORE_DEFAULTS.keys()
+        for key in group:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(
+                    f"unknown param group key {key!r} for {type(self).__name__}{hint} Valid: "
+                    f"{', '.join(sorted(known - {'params', 'initial_lr'}))}"
+                )
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         validate_lr(group["lr"])
@@ -513,6 +533,16 @@ class GaLoreOptimizer(torch.optim.Optimizer):
             raise ValueError(
                 "not an optimizer state dict (expected the keys 'state' and 'param_groups')"
             )
+        for pstate in state_dict["state"].values():
+            if isinstance(pstate, dict) and any(
+                hasattr(v, "ortho_matrix") for v in pstate.values()
+            ):
+                raise ValueError(
+                    "cannot load the optimizer state: it holds galore-torch 1.0 projector objects "
+                    "(saved by galore_torch.GaLoreAdamW, whose state torch.load(weights_only=True) "
+                    "cannot read either); galorekit keeps projectors as tensors. Resume the "
+                    "weights and start this optimizer fresh; nothing was loaded"
+                )
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
