@@ -11,6 +11,11 @@ Two measurements:
    and policy, and once with galore-torch 1.0; eval perplexity at the end.
 
     python benchmarks/moment_policies.py --out benchmarks/results/moment_policies   # ~40 min
+    python benchmarks/moment_policies.py --out benchmarks/results/moment_policies --signs-only
+    python benchmarks/moment_policies.py --out benchmarks/results/moment_policies --extra-seeds 1 2
+
+(the second: the control for the column-order matching, ``align`` with signs only; the third:
+align against project at two more seeds, where the verdict hangs on a 1% gap).
 
 The policy and the refresh method are set as the GaLore group defaults of the worker process
 (``galorekit.names.GALORE_DEFAULTS``), which every group built by ``param_groups`` takes.
@@ -23,6 +28,7 @@ import json
 import multiprocessing
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +65,13 @@ def mlp_reduction(svd: str, policy: str, seed: int) -> float:
         loss.backward()
         opt.step()
         opt.zero_grad()
-    last = float(((model(x) - y) ** 2).mean())
+    last = ((model(x) - y) ** 2).mean().item()
     return 1.0 - last / first
 
 
-def reproduce_row(args: tuple[str, str | None, str | None, str]) -> dict[str, Any]:
-    method, svd, policy, out = args
+def reproduce_row(args: tuple) -> dict[str, Any]:
+    method, svd, policy, out, *rest = args
+    seed = rest[0] if rest else 0
     import torch
 
     torch.set_num_threads(1)
@@ -75,11 +82,21 @@ def reproduce_row(args: tuple[str, str | None, str | None, str]) -> dict[str, An
 
     if svd is not None:
         names.GALORE_DEFAULTS["svd"] = svd
-    if policy is not None:
+    if policy == "align-signs":  # the control: signs matched, the columns' order left as is
+        from galorekit.projection import alignment
+
+        def signs_only(previous: torch.Tensor, new: torch.Tensor):
+            order = torch.arange(new.shape[1], device=new.device)
+            overlap = torch.diagonal(previous.t().float() @ new.float())
+            return order, torch.where(overlap < 0, -1.0, 1.0)
+
+        alignment.match_columns = signs_only
+        names.GALORE_DEFAULTS["moments"] = "align"
+    elif policy is not None:
         names.GALORE_DEFAULTS["moments"] = policy
-    cfg = PlanConfig()
+    cfg = replace(PlanConfig(), seed=seed)
     spec = make_run(cfg, method, cfg.steps, rank=32, gap=cfg.update_proj_gap, lr=0.01)
-    label = f"{method}-{svd or 'exact'}-{policy or 'keep'}"
+    label = f"{method}-{svd or 'exact'}-{policy or 'keep'}-seed{seed}"
     job = Job(spec=spec, lr=0.01, config=cfg, run_dir=str(Path(out) / "runs" / label))
     start = time.perf_counter()
     result = pretrain(pretrain_config(job))
@@ -87,6 +104,7 @@ def reproduce_row(args: tuple[str, str | None, str | None, str]) -> dict[str, An
         "method": method,
         "svd": svd or "exact",
         "moments": policy or "keep",
+        "seed": seed,
         "eval_ppl": result.get("eval_ppl") if isinstance(result, dict) else result.eval_ppl,
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -97,11 +115,41 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results/moment_policies", help="folder")
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once")
     parser.add_argument("--skip-reproduce", action="store_true", help="the MLP section only")
+    parser.add_argument(
+        "--signs-only",
+        action="store_true",
+        help="only the control runs: 'align' with the column order left as the refresh gives it",
+    )
+    parser.add_argument(
+        "--extra-seeds",
+        type=int,
+        nargs="*",
+        default=[],
+        help="only align and project (exact, warm) at these data/initialisation seeds",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"command": " ".join(["python", *sys.argv])}
 
+    if args.signs_only or args.extra_seeds:
+        if args.signs_only:
+            jobs = [("galore_adamw", svd, "align-signs", str(out)) for svd in ("exact", "warm")]
+        else:
+            jobs = [
+                ("galore_adamw", svd, policy, str(out), seed)
+                for seed in args.extra_seeds
+                for svd in ("exact", "warm")
+                for policy in ("align", "project")
+            ]
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            rows = []
+            for row in pool.imap_unordered(reproduce_row, jobs):
+                print(row, flush=True)
+                rows.append(row)
+        name = "signs_only.json" if args.signs_only else "extra_seeds.json"
+        (out / name).write_text(json.dumps({**results, "rows": rows}, indent=1) + "\n")
+        return 0
     mlp = {}
     for svd in SVDS:
         for policy in POLICIES:

@@ -91,15 +91,26 @@ def hand_galore_adam(
     wd: float,
     scale: float,
     eps_inside_bias_correction: bool = False,
+    moments: str = "align",
 ) -> tuple[Tensor, dict[str, Tensor | None]]:
     """GaLore-Adam in float64: R = proj(G); m, v; N = m/(√v+eps); W -= lr·√(1-β₂ᵗ)/(1-β₁ᵗ)·α·back(N);
-    then W *= 1 - lr·wd. ``eps_inside_bias_correction`` gives bitsandbytes' m̂/(√v̂+eps) instead."""
+    then W *= 1 - lr·wd. ``eps_inside_bias_correction`` gives bitsandbytes' m̂/(√v̂+eps) instead.
+    At a refresh the moments are kept (``moments="align"``) or carried into the new basis
+    (``"project"``: m ← C m, v ← (C∘C) v, with C = new basisᵀ · old basis on each projected side)."""
     b1, b2 = betas
     w = w0.double().clone()
     m = v = p = qt = None
     for t, grad in enumerate(grads, start=1):
         if (t - 1) % gap == 0:
+            old_p, old_qt = p, qt
             p, qt = hand_projector(grad, rank, side, (p, qt))
+            if moments == "project" and m is not None:
+                if p is not None:
+                    c = p.t() @ old_p
+                    m, v = c @ m, (c * c) @ v
+                if qt is not None:
+                    c = qt @ old_qt.t()
+                    m, v = m @ c.t(), v @ (c * c).t()
         r = hand_project(grad.double(), side, p, qt)
         if m is None:
             m, v = torch.zeros_like(r), torch.zeros_like(r)
@@ -222,17 +233,18 @@ def expect_clamp_warning(shape: tuple[int, int], rank: int) -> Iterator[None]:
             yield
 
 
+@pytest.mark.parametrize("moments", ["align", "project"])
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize(
     ("shape", "proj_type", "rank", "side", "low_shape"), SHAPE_CASES, ids=SHAPE_IDS
 )
 def test_galore_adamw_matches_hand_computation(
-    shape, proj_type, rank, side, low_shape, steps, gen: torch.Generator
+    shape, proj_type, rank, side, low_shape, steps, moments, gen: torch.Generator
 ) -> None:
     w0 = torch.randn(*shape, generator=gen)
     grads = random_grads(shape, steps, gen)
     hyper = dict(lr=0.05, betas=(0.9, 0.99), eps=EPS, weight_decay=0.1)
-    group = dict(rank=rank, update_proj_gap=2, scale=0.25, proj_type=proj_type)
+    group = dict(rank=rank, update_proj_gap=2, scale=0.25, proj_type=proj_type, moments=moments)
     with expect_clamp_warning(shape, rank):
         w, opt = run_steps(GaLoreAdamW, w0, grads, group, **hyper)
     expected, ref = hand_galore_adam(
@@ -246,6 +258,7 @@ def test_galore_adamw_matches_hand_computation(
         eps=EPS,
         wd=0.1,
         scale=0.25,
+        moments=moments,
     )
     torch.testing.assert_close(w.detach().double(), expected, rtol=1e-5, atol=1e-6)
 
@@ -280,7 +293,7 @@ def test_galore_adamw8bit_small_state_matches_hand_computation(
     of the 8-bit optimizer (sign, α, lr, weight decay, sides) is checked exactly."""
     w0 = torch.randn(*shape, generator=gen)
     grads = random_grads(shape, steps, gen)
-    group = dict(rank=rank, update_proj_gap=2, scale=0.25, proj_type=proj_type)
+    group = dict(rank=rank, update_proj_gap=2, scale=0.25, proj_type=proj_type, moments="align")
     with expect_clamp_warning(shape, rank):
         w, opt = run_steps(
             GaLoreAdamW8bit,
@@ -332,7 +345,7 @@ def test_galore_adafactor_matches_hand_computation(
     opts = ADAFACTOR_OPTIONS[option]
     w0 = torch.randn(*shape, generator=gen)
     grads = random_grads(shape, steps, gen)
-    group = dict(rank=rank, update_proj_gap=2, scale=0.25, proj_type=proj_type)
+    group = dict(rank=rank, update_proj_gap=2, scale=0.25, proj_type=proj_type, moments="align")
     kwargs = dict(lr=opts["lr"], scale_parameter=opts["scale_parameter"])
     kwargs["beta1"] = opts.get("beta1")
     kwargs["weight_decay"] = opts.get("wd", 0.0)
