@@ -29,7 +29,7 @@ def _parse(*flags: str) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------- generated flags
-@pytest.mark.parametrize("command", ["pretrain"])
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
 def test_every_flag_has_help_and_one_default(command):
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -110,6 +110,7 @@ def test_bad_config_file_is_one_line(tmp_path, capsys, text, message):
     [
         ("pretrain", ["--grad-clip", "0.5"], "--max-grad-norm"),
         ("pretrain", ["--dtype", "bfloat16"], "--precision"),
+        ("finetune", ["--method", "full"], "--method adamw"),
     ],
 )
 def test_old_spellings_are_refused_with_a_pointer(capsys, command, old, pointer):

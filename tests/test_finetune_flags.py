@@ -100,7 +100,7 @@ def test_seed_changes_the_split_and_the_initialisation(bert, files, tmp_path):
 
     assert held_out("1") == held_out("1") and held_out("1") != held_out("2")
 
-    runs = {name: trained(bert, files, tmp_path / name, 1, "--method", "full", "--seed", seed)
+    runs = {name: trained(bert, files, tmp_path / name, 1, "--method", "adamw", "--seed", seed)
             for name, seed in (("a", "1"), ("b", "1"), ("c", "2"))}  # fmt: skip
     assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])  # reproducible
     assert not torch.equal(runs["a"]["classifier.weight"], runs["c"]["classifier.weight"])
@@ -160,8 +160,8 @@ def test_lora_alpha_scales_the_merged_update(bert, files, tmp_path, start):
 
 
 def test_max_grad_norm_clips(bert, files, tmp_path, start):
-    free = trained(bert, files, tmp_path / "free", 1, "--method", "full", "--max-grad-norm", "0")
-    clipped = trained(bert, files, tmp_path / "clipped", 1, "--method", "full",
+    free = trained(bert, files, tmp_path / "free", 1, "--method", "adamw", "--max-grad-norm", "0")
+    clipped = trained(bert, files, tmp_path / "clipped", 1, "--method", "adamw",
                       "--max-grad-norm", "1e-12")  # fmt: skip
     moved = (free[QUERY] - start[QUERY]).abs().max()
     assert moved > 1e-5
@@ -172,7 +172,7 @@ def test_max_grad_norm_clips(bert, files, tmp_path, start):
 def test_log_every_sets_the_train_events(bert, files, tmp_path):
     def train_events(log_every: str) -> list[dict]:
         out = tmp_path / log_every
-        trained(bert, files, out, 16, "--method", "full", "--warmup-ratio", "0.25",
+        trained(bert, files, out, 16, "--method", "adamw", "--warmup-ratio", "0.25",
                 "--log-every", log_every)  # fmt: skip
         return [e for e in read_metrics(out) if e["event"] == "train"]
 

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pre-train a LLaMA with GaLore or a baseline (offline default: a small model on KJV text)",
     ),
     "finetune": (
-        "galorekit.train.finetune",
+        "galorekit.train.finetune_cli",
         "fine-tune a pretrained encoder on GLUE or your own classification data",
     ),
     "memory": (

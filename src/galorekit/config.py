@@ -232,7 +232,9 @@ def add_flags(
     for fl in flags:
         target = made.get(fl.group, parser)
         kwargs: dict[str, Any] = {"dest": fl.name, "default": UNSET, "help": fl.help_text()}
-        if fl.kind == "bool":
+        if fl.kind == "bool" and fl.default is None:  # None: decided later (a preset)
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif fl.kind == "bool":
             kwargs["action"] = "store_false" if fl.default is True else "store_true"
         else:
             kwargs["type"] = {"int": int, "float": float}.get(fl.kind, str)
