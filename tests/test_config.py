@@ -171,3 +171,20 @@ def test_resume_without_output_dir_is_refused(capsys):
 
 def test_unset_is_not_a_value():
     assert UNSET == UNSET and UNSET != None  # noqa: E711
+
+
+def test_finetune_eval_every_has_one_meaning():
+    from galorekit.train import finetune_cli
+    from galorekit.train.finetune_config import resolve_presets
+
+    def resolved(*flags: str):
+        parser = argparse.ArgumentParser()
+        finetune_cli.add_arguments(parser)
+        return resolve_presets(finetune_cli.resolve_config(parser.parse_args(list(flags))))
+
+    offline = resolved()
+    assert offline.eval_every == 50 and offline.eval_each_epoch is False
+    files = resolved("--train-file", "t.csv", "--eval-every", "0")
+    assert files.eval_every == 0 and files.eval_each_epoch is True  # the per-epoch preset
+    assert resolved("--train-file", "t.csv", "--no-eval-each-epoch").eval_each_epoch is False
+    assert resolved("--seed", "3").data.seed == 3 and resolved().seed == 0

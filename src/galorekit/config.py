@@ -111,7 +111,7 @@ class Flag:
 
     def help_text(self) -> str:
         text = self.help
-        if self.show_default and self.default not in (None, False) and self.kind != "bool":
+        if self.show_default and self.default is not None and self.kind != "bool":
             shown = " ".join(map(str, self.default)) if self.kind == "list" else self.default
             text += f" (default: {shown})"
         return text.replace("%", "%%")

@@ -141,6 +141,68 @@ class RunResult:
     output_dir: str
 
 
+def _epoch_batches(
+    examples: list[dict[str, Any]], batch_size: int, seed: int, collate: Any
+) -> Iterator[dict[str, Any]]:
+    """Training batches, epoch after epoch, each epoch in its own seeded order."""
+    lengths = [len(e["input_ids"]) for e in examples]
+    for epoch in itertools.count():
+        yield from torch.utils.data.DataLoader(
+            examples,
+            batch_size=batch_size,
+            sampler=epoch_order(lengths, batch_size, seed, epoch),
+            collate_fn=collate,
+        )
+
+
+class _BestKeeper:
+    """Evaluates, logs the metrics, and keeps the checkpoint of the best evaluation so far."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        cfg: FinetuneConfig,
+        data: ClassificationData,
+        inputs: TokenizedData,
+        collate: Any,
+        out_dir: Path,
+        logger: MetricsLogger,
+        bar: Any,
+    ) -> None:
+        self.model, self.tokenizer, self.cfg, self.data = model, tokenizer, cfg, data
+        self.inputs, self.collate, self.out_dir = inputs, collate, out_dir
+        self.logger, self.bar = logger, bar
+        self.metric_key = "eval_" + primary_metric(data.task.metric_task)
+        self.best: dict[str, float] = {}
+        self.best_step = 0
+        self.final: dict[str, float] = {}
+
+    def evaluate(self, step: int, epoch: float) -> None:
+        cfg, task, key = self.cfg, self.data.task, self.metric_key
+        metrics = evaluate(self.model, self.inputs.evals, task, self.collate, cfg.batch_size * 2)
+        self.final = metrics
+        self.logger.log(
+            {"event": "eval", "method": cfg.method, "step": step, "epoch": epoch, **metrics}
+        )
+        if is_better(key.removeprefix("eval_"), metrics[key], self.best.get(key)):
+            self.best, self.best_step = metrics, step
+            save_best(
+                self.model,
+                self.tokenizer,
+                self.out_dir / BEST_DIR,
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "method": cfg.method,
+                    "task": task.name,
+                    "metrics": metrics,
+                    "label_names": task.label_names,
+                },
+            )
+        self.bar.set_postfix_str(f"{key}={metrics[key]:.4f}")
+
+
 def train_and_evaluate(
     cfg: FinetuneConfig,
     data: ClassificationData,
@@ -174,8 +236,6 @@ def train_and_evaluate(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, functools.partial(warmup_linear, warmup=warmup, total=total_steps)
     )
-    lengths = [len(e["input_ids"]) for e in train_examples]
-    metric_key = "eval_" + primary_metric(data.task.metric_task)
     logger.log(
         {
             "event": "start",
@@ -191,50 +251,16 @@ def train_and_evaluate(
         }
     )
 
-    best: dict[str, float] = {}
-    best_step = 0
-    final: dict[str, float] = {}
     train_seconds = 0.0
     window_loss, window_n, window_time = 0.0, 0, 0.0
     bar = _progress(total_steps, cfg)
-
-    def run_eval(step: int, epoch: float) -> None:
-        nonlocal best, best_step, final
-        metrics = evaluate(model, inputs.evals, data.task, collate, cfg.batch_size * 2)
-        final = metrics
-        logger.log({"event": "eval", "method": cfg.method, "step": step, "epoch": epoch, **metrics})
-        if is_better(metric_key.removeprefix("eval_"), metrics[metric_key], best.get(metric_key)):
-            best, best_step = metrics, step
-            save_best(
-                model,
-                tokenizer,
-                out_dir / BEST_DIR,
-                {
-                    "step": step,
-                    "epoch": epoch,
-                    "method": cfg.method,
-                    "task": data.task.name,
-                    "metrics": metrics,
-                    "label_names": data.task.label_names,
-                },
-            )
-        bar.set_postfix_str(f"{metric_key}={metrics[metric_key]:.4f}")
-
-    def batches() -> Iterator[dict[str, Any]]:
-        """Epoch after epoch, each in its own seeded order."""
-        for epoch in itertools.count():
-            yield from torch.utils.data.DataLoader(
-                train_examples,
-                batch_size=cfg.batch_size,
-                sampler=epoch_order(lengths, cfg.batch_size, cfg.seed, epoch),
-                collate_fn=collate,
-            )
-
+    keeper = _BestKeeper(model, tokenizer, cfg, data, inputs, collate, out_dir, logger, bar)
+    batches = _epoch_batches(train_examples, cfg.batch_size, cfg.seed, collate)
     loop = Loop(
         model,
         optimizer,
         scheduler,
-        functools.partial(next, batches()),
+        functools.partial(next, batches),
         lambda module, batch: module(**batch).loss,
         max_grad_norm=cfg.max_grad_norm or None,
         layerwise=cfg.layerwise,
@@ -265,14 +291,14 @@ def train_and_evaluate(
             window_loss, window_n, window_time = 0.0, 0, 0.0
         epoch_end = cfg.eval_each_epoch and step % steps_per_epoch == 0
         if due(step, cfg.eval_every, total_steps) or epoch_end:
-            run_eval(step, step / steps_per_epoch)
+            keeper.evaluate(step, step / steps_per_epoch)
     bar.close()
     result = RunResult(
         method=cfg.method,
-        metric=metric_key,
-        best=best or final,
-        final=final,
-        best_step=best_step,
+        metric=keeper.metric_key,
+        best=keeper.best or keeper.final,
+        final=keeper.final,
+        best_step=keeper.best_step,
         steps=loop.step,
         trainable_params=trainable,
         total_params=total_params,

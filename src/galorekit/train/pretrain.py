@@ -39,8 +39,6 @@ from galorekit.distributed.comm import CommCounter
 from galorekit.distributed.context import (
     DistContext,
     all_reduce_sum,
-    barrier,
-    gather_objects,
     init_distributed,
     main_first,
     run_on_main,
@@ -48,15 +46,8 @@ from galorekit.distributed.context import (
 )
 from galorekit.distributed.data_parallel import setup_data_parallel
 from galorekit.models import build_model, count_parameters
-from galorekit.train.checkpoint import (
-    CheckpointError,
-    checkpoint_name,
-    load_checkpoint,
-    load_module_state,
-    resolve_checkpoint,
-    save_checkpoint,
-)
-from galorekit.train.logging import MetricsLogger, summary_table, write_run_config
+from galorekit.train import pretrain_state
+from galorekit.train.logging import MetricsLogger, summary_table
 from galorekit.train.loop import (
     Loop,
     StepOutput,
@@ -66,9 +57,7 @@ from galorekit.train.loop import (
     lm_loss,
     peak_memory_bytes,
     resolve_device,
-    rng_state,
     seed_everything,
-    set_rng_state,
 )
 from galorekit.train.methods import setup_method
 from galorekit.train.pretrain_config import (  # noqa: F401  (re-exported)
@@ -87,11 +76,6 @@ from galorekit.train.run_dir import (  # noqa: F401  (re-exported)
     truncate_metrics,
 )
 from galorekit.train.schedule import pretrain_schedule
-from galorekit.train.sharded_checkpoint import (
-    is_sharded_checkpoint,
-    load_sharded_parts,
-    save_sharded_checkpoint,
-)
 
 #: the hint of the divergence error: how to go on from the last good checkpoint
 DIVERGED_HINT = (
@@ -192,24 +176,6 @@ class _Run:
     logger: Any = None
 
 
-def _check_config_changes(cfg: PretrainConfig, out: Path) -> dict[str, tuple[Any, Any]]:
-    """On resume, the settings changed since the run's config.json that change its trajectory;
-    refused (nothing is written) unless ``cfg.allow_config_change``."""
-    if cfg.resume is None:
-        return {}
-    changes = trajectory_changes(saved_values(out), config_values(cfg))
-    if changes and not cfg.allow_config_change:
-        from galorekit.config import describe
-        from galorekit.train.pretrain_config import FLAGS
-
-        raise ValueError(
-            f"--resume: these settings differ from the run's ({out / 'config.json'}) and change "
-            f"its trajectory: {describe(changes, FLAGS)}; pass --allow-config-change to accept "
-            "them (recorded in config.json), or drop them"
-        )
-    return changes
-
-
 def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Path) -> _Run:
     """Data, model, method, data parallelism and schedule — in the order that fixes the RNG
     draws (a resumed run rebuilds exactly the same)."""
@@ -288,97 +254,6 @@ def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
     )
 
 
-def _resume(run: _Run) -> int:
-    """Load the checkpoint ``cfg.resume`` names (every rank reads it); the step it was taken at."""
-    cfg, ctx = run.cfg, run.ctx
-    where = resolve_checkpoint(run.out / "checkpoints" if cfg.resume == "latest" else cfg.resume)
-    sharded = is_sharded_checkpoint(where)
-    if sharded != run.fsdp:
-        raise CheckpointError(
-            f"checkpoint {where} was written by "
-            + ("an FSDP run" if sharded else "a run without FSDP")
-            + "; resume it with "
-            + ("--distributed fsdp" if sharded else "--distributed ddp or one process")
-        )
-    required = () if run.fsdp else ("model", "optimizer")
-    ckpt = load_checkpoint(where, map_location=run.device, required_keys=required)
-    mismatched = [
-        f"{k}: checkpoint {ckpt['identity'].get(k)!r} vs now {run.identity[k]!r}"
-        for k in RESUME_KEYS
-        if ckpt.get("identity", {}).get(k) != run.identity[k]
-    ]
-    if mismatched:
-        raise CheckpointError(
-            f"checkpoint {where} belongs to another run: " + "; ".join(mismatched)
-        )
-    if run.fsdp:
-        load_sharded_parts(where, ctx, run.model, run.optimizer, map_location=run.device)
-    else:
-        load_module_state(run.model, ckpt["model"], what="model")
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.loader.load_state_dict(ckpt["loader"])
-    if run.relora is not None:
-        run.relora.load_state_dict(ckpt["relora"])
-    per_rank = ckpt.get("rng_ranks")
-    same_world = isinstance(per_rank, list) and len(per_rank) == ctx.world_size
-    set_rng_state(per_rank[ctx.rank] if same_world else ckpt["rng"])
-    step = int(ckpt["step"])
-    if ctx.is_main:
-        truncate_metrics(run.out / "metrics.jsonl", step)
-    return step
-
-
-def _write_config(run: _Run, step: int, changes: dict[str, tuple[Any, Any]]) -> None:
-    """config.json: every setting (it reads back as a ``--config`` file), the run's identity and
-    each accepted change of a trajectory setting, with the step it took effect at."""
-    path = run.out / "config.json"
-    previous: list[Any] = []
-    if path.exists():
-        with contextlib.suppress(ValueError, OSError):
-            import json
-
-            previous = list(json.loads(path.read_text(encoding="utf-8")).get("config_changes", []))
-    if changes:
-        previous.append({"step": step, "changes": {k: list(v) for k, v in changes.items()}})
-    record = {
-        **config_values(run.cfg),
-        "world_size": run.ctx.world_size,
-        "run": {"output_dir": str(run.out), **run.identity},
-        "config_changes": previous,
-    }
-    write_run_config(run.out, record)
-
-
-def _save(run: _Run, at_step: int) -> Path:
-    """Rank 0 writes (the states are the same on every rank; under FSDP every rank writes its
-    shards too); every rank's RNG is kept."""
-    ctx, cfg = run.ctx, run.cfg
-    rngs = gather_objects(ctx, rng_state())
-    path = run.out / "checkpoints" / checkpoint_name(at_step)
-    state = {
-        "step": at_step,
-        "identity": run.identity,
-        "scheduler": run.scheduler.state_dict(),
-        "loader": run.loader.state_dict(),
-        "rng": rngs[0],
-    }
-    if ctx.enabled:
-        state["rng_ranks"] = rngs
-    if run.relora is not None:
-        state["relora"] = run.relora.state_dict()
-    if run.fsdp:
-        return save_sharded_checkpoint(
-            path, ctx, state, run.model, run.optimizer, keep_last=cfg.keep_checkpoints
-        )
-    if ctx.is_main:
-        state["model"] = run.model.state_dict()
-        state["optimizer"] = run.optimizer.state_dict()
-        path = save_checkpoint(path, state, keep_last=cfg.keep_checkpoints)
-    barrier(ctx)
-    return path
-
-
 def _evaluate(run: _Run) -> float:
     """The validation loss, split over the ranks and summed (equals the one-process value)."""
     ctx = run.ctx
@@ -397,11 +272,11 @@ def _evaluate(run: _Run) -> float:
 # ---------------------------------------------------------------------------- the run
 def _pretrain(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> PretrainResult:
     out = Path(run_on_main(ctx, lambda: str(prepare_output_dir(cfg))))
-    changes = _check_config_changes(cfg, out)
+    changes = pretrain_state.check_config_changes(cfg, out)
     run = _build(cfg, ctx, device, out)
-    step = _resume(run) if cfg.resume is not None else 0
+    step = pretrain_state.resume(run) if cfg.resume is not None else 0
     if ctx.is_main:
-        _write_config(run, step, changes)
+        pretrain_state.write_config(run, step, changes)
     run.logger = MetricsLogger(out, tensorboard=cfg.tensorboard) if ctx.is_main else _NullLogger()
     if changes:
         run.logger.log(
@@ -499,7 +374,7 @@ def _train(run: _Run, step: int) -> PretrainResult:
                 ppl = math.exp(min(eval_loss, 50.0))
                 logger.log({"event": "eval", "step": step, "eval_loss": eval_loss, "eval_ppl": ppl})
             if due(step, cfg.save_every, cfg.max_steps):
-                _save(run, step)
+                pretrain_state.save(run, step)
             if out.stopping:
                 _stop(run, stop.signal or signal.SIGTERM, step, bar)  # another rank's signal
     bar.close()
@@ -540,7 +415,7 @@ def _log_train(run: _Run, out: StepOutput, tokens_per_step: int, comm_bytes: int
 
 def _stop(run: _Run, signum: int, step: int, bar) -> None:
     """A stop signal: checkpoint this step, say how to continue, exit 128 + signal."""
-    path = _save(run, step)
+    path = pretrain_state.save(run, step)
     bar.close()
     run.logger.log({"event": "interrupted", "step": step, "signal": signum})
     run.logger.close()

@@ -331,7 +331,7 @@ _METHOD: dict[str, tuple[str, Any, str, str, dict[str, Any]]] = {
         + ")",
         {},
     ),
-    "weight_decay": ("float", 0.0, "model", "decoupled weight decay", {"show_default": False}),
+    "weight_decay": ("float", 0.0, "model", "decoupled weight decay", {}),
     "max_grad_norm": (
         "float",
         1.0,
@@ -371,7 +371,7 @@ _METHOD: dict[str, tuple[str, Any, str, str, dict[str, Any]]] = {
         {},
     ),
     "lora_alpha": ("float", 32.0, "baselines", "LoRA/ReLoRA alpha", {}),
-    "lora_dropout": ("float", 0.0, "baselines", "LoRA/ReLoRA dropout", {"show_default": False}),
+    "lora_dropout": ("float", 0.0, "baselines", "LoRA/ReLoRA dropout", {}),
     "relora_reset_every": (
         "int",
         None,
