@@ -118,7 +118,8 @@ def test_old_spellings_are_refused_with_a_pointer(capsys, command, old, pointer)
         main([command, *old])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert f"galore {command}: error:" in err and pointer in err
+    assert err.startswith(f"galore {command}: error:") and pointer in err
+    assert len(err.strip().splitlines()) == 1  # one line, no usage dump
 
 
 # ------------------------------------------------------------------------- --resume
@@ -145,6 +146,12 @@ def test_resume_reads_the_saved_config_and_refuses_or_records_changes(corpus, tm
     assert "--allow-config-change" in err
     assert {p: (halted / p).read_bytes() for p in before} == before
 
+    # a run's config.json is a config file: the same settings, another directory
+    again = pretrain_cli.config_from_args(
+        _parse("--config", str(halted / "config.json"), "--output-dir", str(tmp_path / "again"))
+    )
+    assert config_values(again) == {**saved_keys(saved), "output_dir": str(tmp_path / "again")}
+
     # nothing retyped: the saved settings continue the run bit-identically
     assert main(argv) == 0
     assert events(halted, "eval")[-1]["eval_loss"] == events(straight, "eval")[-1]["eval_loss"]
@@ -162,6 +169,11 @@ def test_resume_reads_the_saved_config_and_refuses_or_records_changes(corpus, tm
     shutil.rmtree(halted / "checkpoints" / "step-00000008")
     assert main([*argv, "--lr", "0.02"]) == 2
     assert "--lr 0.01 → 0.02" in capsys.readouterr().err
+
+
+def saved_keys(saved: dict) -> dict:
+    """The settings of a config.json (without its records of the run)."""
+    return {k: v for k, v in saved.items() if k not in ("run", "world_size", "config_changes")}
 
 
 def test_resume_without_output_dir_is_refused(capsys):
@@ -188,3 +200,17 @@ def test_finetune_eval_every_has_one_meaning():
     assert files.eval_every == 0 and files.eval_each_epoch is True  # the per-epoch preset
     assert resolved("--train-file", "t.csv", "--no-eval-each-epoch").eval_each_epoch is False
     assert resolved("--seed", "3").data.seed == 3 and resolved().seed == 0
+
+
+@pytest.mark.slow
+def test_a_checkpoint_trained_with_another_rank_is_refused(corpus, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(pretrain_argv(corpus, a, "--max-steps", "2", "--rank", "8")) == 0
+    assert main(pretrain_argv(corpus, b, "--max-steps", "2", "--rank", "4")) == 0
+    before = (b / "metrics.jsonl").read_bytes()
+    other = a / "checkpoints" / "step-00000002"
+    argv = ["pretrain", "--output-dir", str(b), "--max-steps", "4", "--resume", str(other)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "was trained with other settings: --rank 8 → 4" in err and len(err.splitlines()) == 1
+    assert (b / "metrics.jsonl").read_bytes() == before

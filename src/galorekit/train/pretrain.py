@@ -274,7 +274,10 @@ def _pretrain(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Pr
     out = Path(run_on_main(ctx, lambda: str(prepare_output_dir(cfg))))
     changes = pretrain_state.check_config_changes(cfg, out)
     run = _build(cfg, ctx, device, out)
-    step = pretrain_state.resume(run) if cfg.resume is not None else 0
+    step = 0
+    if cfg.resume is not None:
+        step, in_checkpoint = pretrain_state.resume(run)
+        changes = {**in_checkpoint, **changes}
     if ctx.is_main:
         pretrain_state.write_config(run, step, changes)
     run.logger = MetricsLogger(out, tensorboard=cfg.tensorboard) if ctx.is_main else _NullLogger()

@@ -28,6 +28,7 @@ from galorekit.train.pretrain_config import (
     FLAGS,
     GROUPS,
     RENAMED,
+    RUN_RECORD_KEYS,
     PretrainConfig,
     build_config,
     saved_values,
@@ -61,7 +62,9 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     values: dict[str, Any] = {}
     config = getattr(args, "config", UNSET)
     if config != UNSET:
-        values = file_values(read_config_file(config), FLAGS, f"--config {config}")
+        # a run's config.json works as a config file: its records of the run are skipped
+        where = f"--config {config}"
+        values = file_values(read_config_file(config), FLAGS, where, ignore=RUN_RECORD_KEYS)
     explicit = given(args, FLAGS)
     resume = getattr(args, "resume", UNSET)
     if resume != UNSET:

@@ -54,8 +54,10 @@ def check_config_changes(cfg: PretrainConfig, out: Path) -> dict[str, tuple[Any,
     return changes
 
 
-def resume(run: _Run) -> int:
-    """Load the checkpoint ``cfg.resume`` names (every rank reads it); the step it was taken at."""
+def resume(run: _Run) -> tuple[int, dict[str, tuple[Any, Any]]]:
+    """Load the checkpoint ``cfg.resume`` names (every rank reads it): the step it was taken at,
+    and the trajectory settings that differ from the ones it was trained with (refused unless
+    ``cfg.allow_config_change``: a checkpoint passed as ``--resume PATH`` is checked too)."""
     cfg, ctx = run.cfg, run.ctx
     where = resolve_checkpoint(run.out / "checkpoints" if cfg.resume == "latest" else cfg.resume)
     sharded = is_sharded_checkpoint(where)
@@ -77,6 +79,14 @@ def resume(run: _Run) -> int:
         raise CheckpointError(
             f"checkpoint {where} belongs to another run: " + "; ".join(mismatched)
         )
+    changes = {}
+    if isinstance(ckpt.get("config"), dict):  # checkpoints of galorekit ≥ this version
+        changes = trajectory_changes(ckpt["config"], config_values(cfg))
+        if changes and not cfg.allow_config_change:
+            raise CheckpointError(
+                f"checkpoint {where} was trained with other settings: "
+                f"{describe(changes, FLAGS)}; pass --allow-config-change to accept them"
+            )
     if run.fsdp:
         load_sharded_parts(where, ctx, run.model, run.optimizer, map_location=run.device)
     else:
@@ -92,7 +102,7 @@ def resume(run: _Run) -> int:
     step = int(ckpt["step"])
     if ctx.is_main:
         truncate_metrics(run.out / "metrics.jsonl", step)
-    return step
+    return step, changes
 
 
 def write_config(run: _Run, step: int, changes: dict[str, tuple[Any, Any]]) -> None:
@@ -123,6 +133,7 @@ def save(run: _Run, at_step: int) -> Path:
     state = {
         "step": at_step,
         "identity": run.identity,
+        "config": config_values(cfg),  # compared on resume (trajectory settings)
         "scheduler": run.scheduler.state_dict(),
         "loader": run.loader.state_dict(),
         "rng": rngs[0],
