@@ -120,6 +120,18 @@ def test_checkpoint_of_two_ranks_resumes_under_torchrun(runs, corpus, tmp_path):
         assert torch.equal(sa[key], sb[key]), key
 
 
+def test_two_rank_run_resumes_from_its_saved_config(runs, tmp_path):
+    """`galore pretrain --resume --output-dir DIR`, nothing retyped: the saved config.json says
+    two processes, so the command relaunches itself through torchrun and continues exactly."""
+    straight = runs["ddp"]
+    halted = tmp_path / "halted"
+    shutil.copytree(straight, halted)
+    shutil.rmtree(halted / "checkpoints" / f"step-{STEPS:08d}")
+    assert main(["pretrain", "--resume", "--output-dir", str(halted)]) == 0
+    a, b = events(straight, "eval"), events(halted, "eval")
+    assert [e["step"] for e in b] == [4, 8] and b[-1]["eval_loss"] == a[-1]["eval_loss"]
+
+
 def test_layerwise_two_ranks_equal_one_process(corpus, tmp_path):
     """Layer-wise GaLore: no DDP wrapper, the optimizer's hooks all-reduce (previous-step
     clipping included)."""

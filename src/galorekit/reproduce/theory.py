@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from galorekit.data import build_tokenizer, load_pretraining_data
-from galorekit.models import build_model
-from galorekit.projection import Side
+from galorekit.models import build_model, default_target_modules
+from galorekit.projection import Side, effective_rank
 from galorekit.reproduce.configs import Job, data_config, pretrain_config
 from galorekit.reproduce.results import RunResult
 from galorekit.train.loop import Loop, StopFlag, due, lm_loss, resolve_device, seed_everything
@@ -146,9 +146,6 @@ class _Recorder:
     about to be refreshed; after it, the projectors the update used."""
 
     def __init__(self, model: Any, optimizer: Any, rank: int, every: int, steps: int) -> None:
-        from galorekit.models import default_target_modules
-        from galorekit.projection import effective_rank
-
         modules = dict(model.named_modules())
         self.targets = [(name, modules[name].weight) for name in default_target_modules(model)]
         self.optimizer, self.every, self.steps = optimizer, every, steps

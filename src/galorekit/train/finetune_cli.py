@@ -12,6 +12,7 @@ from typing import Any
 
 from galorekit.config import UNSET, add_flags, file_values, given, read_config_file
 from galorekit.data.classification import DataError
+from galorekit.train.checkpoint import CheckpointError
 from galorekit.train.finetune_config import (
     FLAGS,
     GROUPS,
@@ -63,7 +64,6 @@ def resolve_config(args: argparse.Namespace) -> FinetuneConfig:
 
 def run(args: argparse.Namespace) -> int:
     """``galore finetune`` entry point: 0 on success, 2 on bad input, 1 if training failed."""
-    from galorekit.train.checkpoint import CheckpointError
     from galorekit.train.finetune import finetune  # torch, transformers: not at --help time
 
     try:

@@ -52,9 +52,11 @@ class NonFiniteError(FloatingPointError):
     """Training diverged: a non-finite loss or gradient norm (the update was not applied)."""
 
 
-def check_finite(step: int, loss: float, grad_norm: float | None = None, hint: str = "") -> None:
+def check_finite(
+    step: int, loss: float | None, grad_norm: float | None = None, hint: str = ""
+) -> None:
     """Raise the one divergence message of every command if ``loss`` or ``grad_norm`` is not
-    finite at optimizer step ``step`` (counted from 1)."""
+    finite at optimizer step ``step`` (counted from 1); None: not checked."""
     bad = [
         f"{name} became {value}"
         for name, value in (("the training loss", loss), ("the gradient norm", grad_norm))
@@ -199,11 +201,8 @@ class Loop:
     ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.next_batch, self.loss_of = next_batch, loss_of
-        self.accumulation, self.max_grad_norm, self.layerwise = (
-            accumulation,
-            max_grad_norm,
-            layerwise,
-        )
+        self.accumulation = accumulation
+        self.max_grad_norm, self.layerwise = max_grad_norm, layerwise
         self.autocast, self.accumulate, self.sync, self.stop = autocast, accumulate, sync, stop
         self.clip_grad_norm = clip_grad_norm or self._clip_local
         self.before_update, self.after_update = before_update, after_update
@@ -218,6 +217,7 @@ class Loop:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     def train_step(self) -> StepOutput:
+        """One optimizer step (the module docstring's 1-6)."""
         t0 = time.perf_counter()
         step = self.step + 1
         loss_sum = None
@@ -234,10 +234,10 @@ class Loop:
         if self.layerwise:
             self.optimizer.step()  # ends the step: the update happened during backward
             grad_norm = self.optimizer.grad_norm
-            check_finite(step, local_loss if local_loss is not None else 0.0, None, self.hint)
+            check_finite(step, local_loss, None, self.hint)
         else:
             grad_norm = self.clip_grad_norm(self.max_grad_norm or math.inf)
-            check_finite(step, local_loss if local_loss is not None else 0.0, grad_norm, self.hint)
+            check_finite(step, local_loss, grad_norm, self.hint)
             if self.before_update is not None:
                 self.before_update(self)
             self.optimizer.step()

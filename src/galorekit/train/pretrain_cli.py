@@ -24,6 +24,7 @@ from galorekit.config import (
     given,
     read_config_file,
 )
+from galorekit.train.checkpoint import CheckpointError
 from galorekit.train.pretrain_config import (
     FLAGS,
     GROUPS,
@@ -33,6 +34,7 @@ from galorekit.train.pretrain_config import (
     build_config,
     saved_values,
 )
+from galorekit.train.run_dir import check_output_dir, default_output_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,9 +79,9 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 def _relaunch(args: argparse.Namespace, cfg: PretrainConfig) -> int:
     """Check everything a worker would refuse, then run the job through torchrun."""
+    # torch (the launcher, the loop): imported when a job runs, not at --help time
     from galorekit.distributed.launch import check_nproc, launch, namespace_to_argv
     from galorekit.train.loop import resolve_device
-    from galorekit.train.run_dir import check_output_dir, default_output_dir
 
     check_nproc(cfg.nproc_per_node, resolve_device(cfg.device).type)
     if args.output_dir == UNSET:  # one name for every rank, and printed here
@@ -88,8 +90,9 @@ def _relaunch(args: argparse.Namespace, cfg: PretrainConfig) -> int:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     worker_argv = namespace_to_argv(parser, args)
-    i = worker_argv.index("--nproc-per-node")
-    del worker_argv[i : i + 2]
+    if "--nproc-per-node" in worker_argv:  # absent when it came from a file or config.json
+        i = worker_argv.index("--nproc-per-node")
+        del worker_argv[i : i + 2]
     print(
         f"galore pretrain: launching {cfg.nproc_per_node} processes through torchrun "
         f"(output: {args.output_dir})",
@@ -99,8 +102,8 @@ def _relaunch(args: argparse.Namespace, cfg: PretrainConfig) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch: imported when a job runs, not at --help time
     from galorekit.distributed.context import env_world_size, inside_torchrun
-    from galorekit.train.checkpoint import CheckpointError
     from galorekit.train.loop import NonFiniteError
     from galorekit.train.pretrain import pretrain
 

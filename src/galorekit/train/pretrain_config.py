@@ -161,6 +161,7 @@ class PretrainConfig:
     )
 
     def __post_init__(self) -> None:
+        # torch: when a configuration is built, not when --help imports this module
         from galorekit.distributed.context import env_world_size, inside_torchrun
 
         if self.world_size is None:
@@ -235,7 +236,7 @@ def _parallel_errors(cfg: PretrainConfig) -> list[str]:
     errors = []
     method = cfg.method
     if cfg.distributed == "fsdp":
-        from galorekit.distributed.fsdp import FSDP_METHODS
+        from galorekit.distributed.fsdp import FSDP_METHODS  # torch, as above
 
         if method.method not in FSDP_METHODS:
             errors.append(
@@ -418,7 +419,7 @@ _STREAMING = {"auto": None, "yes": True, "no": False}
 
 def build_config(values: dict[str, Any]) -> PretrainConfig:
     """The ``PretrainConfig`` of flat ``values`` (missing settings: the defaults)."""
-    from galorekit.train.methods import MethodConfig
+    from galorekit.train.methods import MethodConfig  # torch, as in _method_config
 
     parts: dict[str, dict[str, Any]] = {"": {}, "data": {}, "method": {}}
     for fl in FLAGS:
