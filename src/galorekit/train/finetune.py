@@ -26,6 +26,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from galorekit.data.classification import (
     ROTTEN_TOMATOES,
     ClassificationData,
@@ -85,8 +87,6 @@ def choose_threads(requested: int, default: int, load: float | None, cpus: int) 
 
 @contextlib.contextmanager
 def _torch_threads(cfg: FinetuneConfig) -> Iterator[None]:
-    import torch
-
     before = torch.get_num_threads()
     try:
         load: float | None = os.getloadavg()[0]

@@ -4,7 +4,8 @@ The inputs are tokenized once per command (``tokenize_data``) and shared by ever
 ``--compare``. The learning rate follows ``warmup_linear`` through ``LambdaLR``; each epoch's batch
 order is seeded by ``epoch_seed(seed, epoch)``, as in pre-training. The steps run on the training
 loop core (``galorekit.train.loop``): clipping, and a non-finite loss or gradient norm stops the run
-before its update, with the message every command gives.
+before its update, with the message every command gives. transformers (the ``[train]`` extra, seconds
+to import) is imported by the functions that use it.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from galorekit.data.classification import ClassificationData, TaskSpec, tokenize_split
 from galorekit.data.sources import epoch_seed
+from galorekit.models import count_parameters
 from galorekit.train.finetune_config import FinetuneConfig
 from galorekit.train.finetune_methods import build_method
 from galorekit.train.finetune_model import load_model, load_tokenizer, model_max_length, save_best
@@ -217,8 +220,8 @@ def train_and_evaluate(
     """
     from transformers import DataCollatorWithPadding, set_seed
 
+    # train → memory: imported here until the one state-bytes counter lives below both (optim)
     from galorekit.memory.optimizer_states import held_state_bytes
-    from galorekit.models import count_parameters
 
     started, cpu_started = time.perf_counter(), time.process_time()
     set_seed(cfg.seed)  # same head initialisation and batch order for every method
@@ -315,8 +318,6 @@ def train_and_evaluate(
 
 
 def _progress(total: int, cfg: FinetuneConfig) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(
         total=total, desc=cfg.method, unit="step", disable=not cfg.progress, dynamic_ncols=True
     )
