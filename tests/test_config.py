@@ -185,6 +185,20 @@ def test_unset_is_not_a_value():
     assert UNSET == UNSET and UNSET != None  # noqa: E711
 
 
+def test_finetune_config_values_read_back_as_a_config_file(tmp_path):
+    from galorekit.train import finetune_cli
+    from galorekit.train.finetune_config import config_values, resolve_presets
+
+    parser = argparse.ArgumentParser()
+    finetune_cli.add_arguments(parser)
+    flags = ("--task", "rte", "--text-columns", "a,b", "--rank", "4", "--seed", "3")
+    cfg = resolve_presets(finetune_cli.resolve_config(parser.parse_args(list(flags))))
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config_values(cfg)))
+    again = finetune_cli.resolve_config(parser.parse_args(["--config", str(path)]))
+    assert again == cfg and again.data.text_columns == ("a", "b") and again.data.seed == 3
+
+
 def test_finetune_eval_every_has_one_meaning():
     from galorekit.train import finetune_cli
     from galorekit.train.finetune_config import resolve_presets

@@ -40,6 +40,7 @@ from galorekit.train.finetune_config import (
     ConfigError,
     FinetuneConfig,
     compare_methods,
+    config_values,
     resolve_presets,
 )
 from galorekit.train.finetune_loop import (
@@ -167,7 +168,7 @@ def _run_method(
     """One method's run into ``cfg.output_dir`` (``cfg`` resolved)."""
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(out_dir, cfg)
+    write_run_config(out_dir, config_values(cfg))
     with MetricsLogger(out_dir, tensorboard=cfg.tensorboard) as logger:
         result = train_and_evaluate(cfg, data, inputs, location, out_dir, logger)
     atomic_write_text(out_dir / RESULTS_FILE, json.dumps(to_jsonable(result), indent=2) + "\n")
@@ -210,7 +211,7 @@ def _run_all(
         print(summary_table([_result_row(result)], title=f"galore finetune: {data.task.name}"))
         return [result]
     # lr stays as given: None means each method's preset rate (in <method>/config.json)
-    write_run_config(out, replace(resolve_presets(cfg), lr=cfg.lr))
+    write_run_config(out, config_values(replace(resolve_presets(cfg), lr=cfg.lr)))
     results: list[RunResult] = []
     with MetricsLogger(out, tensorboard=False) as logger:
         for method in compare_methods(cfg.method):

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from galorekit.config import Flag, flags_of, option
+from galorekit.config import Flag, flags_of, flatten, option
 from galorekit.data.classification import (
     GLUE_TASKS,
     PROBLEM_TYPES,
@@ -332,3 +332,9 @@ def build_config(values: dict[str, Any]) -> FinetuneConfig:
         data["text_columns"] = _split_columns(data["text_columns"])
     seed = top.get("seed", FinetuneConfig.seed)
     return FinetuneConfig(data=ClassificationDataConfig(**data, seed=seed), **top)
+
+
+def config_values(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Flat name → value of every setting (what config.json records; it reads back as a
+    ``--config`` file)."""
+    return flatten(cfg, FLAGS)
