@@ -20,7 +20,6 @@ import contextlib
 import datetime
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -61,6 +60,7 @@ from galorekit.train.logging import (
     to_jsonable,
     write_run_config,
 )
+from galorekit.train.run_dir import clear_run, run_files
 
 RESULTS_FILE = "results.json"
 COMPARISON_FILE = "comparison.json"
@@ -114,10 +114,10 @@ def default_output_dir(cfg: FinetuneConfig) -> Path:
 
 def existing_run(path: Path) -> list[str]:
     """The galorekit run files in ``path`` (empty when it holds no run)."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--output-dir {path} is a file, not a directory")
-    found = [m for m in _RUN_MARKERS if (path / m).exists()]
-    return found + [m for m in METHODS if (path / m / CONFIG_FILE).exists()]
+    try:
+        return run_files(path, (*_RUN_MARKERS, *(f"{m}/{CONFIG_FILE}" for m in METHODS)))
+    except NotADirectoryError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
@@ -136,10 +136,7 @@ def prepare_output_dir(path: Path, overwrite: bool) -> None:
     Only galorekit's own run files are removed; other files in the directory are left alone.
     """
     check_output_dir(path, overwrite)
-    for name in existing_run(path):
-        target = path / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    path.mkdir(parents=True, exist_ok=True)
+    clear_run(path, [name.split("/")[0] for name in existing_run(path)])
 
 
 # --------------------------------------------------------------------------- entry points

@@ -120,7 +120,13 @@ def run(args: argparse.Namespace) -> int:
         if cfg.nproc_per_node > 1 and not inside_torchrun():
             return _relaunch(args, cfg)
         result = pretrain(cfg)
-    except (ValueError, FileExistsError, FileNotFoundError, CheckpointError) as err:
+    except (
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        NotADirectoryError,
+        CheckpointError,
+    ) as err:
         print(f"galore pretrain: error: {err}", file=sys.stderr)
         return 2
     except NonFiniteError as err:  # a failure of the run, not of its input

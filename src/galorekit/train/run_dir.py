@@ -1,5 +1,5 @@
-"""A pre-training run's directory: its name, the refusal to mix two runs in one, the metrics a
-resumed run replays."""
+"""A run's directory: its name, the refusal to mix two runs in one (pretrain and finetune), the
+metrics a resumed run replays."""
 
 from __future__ import annotations
 
@@ -14,6 +14,23 @@ from galorekit.atomic import atomic_write_text
 RUN_FILES = ("metrics.jsonl", "config.json", "checkpoints", "tensorboard", "summary.md")
 
 
+def run_files(out: Path, markers: tuple[str, ...]) -> list[str]:
+    """The run files (``markers``, relative paths) in ``out``; an ``out`` that is a file is
+    refused."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--output-dir {out} is a file, not a directory")
+    return [name for name in markers if (out / name).exists()]
+
+
+def clear_run(out: Path, names: list[str]) -> None:
+    """Remove the run files ``names`` of ``out`` (--overwrite; other files are left alone) and
+    make sure ``out`` exists."""
+    for name in names:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def default_output_dir(cfg: Any) -> Path:
     """``runs/pretrain-<model>-<method>-<time>``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -22,7 +39,7 @@ def default_output_dir(cfg: Any) -> Path:
 
 def check_output_dir(cfg: Any, out: Path) -> list[str]:
     """The run files already in ``out``; raises when they forbid this run (nothing is changed)."""
-    existing = [name for name in RUN_FILES if (out / name).exists()]
+    existing = run_files(out, RUN_FILES)
     if existing and cfg.resume is None and not cfg.overwrite:
         raise FileExistsError(
             f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue "
@@ -37,11 +54,7 @@ def prepare_output_dir(cfg: Any) -> Path:
     """The run directory; refuses one that holds a run unless resuming or overwriting."""
     out = default_output_dir(cfg) if cfg.output_dir is None else Path(cfg.output_dir)
     existing = check_output_dir(cfg, out)
-    if existing and cfg.resume is None:  # --overwrite
-        for name in existing:
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    clear_run(out, existing if cfg.resume is None else [])  # removes only with --overwrite
     return out
 
 
