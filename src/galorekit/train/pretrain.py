@@ -1,8 +1,10 @@
-"""LLaMA pre-training with GaLore or any baseline of the paper — the loop, top to bottom.
+"""LLaMA pre-training with GaLore or any baseline of the paper, top to bottom.
 
-config → data + model → method (optimizer / adapters) → loop → metrics, checkpoints, plots.
-Everything needed to continue a run bit-identically is in its checkpoints: model, optimizer (with
-GaLore's projectors), scheduler, ReLoRA counters, data-loader position and every RNG state.
+config (``pretrain_config``) → data + model → method (optimizer / adapters) → the loop core
+(``galorekit.train.loop``; ``_train`` drives it: logging, evaluation, checkpoints, the stop
+signal) → metrics, summary, plots. Everything needed to continue a run bit-identically is in its
+checkpoints (``pretrain_state``): model, optimizer (with GaLore's projectors), scheduler, ReLoRA
+counters, data-loader position, every RNG state, and the settings it was trained with.
 
 Data parallelism (``galorekit.distributed``): under torchrun every rank runs this function on its
 slice of each global batch. ``batch_size`` is the per-process micro-batch, ``total_batch_size`` the
