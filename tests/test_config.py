@@ -228,3 +228,44 @@ def test_a_checkpoint_trained_with_another_rank_is_refused(corpus, tmp_path, cap
     err = capsys.readouterr().err
     assert "was trained with other settings: --rank 8 → 4" in err and len(err.splitlines()) == 1
     assert (b / "metrics.jsonl").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_divergence_keeps_the_last_good_checkpoint_and_resumes_with_a_lower_lr(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    """A non-finite loss stops the run before its update (exit 1, one line); the latest checkpoint
+    is the last good one, and `--resume --lr … --allow-config-change` goes on from it."""
+    import math
+
+    import torch
+
+    from galorekit.train import pretrain as pretrain_module
+    from galorekit.train.loop import lm_loss
+
+    calls = []
+
+    def nan_at_step_3(model, batch):
+        calls.append(1)
+        loss = lm_loss(model, batch)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    out = tmp_path / "run"
+    argv = pretrain_argv(corpus, out, "--max-steps", "6", "--save-every", "2", "--lr", "0.02")
+    with monkeypatch.context() as patch:
+        patch.setattr(pretrain_module, "lm_loss", nan_at_step_3)
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("galore pretrain: error: training diverged at step 3")
+    assert "--allow-config-change" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002"]
+    state = torch.load(out / "checkpoints" / "step-00000002" / "state.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert events(out, "diverged")[0]["step"] == 3
+    resume = ["pretrain", "--resume", "--output-dir", str(out), "--lr", "0.01"]
+    assert main(resume) == 2  # a lower LR changes the trajectory: explicit only
+    assert main([*resume, "--allow-config-change"]) == 0
+    assert [e["step"] for e in events(out, "train")] == list(range(1, 7))
+    assert math.isfinite(events(out, "eval")[-1]["eval_loss"])
+    changes = json.loads((out / "config.json").read_text())["config_changes"]
+    assert changes == [{"step": 2, "changes": {"lr": [0.02, 0.01]}}]

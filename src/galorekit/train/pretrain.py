@@ -52,6 +52,7 @@ from galorekit.train import pretrain_state
 from galorekit.train.logging import MetricsLogger, summary_table
 from galorekit.train.loop import (
     Loop,
+    NonFiniteError,
     StepOutput,
     StopFlag,
     autocast_for,
@@ -361,7 +362,13 @@ def _train(run: _Run, step: int) -> PretrainResult:
         while loop.step < cfg.max_steps:
             if ctx.enabled:
                 counter.reset()
-            out = loop.train_step()
+            try:
+                out = loop.train_step()
+            except NonFiniteError as err:  # nothing applied: the last checkpoint stays good
+                bar.close()
+                logger.log({"event": "diverged", "step": loop.step + 1, "error": str(err)})
+                logger.close()
+                raise
             comm_bytes = traffic.pop() if ctx.enabled else 0
             comm_total += comm_bytes
             step, train_loss = out.step, out.loss
