@@ -407,9 +407,10 @@ def _method_flags() -> list[Flag]:
 
 
 def _flags() -> list[Flag]:
-    top = flags_of(PretrainConfig, nested={"data": DataConfig}, overlay=_DATA_HELP)
-    top = [fl for fl in top if fl.path[0] != "data" or f"data.{fl.name}" in _DATA_HELP]
-    return top + _method_flags()
+    # DataConfig's fields without help here (seed: --seed's; shuffle_buffer) are not flags
+    return flags_of(PretrainConfig, nested={"data": DataConfig}, overlay=_DATA_HELP) + (
+        _method_flags()
+    )
 
 
 #: every setting of ``galore pretrain``, in the order of ``--help``
