@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,17 @@ def test_max_grad_norm_clips(bert, files, tmp_path, start):
     assert moved > 1e-5
     # a gradient clipped to norm 1e-12 is far below Adam's eps (1e-6): the weights barely move
     assert (clipped[QUERY] - start[QUERY]).abs().max() < 1e-3 * moved
+
+
+def test_precision_bf16_mixed_autocasts_the_training_step(bert, files, tmp_path, start):
+    fp32 = trained(bert, files, tmp_path / "fp32", 2, "--method", "galore_adamw")
+    bf16 = trained(bert, files, tmp_path / "bf16", 2, "--method", "galore_adamw",
+                   "--precision", "bf16-mixed")  # fmt: skip
+    assert all(v.dtype != torch.bfloat16 for v in bf16.values())  # fp32 weights, as ever
+    assert not torch.equal(fp32[QUERY], bf16[QUERY])  # the forward ran in bfloat16
+    assert (bf16[QUERY] - start[QUERY]).abs().max() > 0 and torch.isfinite(bf16[QUERY]).all()
+    losses = [e["loss"] for e in read_metrics(tmp_path / "bf16") if e["event"] == "train"]
+    assert losses and all(math.isfinite(x) for x in losses)
 
 
 def test_log_every_sets_the_train_events(bert, files, tmp_path):

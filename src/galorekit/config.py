@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_FORMATS = (".toml", ".yaml", ".yml", ".json")
+#: ``--precision`` of the training commands: fp32, or bf16 autocast over fp32 weights and states
+#: (``galore memory``'s bf16-true, bf16 weights, is not a training mode here)
+PRECISIONS = ("fp32", "bf16-mixed")
 
 
 class ConfigFileError(ValueError):

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from galorekit.config import Flag, flags_of, flatten, option
+from galorekit.config import PRECISIONS, Flag, flags_of, flatten, option
 from galorekit.data.classification import (
     GLUE_TASKS,
     PROBLEM_TYPES,
@@ -144,6 +144,13 @@ class FinetuneConfig:
         "step is used, since updates happen during backward)",
         group="optim",
     )
+    precision: str = option(
+        "fp32",
+        "fp32, or bf16-mixed (bfloat16 autocast of the training forward/backward, fp32 weights "
+        "and states; for GPUs, slow on most CPUs)",
+        group="optim",
+        choices=PRECISIONS,
+    )
     seed: int = option(0, "seeds the split, the subsets, the head and the batch order", group="run")
     output_dir: str | None = option(
         None, "run directory (default: runs/finetune/<task>-<method>-<time>)", group="run"
@@ -259,6 +266,10 @@ def check_config(cfg: FinetuneConfig) -> None:
     }.items():
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"{flag} must be a positive number, got {value}")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(
+            f"--precision must be one of {', '.join(PRECISIONS)}, not {cfg.precision!r}"
+        )
     if not 0 <= cfg.warmup_ratio < 1:
         raise ConfigError(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
     if cfg.weight_decay < 0 or cfg.max_grad_norm < 0 or cfg.eval_every < 0 or cfg.threads < 0:

@@ -31,7 +31,7 @@ from galorekit.train.finetune_methods import build_method
 from galorekit.train.finetune_model import load_model, load_tokenizer, model_max_length, save_best
 from galorekit.train.glue_metrics import compute_metrics, is_better, primary_metric
 from galorekit.train.logging import MetricsLogger
-from galorekit.train.loop import Loop, due
+from galorekit.train.loop import Loop, autocast_for, due
 from galorekit.train.schedule import warmup_linear  # re-exported: tests import it from here
 
 BEST_DIR = "best"
@@ -267,6 +267,7 @@ def train_and_evaluate(
         lambda module, batch: module(**batch).loss,
         max_grad_norm=cfg.max_grad_norm or None,
         layerwise=cfg.layerwise,
+        autocast=autocast_for(cfg.precision, next(model.parameters()).device),
         hint=f"lower --lr (now {cfg.lr:g}) or check the labels",
     )
     for out in loop.steps(total_steps):

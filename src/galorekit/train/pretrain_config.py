@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from galorekit.config import (
+    PRECISIONS,
     Flag,
     differences,
     file_values,
@@ -40,7 +41,6 @@ from galorekit.names import (
 RESUME_KEYS = ("model", "method", "seq_len", "batch_size", "total_batch_size", "data_fingerprint")
 #: galorekit's GaLore methods (low-rank communication and FSDP read their projectors)
 GALORE_METHODS = tuple(m for m in METHODS if m.startswith("galore_"))
-PRECISIONS = ("fp32", "bf16-mixed")
 #: --flag → its argument group's title
 GROUPS = {
     "model": "model and method",
