@@ -228,7 +228,7 @@ def test_namespace_to_argv_round_trips_the_pretrain_flags():
     add_arguments(parser)
     argv = [
         "--model", "llama_tiny", "--layerwise", "--lr", "0.003", "--data-files", "a.txt", "b.txt",
-        "--resume", "--no-plot", "--grad-clip", "0.5", "--nproc-per-node", "2", "--lowrank-comm",
+        "--resume", "--no-plot", "--max-grad-norm", "0.5", "--nproc-per-node", "2", "--lowrank-comm",
     ]  # fmt: skip
     args = parser.parse_args(argv)
     again = parser.parse_args(namespace_to_argv(parser, args))

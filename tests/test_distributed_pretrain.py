@@ -61,9 +61,9 @@ def runs(corpus, tmp_path_factory):
     ordinary GaLore without clipping (so that low-rank communication is comparable too)."""
     root = tmp_path_factory.mktemp("runs")
     out = {name: root / name for name in ("single", "ddp", "lowrank")}
-    assert main(args(corpus, out["single"], "--grad-clip", "0")) == 0
-    assert main(args(corpus, out["ddp"], "--grad-clip", "0", "--nproc-per-node", "2")) == 0
-    extra = ("--grad-clip", "0", "--nproc-per-node", "2", "--lowrank-comm")
+    assert main(args(corpus, out["single"], "--max-grad-norm", "0")) == 0
+    assert main(args(corpus, out["ddp"], "--max-grad-norm", "0", "--nproc-per-node", "2")) == 0
+    extra = ("--max-grad-norm", "0", "--nproc-per-node", "2", "--lowrank-comm")
     assert main(args(corpus, out["lowrank"], *extra)) == 0
     return out
 
@@ -105,7 +105,7 @@ def test_checkpoint_of_two_ranks_resumes_under_torchrun(runs, corpus, tmp_path):
     halted = tmp_path / "halted"
     shutil.copytree(straight, halted)
     shutil.rmtree(halted / "checkpoints" / f"step-{STEPS:08d}")
-    argv = args(corpus, halted, "--grad-clip", "0", "--resume")
+    argv = args(corpus, halted, "--max-grad-norm", "0", "--resume")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     proc = subprocess.run(
         [*cmd, "-m", "galorekit", *argv], capture_output=True, text=True, timeout=300
@@ -118,6 +118,18 @@ def test_checkpoint_of_two_ranks_resumes_under_torchrun(runs, corpus, tmp_path):
     sa, sb = final_model(straight), final_model(halted)
     for key in sa:
         assert torch.equal(sa[key], sb[key]), key
+
+
+def test_two_rank_run_resumes_from_its_saved_config(runs, tmp_path):
+    """`galore pretrain --resume --output-dir DIR`, nothing retyped: the saved config.json says
+    two processes, so the command relaunches itself through torchrun and continues exactly."""
+    straight = runs["ddp"]
+    halted = tmp_path / "halted"
+    shutil.copytree(straight, halted)
+    shutil.rmtree(halted / "checkpoints" / f"step-{STEPS:08d}")
+    assert main(["pretrain", "--resume", "--output-dir", str(halted)]) == 0
+    a, b = events(straight, "eval"), events(halted, "eval")
+    assert [e["step"] for e in b] == [4, 8] and b[-1]["eval_loss"] == a[-1]["eval_loss"]
 
 
 def test_layerwise_two_ranks_equal_one_process(corpus, tmp_path):
@@ -167,7 +179,7 @@ def _trained(out, steps: int) -> bool:
 def test_relora_two_ranks_equal_one_process(corpus, tmp_path):
     """ReLoRA under DDP: merges happen on every rank, re-initialised adapters come from rank 0."""
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    extra = ("--method", "relora", "--relora-reset-every", "3", "--grad-clip", "0")
+    extra = ("--method", "relora", "--relora-reset-every", "3", "--max-grad-norm", "0")
     assert main(args(corpus, single, *extra)) == 0
     assert main(args(corpus, ddp, *extra, "--nproc-per-node", "2")) == 0
     assert len(events(ddp, "relora_reset")) == len(events(single, "relora_reset")) == 2

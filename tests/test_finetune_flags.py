@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -100,7 +101,7 @@ def test_seed_changes_the_split_and_the_initialisation(bert, files, tmp_path):
 
     assert held_out("1") == held_out("1") and held_out("1") != held_out("2")
 
-    runs = {name: trained(bert, files, tmp_path / name, 1, "--method", "full", "--seed", seed)
+    runs = {name: trained(bert, files, tmp_path / name, 1, "--method", "adamw", "--seed", seed)
             for name, seed in (("a", "1"), ("b", "1"), ("c", "2"))}  # fmt: skip
     assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])  # reproducible
     assert not torch.equal(runs["a"]["classifier.weight"], runs["c"]["classifier.weight"])
@@ -160,8 +161,8 @@ def test_lora_alpha_scales_the_merged_update(bert, files, tmp_path, start):
 
 
 def test_max_grad_norm_clips(bert, files, tmp_path, start):
-    free = trained(bert, files, tmp_path / "free", 1, "--method", "full", "--max-grad-norm", "0")
-    clipped = trained(bert, files, tmp_path / "clipped", 1, "--method", "full",
+    free = trained(bert, files, tmp_path / "free", 1, "--method", "adamw", "--max-grad-norm", "0")
+    clipped = trained(bert, files, tmp_path / "clipped", 1, "--method", "adamw",
                       "--max-grad-norm", "1e-12")  # fmt: skip
     moved = (free[QUERY] - start[QUERY]).abs().max()
     assert moved > 1e-5
@@ -169,10 +170,21 @@ def test_max_grad_norm_clips(bert, files, tmp_path, start):
     assert (clipped[QUERY] - start[QUERY]).abs().max() < 1e-3 * moved
 
 
+def test_precision_bf16_mixed_autocasts_the_training_step(bert, files, tmp_path, start):
+    fp32 = trained(bert, files, tmp_path / "fp32", 2, "--method", "galore_adamw")
+    bf16 = trained(bert, files, tmp_path / "bf16", 2, "--method", "galore_adamw",
+                   "--precision", "bf16-mixed")  # fmt: skip
+    assert all(v.dtype != torch.bfloat16 for v in bf16.values())  # fp32 weights, as ever
+    assert not torch.equal(fp32[QUERY], bf16[QUERY])  # the forward ran in bfloat16
+    assert (bf16[QUERY] - start[QUERY]).abs().max() > 0 and torch.isfinite(bf16[QUERY]).all()
+    losses = [e["loss"] for e in read_metrics(tmp_path / "bf16") if e["event"] == "train"]
+    assert losses and all(math.isfinite(x) for x in losses)
+
+
 def test_log_every_sets_the_train_events(bert, files, tmp_path):
     def train_events(log_every: str) -> list[dict]:
         out = tmp_path / log_every
-        trained(bert, files, out, 16, "--method", "full", "--warmup-ratio", "0.25",
+        trained(bert, files, out, 16, "--method", "adamw", "--warmup-ratio", "0.25",
                 "--log-every", log_every)  # fmt: skip
         return [e for e in read_metrics(out) if e["event"] == "train"]
 

@@ -101,7 +101,10 @@ def test_mismatched_checkpoint_is_a_clear_error(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(args(corpus, out, "--max-steps", "2")) == 0
     rc = main(args(corpus, out, "--max-steps", "4", "--resume", "--method", "adamw"))
-    assert rc == 2
+    assert rc == 2  # the saved config.json refuses the change first
+    assert "--method galore_adamw → adamw" in capsys.readouterr().err
+    argv = args(corpus, out, "--max-steps", "4", "--resume", "--method", "adamw")
+    assert main([*argv, "--allow-config-change"]) == 2  # the checkpoint's identity still does
     assert "belongs to another run" in capsys.readouterr().err
 
 
@@ -150,7 +153,15 @@ def test_rank_larger_than_matrices_is_clamped_with_a_warning(corpus, tmp_path, m
 def test_activation_checkpointing_and_bf16_autocast(corpus, tmp_path):
     out = tmp_path / "run"
     rc = main(
-        args(corpus, out, "--max-steps", "2", "--activation-checkpointing", "--dtype", "bfloat16")
+        args(
+            corpus,
+            out,
+            "--max-steps",
+            "2",
+            "--activation-checkpointing",
+            "--precision",
+            "bf16-mixed",
+        )
     )
     assert rc == 0
     assert all(math.isfinite(e["loss"]) for e in events(out, "train"))

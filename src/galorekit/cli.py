@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from galorekit import __version__
 
@@ -19,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pre-train a LLaMA with GaLore or a baseline (offline default: a small model on KJV text)",
     ),
     "finetune": (
-        "galorekit.train.finetune",
+        "galorekit.train.finetune_cli",
         "fine-tune a pretrained encoder on GLUE or your own classification data",
     ),
     "memory": (
@@ -38,14 +39,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad input is one line, ``galore <cmd>: error: …``, and exit 2 (``--help`` shows usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="galore",
         description="GaLore — memory-efficient full-parameter training by gradient low-rank "
         "projection (Zhao et al., 2024).",
     )
     parser.add_argument("--version", action="version", version=f"galorekit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, (module, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         importlib.import_module(module).add_arguments(command)

@@ -2,9 +2,10 @@
 
 The paper argues (§3, Lemma 3.3) that the gradients of reversible networks become low-rank during
 training, which is what lets a rank-r projection keep most of each update. This module trains one
-GaLore run with an instrumented copy of ``galore pretrain``'s loop (same model, data order,
-optimizer, schedule and clipping, so its perplexity matches the table's GaLore row) and records,
-for every targeted matrix, every ``k`` steps, on the full gradient G (after clipping):
+GaLore run on ``galore pretrain``'s loop core (``galorekit.train.loop``: same model, data order,
+optimizer, schedule and clipping, so its perplexity matches the table's GaLore row) with a
+per-step callback, and records, for every targeted matrix, every ``k`` steps, on the full gradient
+G (after clipping):
 
 - ``energy``: fraction of ‖G‖_F² in its top-r singular directions, Σ_{i≤r} σ_i² / Σ_i σ_i²;
 - ``stable_rank``: ‖G‖_F² / ‖G‖_2² = Σ σ_i² / σ_1² (1 for a rank-one matrix, min(m, n) for an
@@ -23,17 +24,23 @@ projectors, and the claim that matters for GaLore is about the gradients along i
 
 from __future__ import annotations
 
+import contextlib
 import math
-import random
 import time
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from galorekit.projection import Side
+from galorekit.data import build_tokenizer, load_pretraining_data
+from galorekit.models import build_model, default_target_modules
+from galorekit.projection import Side, effective_rank
 from galorekit.reproduce.configs import Job, data_config, pretrain_config
 from galorekit.reproduce.results import RunResult
+from galorekit.train.loop import Loop, StopFlag, due, lm_loss, resolve_device, seed_everything
+from galorekit.train.methods import setup_method
+from galorekit.train.pretrain import evaluate_sums
+from galorekit.train.schedule import pretrain_schedule
 
 #: LLaMA's targeted layer types, in the order of a block
 LAYER_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -134,19 +141,68 @@ def _snapshot(view) -> dict[str, Any]:
     }
 
 
+class _Recorder:
+    """The loop's per-step callbacks: before the update, the clipped gradients and the projectors
+    about to be refreshed; after it, the projectors the update used."""
+
+    def __init__(self, model: Any, optimizer: Any, rank: int, every: int, steps: int) -> None:
+        modules = dict(model.named_modules())
+        self.targets = [(name, modules[name].weight) for name in default_target_modules(model)]
+        self.optimizer, self.every, self.steps = optimizer, every, steps
+        self.series: dict[str, dict[str, Any]] = {}
+        for name, p in self.targets:
+            self.series[name] = {
+                "type": layer_type(name),
+                "layer": layer_index(name),
+                "shape": list(p.shape),
+                "rank": effective_rank(rank, p.shape),
+                "steps": [],
+                "energy": [],
+                "stable_rank": [],
+                "captured": [],
+                "refresh_steps": [],
+                "overlap": [],
+            }
+        self._before: dict[str, dict[str, Any]] = {}
+        self._grads: dict[str, Tensor] = {}
+
+    def measures(self, step: int) -> bool:
+        """Whether step ``step`` (counted from 0) is measured."""
+        return step % self.every == 0 or step == self.steps - 1
+
+    def before_update(self, loop: Loop) -> None:
+        self._before, self._grads = {}, {}
+        for name, p in self.targets:
+            view = self.optimizer.projection(p)
+            if view.refresh_due and (view.left is not None or view.right is not None):
+                self._before[name] = _snapshot(view)
+            if self.measures(loop.step):
+                self._grads[name] = p.grad.detach().clone()
+
+    def after_update(self, loop: Loop) -> None:
+        step = loop.step  # steps done before this one: the 0-based index of this step
+        for name, p in self.targets:
+            entry = self.series[name]
+            view = self.optimizer.projection(p)  # the projector this step's update used
+            if name in self._before:
+                entry["refresh_steps"].append(step)
+                entry["overlap"].append(projector_overlap(self._before[name], _snapshot(view)))
+            if name in self._grads:
+                grad = self._grads[name]
+                energy, srank = spectrum_metrics(grad, entry["rank"])
+                entry["steps"].append(step)
+                entry["energy"].append(energy)
+                entry["stable_rank"].append(srank)
+                entry["captured"].append(captured_energy(grad, view.side, view.left, view.right))
+                if "side" not in entry:
+                    entry["side"] = view.side.name.lower()
+                    dim = p.shape[0] if view.side == Side.LEFT else p.shape[1]
+                    entry["random_overlap"] = random_overlap(int(dim), entry["rank"])
+
+
 def run_theory(job: Job) -> RunResult:
-    """Train ``job`` (a GaLore method) with the measurements of the module docstring."""
-    import contextlib
-
-    import numpy as np
-
-    from galorekit.data import build_tokenizer, load_pretraining_data
-    from galorekit.models import build_model, default_target_modules
-    from galorekit.projection import effective_rank
-    from galorekit.train.methods import setup_method
-    from galorekit.train.pretrain import StopFlag, evaluate_sums, resolve_device
-    from galorekit.train.schedule import warmup_cosine
-
+    """Train ``job`` (a GaLore method) with the measurements of the module docstring: the
+    training-loop core of ``galore pretrain`` plus a per-step callback (``_Recorder``)."""
     cfg, spec = job.config, job.spec
     if not spec.method.startswith("galore_") or spec.method == "galore_torch_adamw":
         raise ValueError(
@@ -155,9 +211,7 @@ def run_theory(job: Job) -> RunResult:
         )
     run = pretrain_config(job)  # the same settings as a table run: schedule, clipping, seed
     device = resolve_device(run.device)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
+    seed_everything(cfg.seed)
     data_cfg = data_config(cfg)
     data = load_pretraining_data(data_cfg, build_tokenizer(data_cfg))
     model = build_model(
@@ -168,94 +222,45 @@ def run_theory(job: Job) -> RunResult:
         device=device,
     )
     optimizer = setup_method(model, run.method, total_steps=spec.steps).optimizer
-    warmup = int(run.warmup_ratio * spec.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: warmup_cosine(s, warmup=warmup, total=spec.steps, min_ratio=run.min_lr_ratio),
+        pretrain_schedule(
+            warmup_ratio=run.warmup_ratio, total=spec.steps, min_ratio=run.min_lr_ratio
+        ),
     )
     loader = data.train_loader(cfg.batch_size)
     val_batches = data.val_batches(cfg.batch_size)
-    modules = dict(model.named_modules())
-    targets = [(name, modules[name].weight) for name in default_target_modules(model)]
     rank = spec.rank or 1
     every = max(1, spec.steps // cfg.theory_points)
-    series: dict[str, dict[str, Any]] = {}
-    for name, p in targets:
-        r = effective_rank(rank, p.shape)
-        series[name] = {
-            "type": layer_type(name),
-            "layer": layer_index(name),
-            "shape": list(p.shape),
-            "rank": r,
-            "steps": [],
-            "energy": [],
-            "stable_rank": [],
-            "captured": [],
-            "refresh_steps": [],
-            "overlap": [],
-        }
-    clip = run.method.max_grad_norm
+    recorder = _Recorder(model, optimizer, rank, every, spec.steps)
     eval_curve: list[list[float]] = []
     train_curve: list[list[float]] = []
     started = time.perf_counter()
-
-    def evaluate() -> float:
-        total, count = evaluate_sums(model, val_batches, device, contextlib.nullcontext)
-        return total / max(count, 1)
-
-    eval_loss = math.nan
-    loss_value = math.nan
+    eval_loss = loss_value = math.nan
     model.train()
     with StopFlag() as stop:
-        for step in range(spec.steps):
-            batch = next(loader).to(device)
-            loss = model(input_ids=batch, labels=batch).loss
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):  # before the SVDs, which fail on NaN gradients
-                raise FloatingPointError(
-                    f"the training loss became {loss_value} at step {step + 1}; lower the LR"
-                )
-            loss.backward()
-            params = [p for p in model.parameters() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, clip or math.inf)
-            measure = step % every == 0 or step == spec.steps - 1
-            before: dict[str, dict[str, Any]] = {}
-            grads: dict[str, Tensor] = {}
-            for name, p in targets:
-                view = optimizer.projection(p)
-                if view.refresh_due and (view.left is not None or view.right is not None):
-                    before[name] = _snapshot(view)
-                if measure:
-                    grads[name] = p.grad.detach().clone()
-            optimizer.step()
-            for name, p in targets:
-                entry = series[name]
-                view = optimizer.projection(p)  # the projector this step's update used
-                if name in before:
-                    entry["refresh_steps"].append(step)
-                    entry["overlap"].append(projector_overlap(before[name], _snapshot(view)))
-                if measure:
-                    energy, srank = spectrum_metrics(grads[name], entry["rank"])
-                    entry["steps"].append(step)
-                    entry["energy"].append(energy)
-                    entry["stable_rank"].append(srank)
-                    entry["captured"].append(
-                        captured_energy(grads[name], view.side, view.left, view.right)
-                    )
-                    if "side" not in entry:
-                        entry["side"] = view.side.name.lower()
-                        dim = p.shape[0] if view.side == Side.LEFT else p.shape[1]
-                        entry["random_overlap"] = random_overlap(int(dim), entry["rank"])
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            done = step + 1
-            if measure:
-                train_curve.append([done, loss_value])
-            if (cfg.eval_every and done % cfg.eval_every == 0) or done == spec.steps:
-                eval_loss = evaluate()
-                eval_curve.append([done, math.exp(min(eval_loss, 50.0))])
-            if stop.signal is not None:
-                raise SystemExit(128 + stop.signal)
+        loop = Loop(
+            model,
+            optimizer,
+            scheduler,
+            lambda: next(loader).to(device),
+            lm_loss,
+            max_grad_norm=run.method.max_grad_norm,
+            stop=stop,
+            before_update=recorder.before_update,
+            after_update=recorder.after_update,
+            hint="lower the LR",
+        )
+        for out in loop.steps(spec.steps):
+            loss_value = out.loss
+            if recorder.measures(out.step - 1):
+                train_curve.append([out.step, loss_value])
+            if due(out.step, cfg.eval_every, spec.steps):
+                total, count = evaluate_sums(model, val_batches, device, contextlib.nullcontext)
+                eval_loss = total / max(count, 1)
+                eval_curve.append([out.step, math.exp(min(eval_loss, 50.0))])
+            if out.stopping:
+                raise SystemExit(128 + (stop.signal or 15))
     seconds = time.perf_counter() - started
     return RunResult(
         key=spec.key,
@@ -275,7 +280,7 @@ def run_theory(job: Job) -> RunResult:
             "rank": rank,
             "update_proj_gap": spec.update_proj_gap,
             "every": every,
-            "matrices": series,
+            "matrices": recorder.series,
         },
     )
 

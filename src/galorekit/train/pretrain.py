@@ -1,8 +1,10 @@
-"""LLaMA pre-training with GaLore or any baseline of the paper — the loop, top to bottom.
+"""LLaMA pre-training with GaLore or any baseline of the paper, top to bottom.
 
-config → data + model → method (optimizer / adapters) → loop → metrics, checkpoints, plots.
-Everything needed to continue a run bit-identically is in its checkpoints: model, optimizer (with
-GaLore's projectors), scheduler, ReLoRA counters, data-loader position and every RNG state.
+config (``pretrain_config``) → data + model → method (optimizer / adapters) → the loop core
+(``galorekit.train.loop``; ``_train`` drives it: logging, evaluation, checkpoints, the stop
+signal) → metrics, summary, plots. Everything needed to continue a run bit-identically is in its
+checkpoints (``pretrain_state``): model, optimizer (with GaLore's projectors), scheduler, ReLoRA
+counters, data-loader position, every RNG state, and the settings it was trained with.
 
 Data parallelism (``galorekit.distributed``): under torchrun every rank runs this function on its
 slice of each global batch. ``batch_size`` is the per-process micro-batch, ``total_batch_size`` the
@@ -21,163 +23,68 @@ ranks, and checkpoints are written collectively (``galorekit.train.sharded_check
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import random
-import resource
-import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from galorekit.atomic import atomic_write_text
-from galorekit.data import DataConfig
-from galorekit.names import DISTRIBUTED_STRATEGIES
-from galorekit.train.methods import METHODS, MethodConfig, setup_method
-from galorekit.train.schedule import warmup_cosine
+from galorekit.data import build_tokenizer, load_pretraining_data
+from galorekit.distributed.comm import CommCounter
+from galorekit.distributed.context import (
+    DistContext,
+    all_reduce_sum,
+    init_distributed,
+    main_first,
+    run_on_main,
+    shutdown,
+)
+from galorekit.distributed.data_parallel import setup_data_parallel
+from galorekit.models import build_model, count_parameters
+from galorekit.train import pretrain_state
+from galorekit.train.logging import MetricsLogger, summary_table
+from galorekit.train.loop import (
+    Loop,
+    NonFiniteError,
+    StepOutput,
+    StopFlag,
+    autocast_for,
+    due,
+    lm_loss,
+    peak_memory_bytes,
+    resolve_device,
+    seed_everything,
+)
+from galorekit.train.methods import setup_method
+from galorekit.train.pretrain_config import (  # noqa: F401  (re-exported)
+    GALORE_METHODS,
+    RESUME_KEYS,
+    PretrainConfig,
+    config_values,
+    saved_values,
+    trajectory_changes,
+)
+from galorekit.train.run_dir import (  # noqa: F401  (re-exported)
+    RUN_FILES,
+    check_output_dir,
+    default_output_dir,
+    prepare_output_dir,
+    truncate_metrics,
+)
+from galorekit.train.schedule import pretrain_schedule
 
-#: fields that must match between a checkpoint and the run resuming from it
-RESUME_KEYS = ("model", "method", "seq_len", "batch_size", "total_batch_size", "data_fingerprint")
-#: galorekit's GaLore methods (low-rank communication and FSDP read their projectors)
-GALORE_METHODS = tuple(m for m in METHODS if m.startswith("galore_"))
-RUN_FILES = ("metrics.jsonl", "config.json", "checkpoints", "tensorboard", "summary.md")
-
-
-@dataclass
-class PretrainConfig:
-    """One pre-training run. ``galore pretrain --help`` documents each field."""
-
-    model: str = "llama_9m"
-    data: DataConfig = field(default_factory=DataConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    max_steps: int = 200
-    batch_size: int = 8  # sequences per micro-batch
-    total_batch_size: int | None = None  # sequences per optimizer step; None: batch_size
-    warmup_ratio: float = 0.1
-    min_lr_ratio: float = 0.1
-    eval_every: int = 50
-    eval_batch_size: int | None = None  # None: batch_size
-    save_every: int = 1000
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    output_dir: str | None = None  # None: runs/pretrain-<model>-<method>-<time>
-    resume: str | None = None  # "latest" or a checkpoint path
-    overwrite: bool = False
-    dtype: str = "float32"  # autocast dtype of the forward/backward: float32 or bfloat16
-    activation_checkpointing: bool = False
-    device: str = "auto"
-    seed: int = 0
-    progress: bool = True
-    tensorboard: bool = True
-    plot: bool = True
-    nproc_per_node: int = 1  # processes `galore pretrain` launches through torchrun
-    world_size: int | None = None  # None: torchrun's WORLD_SIZE, else nproc_per_node
-    distributed: str = "ddp"  # data-parallel strategy, one of DISTRIBUTED_STRATEGIES
-    lowrank_comm: bool = False  # all-reduce GaLore gradients projected between refreshes
-
-    def __post_init__(self) -> None:
-        from galorekit.distributed.context import env_world_size, inside_torchrun
-
-        if self.world_size is None:
-            self.world_size = env_world_size() if inside_torchrun() else self.nproc_per_node
-        errors = []
-        for name in ("max_steps", "batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                errors.append(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("eval_every", "save_every"):
-            if getattr(self, name) < 0:
-                errors.append(f"{name} must be ≥ 0 (0: only at the end), got {getattr(self, name)}")
-        if self.keep_checkpoints < 1:
-            errors.append(f"keep_checkpoints must be ≥ 1, got {self.keep_checkpoints}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            errors.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            errors.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.dtype not in ("float32", "bfloat16"):
-            errors.append(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
-        if self.nproc_per_node < 1 or self.world_size < 1:
-            errors.append(
-                f"nproc_per_node and world_size must be ≥ 1, got {self.nproc_per_node} and "
-                f"{self.world_size}"
-            )
-        per_step = self.batch_size * max(self.world_size, 1)
-        if self.total_batch_size is not None and (
-            self.total_batch_size < per_step or self.total_batch_size % per_step
-        ):
-            if self.world_size == 1:
-                errors.append(
-                    f"total_batch_size ({self.total_batch_size}) must be a multiple of batch_size "
-                    f"({self.batch_size})"
-                )
-            else:
-                errors.append(
-                    f"total_batch_size ({self.total_batch_size}) must be a multiple of batch_size "
-                    f"× processes ({self.batch_size} × {self.world_size} = {per_step}): each "
-                    "process runs whole micro-batches of batch_size"
-                )
-        if self.distributed not in DISTRIBUTED_STRATEGIES:
-            errors.append(
-                f"unknown --distributed {self.distributed!r}; valid: "
-                + ", ".join(DISTRIBUTED_STRATEGIES)
-            )
-        if self.distributed == "fsdp":
-            from galorekit.distributed.fsdp import FSDP_METHODS
-
-            if self.method.method not in FSDP_METHODS:
-                errors.append(
-                    f"--distributed fsdp supports the methods {', '.join(FSDP_METHODS)}, not "
-                    f"{self.method.method} (Adafactor's statistics span whole matrices; the "
-                    "adapter baselines rebuild the model); use --distributed ddp"
-                )
-            if self.method.method in GALORE_METHODS and self.method.proj_type not in (
-                "std",
-                "right",
-            ):
-                errors.append(
-                    "--distributed fsdp projects every matrix on the right (R = G·Q is local to "
-                    f"a row shard): --proj-type must be std or right, not {self.method.proj_type}"
-                )
-            if self.lowrank_comm:
-                errors.append(
-                    "--lowrank-comm is a DDP option (FSDP2 reduce-scatters full gradients); use "
-                    "--distributed ddp with it"
-                )
-        if self.lowrank_comm:
-            if self.method.method not in GALORE_METHODS:
-                errors.append(
-                    "--lowrank-comm communicates GaLore's projected gradients: it needs a galore_* "
-                    f"method, not {self.method.method}"
-                )
-            if self.method.layerwise:
-                errors.append(
-                    "--lowrank-comm is not available with --layerwise (the layer-wise optimizer "
-                    "all-reduces full gradients inside its hooks)"
-                )
-            if self.world_size < 2:
-                errors.append("--lowrank-comm needs data parallelism (--nproc-per-node ≥ 2)")
-        if self.resume is not None and self.overwrite:
-            errors.append("--resume and --overwrite contradict each other")
-        if errors:
-            raise ValueError("invalid pre-training config: " + "; ".join(errors))
-        self.method.accumulation_steps = self.accumulation_steps
-
-    @property
-    def global_batch_size(self) -> int:
-        """Sequences per optimizer step over all processes."""
-        return self.total_batch_size or self.batch_size * (self.world_size or 1)
-
-    @property
-    def accumulation_steps(self) -> int:
-        return self.global_batch_size // (self.batch_size * (self.world_size or 1))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+#: the hint of the divergence error: how to go on from the last good checkpoint
+DIVERGED_HINT = (
+    "lower --lr (and resume the last checkpoint with --resume --allow-config-change) or use "
+    "--precision fp32"
+)
 
 
 @dataclass
@@ -189,79 +96,6 @@ class PretrainResult:
     train_loss: float
     seconds: float
     summary: str
-
-
-# ---------------------------------------------------------------------------- helpers
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
-    return device
-
-
-def default_output_dir(cfg: PretrainConfig) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"pretrain-{cfg.model}-{cfg.method.method}-{stamp}"
-
-
-def check_output_dir(cfg: PretrainConfig, out: Path) -> list[str]:
-    """The run files already in ``out``; raises when they forbid this run (nothing is changed)."""
-    existing = [name for name in RUN_FILES if (out / name).exists()]
-    if existing and cfg.resume is None and not cfg.overwrite:
-        raise FileExistsError(
-            f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue "
-            "it, --overwrite to replace it, or another --output-dir"
-        )
-    if cfg.resume is not None and not existing and cfg.resume == "latest":
-        raise FileNotFoundError(f"--resume: {out} holds no run to resume")
-    return existing
-
-
-def prepare_output_dir(cfg: PretrainConfig) -> Path:
-    """The run directory; refuses one that holds a run unless resuming or overwriting."""
-    out = default_output_dir(cfg) if cfg.output_dir is None else Path(cfg.output_dir)
-    existing = check_output_dir(cfg, out)
-    if existing and cfg.resume is None:  # --overwrite
-        for name in existing:
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG a run may draw from, as tensors and plain tuples (``weights_only``-loadable)."""
-    kind, key, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, cached),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, key, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory of this process: the CUDA allocator's peak, or the peak RSS on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
 @torch.no_grad()
@@ -295,43 +129,6 @@ def evaluate_sums(
     return total, count
 
 
-def truncate_metrics(path: Path, after_step: int) -> None:
-    """On resume, drop the events logged after the checkpoint (they will be logged again)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            event = json.loads(line)
-            if event.get("step", 0) <= after_step:
-                kept.append(line)
-    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-
-
-class StopFlag:
-    """Set by SIGTERM / SIGINT: the loop finishes its step, checkpoints and exits."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopFlag:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not the main thread
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-# ---------------------------------------------------------------------------- the run
 class _NullLogger:
     """The metrics logger of ranks other than 0."""
 
@@ -344,14 +141,12 @@ class _NullLogger:
 
 def pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run ``cfg`` in this process — alone, or as one rank of a torchrun job (module docstring)."""
-    from galorekit.distributed.context import init_distributed, shutdown
-
     device = resolve_device(cfg.device)
     ctx = init_distributed(device.type)
     try:
         if ctx.world_size != cfg.world_size:
             raise ValueError(
-                f"the config is for {cfg.world_size} process(es) but the job has "
+                f"the config was built for {cfg.world_size} processes but this job has "
                 f"{ctx.world_size}; build the config inside the job (world_size=None)"
             )
         if ctx.enabled and device.type == "cuda":
@@ -361,38 +156,34 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         shutdown(ctx)
 
 
-def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainResult:
-    from galorekit.data import build_tokenizer, load_pretraining_data
-    from galorekit.distributed.comm import CommCounter
-    from galorekit.distributed.context import (
-        all_reduce_sum,
-        barrier,
-        gather_objects,
-        main_first,
-        run_on_main,
-    )
-    from galorekit.distributed.data_parallel import setup_data_parallel
-    from galorekit.models import build_model, count_parameters
-    from galorekit.train.checkpoint import (
-        checkpoint_name,
-        load_checkpoint,
-        load_module_state,
-        resolve_checkpoint,
-        save_checkpoint,
-    )
-    from galorekit.train.logging import MetricsLogger, summary_table, write_run_config
-    from galorekit.train.sharded_checkpoint import (
-        is_sharded_checkpoint,
-        load_sharded_parts,
-        save_sharded_checkpoint,
-    )
+# ---------------------------------------------------------------------------- the run's pieces
+@dataclass
+class _Run:
+    """Everything one pre-training run holds, built by ``_build``."""
 
-    out = Path(run_on_main(ctx, lambda: str(prepare_output_dir(cfg))))
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
+    cfg: PretrainConfig
+    ctx: DistContext
+    device: torch.device
+    out: Path
+    model: Any  # the model (FSDP: sharded in place)
+    parallel: Any  # DataParallelModel: the module to call, clipping, accumulation
+    optimizer: Any
+    scheduler: Any
+    relora: Any
+    loader: Any
+    val_batches: list[torch.Tensor]
+    eval_forwards: int
+    identity: dict[str, Any]
+    fsdp: bool
+    autocast: Callable[[], Any]
+    logger: Any = None
 
-    # data and model (rank 0 first: it fills the tokenizer/token caches the others then read)
+
+def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Path) -> _Run:
+    """Data, model, method, data parallelism and schedule — in the order that fixes the RNG
+    draws (a resumed run rebuilds exactly the same)."""
+    seed_everything(cfg.seed)
+    # rank 0 first: it fills the tokenizer/token caches the others then read
     cfg.data.seed = cfg.seed
     with main_first(ctx):
         tokenizer = build_tokenizer(cfg.data)
@@ -409,47 +200,35 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
         model.config.use_cache = False
     fsdp = ctx.enabled and cfg.distributed == "fsdp"
     if fsdp:  # before the optimizer: it must hold the sharded parameters
-        from galorekit.distributed.fsdp import shard_model
+        from galorekit.distributed.fsdp import shard_model  # FSDP2: loaded only when used
 
         shard_model(model, ctx, device)
     setup = setup_method(model, cfg.method, total_steps=cfg.max_steps)
     model, optimizer, relora = setup.model, setup.optimizer, setup.relora
-    layerwise = cfg.method.layerwise
     parallel = setup_data_parallel(
         model,
         optimizer,
         ctx,
         device,
-        layerwise=layerwise,
+        layerwise=cfg.method.layerwise,
         lowrank_comm=cfg.lowrank_comm,
         strategy=cfg.distributed if ctx.enabled else "ddp",
     )
-    warmup = int(cfg.warmup_ratio * cfg.max_steps)
     if relora is not None:
+        warmup = int(cfg.warmup_ratio * cfg.max_steps)
         lr_lambda = relora.lr_lambda(warmup=warmup, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
     else:
-
-        def lr_lambda(step: int) -> float:
-            return warmup_cosine(
-                step, warmup=warmup, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio
-            )
-
+        lr_lambda = pretrain_schedule(
+            warmup_ratio=cfg.warmup_ratio, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio
+        )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     loader = data.train_loader(cfg.batch_size, rank=ctx.rank, world_size=ctx.world_size)
     # evaluation is split over the ranks; the token-weighted sums are added up
     val_batches = data.val_batches(cfg.eval_batch_size or cfg.batch_size)
-    my_val_batches = val_batches[ctx.rank :: ctx.world_size]
     # FSDP2's forward is collective (it all-gathers each layer): every rank runs as many
     # forwards, those without a batch of their own on a batch whose loss is not counted
-    eval_forwards = -(-len(val_batches) // ctx.world_size) if fsdp else len(my_val_batches)
-    accumulation = cfg.accumulation_steps
-    autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
-
-    def autocast():
-        if autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=autocast_dtype)
-
+    mine = len(val_batches[ctx.rank :: ctx.world_size])
+    eval_forwards = -(-len(val_batches) // ctx.world_size) if fsdp else mine
     identity = {
         "model": cfg.model,
         "method": cfg.method.method,
@@ -459,86 +238,85 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
         "data_fingerprint": data.fingerprint,
         "world_size": ctx.world_size,
     }
+    return _Run(
+        cfg,
+        ctx,
+        device,
+        out,
+        model,
+        parallel,
+        optimizer,
+        scheduler,
+        relora,
+        loader,
+        val_batches,
+        eval_forwards,
+        identity,
+        fsdp,
+        autocast_for(cfg.precision, device),
+    )
 
-    # resume (every rank reads the checkpoint)
+
+def _evaluate(run: _Run) -> float:
+    """The validation loss, split over the ranks and summed (equals the one-process value)."""
+    ctx = run.ctx
+    total, count = evaluate_sums(
+        run.model,
+        run.val_batches[ctx.rank :: ctx.world_size],
+        run.device,
+        run.autocast,
+        forwards=run.eval_forwards,
+        filler=run.val_batches[0],
+    )
+    total, count = all_reduce_sum(ctx, [total, float(count)], run.device)
+    return total / max(count, 1)
+
+
+# ---------------------------------------------------------------------------- the run
+def _pretrain(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> PretrainResult:
+    out = Path(run_on_main(ctx, lambda: str(prepare_output_dir(cfg))))
+    changes = pretrain_state.check_config_changes(cfg, out)
+    run = _build(cfg, ctx, device, out)
     step = 0
     if cfg.resume is not None:
-        where = resolve_checkpoint(out / "checkpoints" if cfg.resume == "latest" else cfg.resume)
-        sharded = is_sharded_checkpoint(where)
-        if sharded != fsdp:
-            from galorekit.train.checkpoint import CheckpointError
-
-            raise CheckpointError(
-                f"checkpoint {where} was written by "
-                + ("an FSDP run" if sharded else "a run without FSDP")
-                + "; resume it with "
-                + ("--distributed fsdp" if sharded else "--distributed ddp or one process")
-            )
-        required = () if fsdp else ("model", "optimizer")
-        ckpt = load_checkpoint(where, map_location=device, required_keys=required)
-        mismatched = [
-            f"{k}: checkpoint {ckpt['identity'].get(k)!r} vs now {identity[k]!r}"
-            for k in RESUME_KEYS
-            if ckpt.get("identity", {}).get(k) != identity[k]
-        ]
-        if mismatched:
-            from galorekit.train.checkpoint import CheckpointError
-
-            raise CheckpointError(
-                f"checkpoint {where} belongs to another run: " + "; ".join(mismatched)
-            )
-        if fsdp:
-            load_sharded_parts(where, ctx, model, optimizer, map_location=device)
-        else:
-            load_module_state(model, ckpt["model"], what="model")
-            optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        loader.load_state_dict(ckpt["loader"])
-        if relora is not None:
-            relora.load_state_dict(ckpt["relora"])
-        per_rank = ckpt.get("rng_ranks")
-        same_world = isinstance(per_rank, list) and len(per_rank) == ctx.world_size
-        set_rng_state(per_rank[ctx.rank] if same_world else ckpt["rng"])
-        step = int(ckpt["step"])
-        if ctx.is_main:
-            truncate_metrics(out / "metrics.jsonl", step)
-
+        step, in_checkpoint = pretrain_state.resume(run)
+        changes = {**in_checkpoint, **changes}
     if ctx.is_main:
-        write_run_config(out, {**cfg.to_dict(), "output_dir": str(out), **identity})
-    n_params = count_parameters(model)
-    n_trainable = count_parameters(model, trainable_only=True)
+        pretrain_state.write_config(run, step, changes)
+    run.logger = MetricsLogger(out, tensorboard=cfg.tensorboard) if ctx.is_main else _NullLogger()
+    if changes:
+        run.logger.log(
+            {
+                "event": "config_change",
+                "step": step,
+                "changes": {k: list(v) for k, v in changes.items()},
+            }
+        )
+    return _train(run, step)
+
+
+def _sync(run: _Run, counter: Any, traffic: list[int]) -> Callable[[float, bool], Any] | None:
+    """One collective per step under torchrun: the global batch's loss and whether any rank was
+    signalled (all ranks must stop at the same step, or the others would wait for it forever).
+    The decision is the reduced flag alone: a signal that lands after the collective is seen by
+    one rank only, so it waits for the next step's reduction. ``traffic`` receives the bytes the
+    step communicated before this reduction (the gradients')."""
+    if not run.ctx.enabled:
+        return None
+
+    def sync(loss: float, stopping: bool) -> tuple[float, bool]:
+        traffic.append(counter.reset())
+        total, signalled = all_reduce_sum(run.ctx, [loss, float(stopping)], run.device)
+        return total / run.ctx.world_size, signalled > 0
+
+    return sync
+
+
+def _train(run: _Run, step: int) -> PretrainResult:
+    cfg, ctx, logger = run.cfg, run.ctx, run.logger
+    n_params = count_parameters(run.model)
+    n_trainable = count_parameters(run.model, trainable_only=True)
     tokens_per_step = cfg.global_batch_size * cfg.data.seq_len
-
-    def save(at_step: int) -> Path:
-        """Rank 0 writes (the states are the same on every rank; under FSDP every rank writes its
-        shards too); every rank's RNG is kept."""
-        rngs = gather_objects(ctx, rng_state())
-        path = out / "checkpoints" / checkpoint_name(at_step)
-        state = {
-            "step": at_step,
-            "identity": identity,
-            "scheduler": scheduler.state_dict(),
-            "loader": loader.state_dict(),
-            "rng": rngs[0],
-        }
-        if ctx.enabled:
-            state["rng_ranks"] = rngs
-        if relora is not None:
-            state["relora"] = relora.state_dict()
-        if fsdp:
-            return save_sharded_checkpoint(
-                path, ctx, state, model, optimizer, keep_last=cfg.keep_checkpoints
-            )
-        if ctx.is_main:
-            state["model"] = model.state_dict()
-            state["optimizer"] = optimizer.state_dict()
-            path = save_checkpoint(path, state, keep_last=cfg.keep_checkpoints)
-        barrier(ctx)
-        return path
-
-    from tqdm.auto import tqdm
-
-    logger: Any = MetricsLogger(out, tensorboard=cfg.tensorboard) if ctx.is_main else _NullLogger()
     bar = tqdm(
         total=cfg.max_steps,
         initial=step,
@@ -546,13 +324,31 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
         desc=f"{cfg.model} {cfg.method.method}" + (f" ×{ctx.world_size}" if ctx.enabled else ""),
         dynamic_ncols=True,
     )
-    eval_loss = math.nan
-    train_loss = math.nan
+    eval_loss = train_loss = math.nan
     comm_total = 0
     started = time.perf_counter()
-    parallel.module.train()
+    run.parallel.module.train()
     counter = CommCounter() if ctx.enabled else contextlib.nullcontext()
+    traffic: list[int] = []  # per step: the bytes this rank communicated
     with StopFlag() as stop, counter:
+        loop = Loop(
+            run.parallel.module,
+            run.optimizer,
+            run.scheduler,
+            lambda: next(run.loader).to(run.device),
+            lm_loss,
+            accumulation=cfg.accumulation_steps,
+            max_grad_norm=cfg.method.max_grad_norm,
+            layerwise=cfg.method.layerwise,
+            autocast=run.autocast,
+            clip_grad_norm=run.parallel.clip_grad_norm_,
+            accumulate=lambda last: run.parallel.accumulate(last=last),
+            sync=_sync(run, counter, traffic),
+            stop=stop,
+            check_loss_locally=not ctx.enabled,
+            hint=DIVERGED_HINT,
+            step=step,
+        )
         if step == 0:
             logger.log(
                 {
@@ -563,111 +359,36 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
                     "world_size": ctx.world_size,
                 }
             )
-        while step < cfg.max_steps:
-            t0 = time.perf_counter()
+        while loop.step < cfg.max_steps:
             if ctx.enabled:
                 counter.reset()
-            loss_sum = torch.zeros((), device=device)
-            for i in range(accumulation):
-                batch = next(loader).to(device)
-                with parallel.accumulate(last=i == accumulation - 1):
-                    with autocast():
-                        outputs = parallel.module(input_ids=batch, labels=batch)
-                        loss = outputs.loss / accumulation
-                    loss.backward()  # layer-wise: the last micro-batch updates here
-                loss_sum += loss.detach()  # no host sync per micro-batch
-            loss_sum = float(loss_sum)
-            if layerwise:
-                optimizer.step()
-                grad_norm = optimizer.grad_norm
-            else:
-                grad_norm = parallel.clip_grad_norm_(cfg.method.max_grad_norm or math.inf)
-                optimizer.step()
-            comm_bytes = counter.reset() if ctx.enabled else 0
+            try:
+                out = loop.train_step()
+            except NonFiniteError as err:  # nothing applied: the last checkpoint stays good
+                bar.close()
+                logger.log({"event": "diverged", "step": loop.step + 1, "error": str(err)})
+                logger.close()
+                raise
+            comm_bytes = traffic.pop() if ctx.enabled else 0
             comm_total += comm_bytes
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            if relora is not None and relora.maybe_reset(step, optimizer):
+            step, train_loss = out.step, out.loss
+            if run.relora is not None and run.relora.maybe_reset(step, run.optimizer):
                 if ctx.enabled:  # re-initialised adapters: rank 0's, whatever each RNG holds
                     # (the merged weights are equal already: every rank merged the same adapters)
-                    for adapter in relora.lora_parameters():
+                    for adapter in run.relora.lora_parameters():
                         torch.distributed.broadcast(adapter.data, src=0)
                 logger.log({"event": "relora_reset", "step": step})
-            # one collective: the global batch's loss, and whether any rank was signalled (all
-            # ranks must stop at the same step, or the others would wait for it forever). The
-            # decision is the reduced flag alone: a signal that lands after the collective is
-            # seen by one rank only, so it waits for the next step's reduction.
-            stopping = stop.signal is not None
-            if ctx.enabled:
-                flag = float(stopping)
-                loss_total, signalled = all_reduce_sum(ctx, [loss_sum, flag], device)
-                loss_sum = loss_total / ctx.world_size
-                stopping = signalled > 0
-            if not math.isfinite(loss_sum):
-                raise FloatingPointError(
-                    f"the training loss became {loss_sum} at step {step}; lower --lr or check --dtype"
-                )
-            train_loss = loss_sum
-            dt = time.perf_counter() - t0
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                mem = peak_memory_bytes(device)
-                event = {
-                    "event": "train",
-                    "step": step,
-                    "loss": loss_sum,
-                    "lr": lr,
-                    "tokens_per_s": tokens_per_step / dt,
-                    "grad_norm": grad_norm,
-                    "peak_memory_bytes": mem,
-                }
-                if ctx.enabled:
-                    event["comm_bytes"] = comm_bytes  # this rank's payload, last step
-                logger.log(event)
-                bar.set_postfix(
-                    loss=f"{loss_sum:.3f}",
-                    lr=f"{lr:.2e}",
-                    tok_s=f"{tokens_per_step / dt:,.0f}",
-                    mem=f"{mem / 2**30:.2f}G",
-                )
+            if due(step, cfg.log_every, cfg.max_steps):
+                _log_train(run, out, tokens_per_step, comm_bytes, bar)
             bar.update(1)
-            if val_batches and (
-                (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
-            ):
-                total, count = evaluate_sums(
-                    model,
-                    my_val_batches,
-                    device,
-                    autocast,
-                    forwards=eval_forwards,
-                    filler=val_batches[0],
-                )
-                total, count = all_reduce_sum(ctx, [total, float(count)], device)
-                eval_loss = total / max(count, 1)
-                logger.log(
-                    {
-                        "event": "eval",
-                        "step": step,
-                        "eval_loss": eval_loss,
-                        "eval_ppl": math.exp(min(eval_loss, 50.0)),
-                    }
-                )
-            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-                save(step)
-            if stopping:
-                stop.signal = stop.signal or signal.SIGTERM  # another rank's signal
-                path = save(step)
-                bar.close()
-                logger.log({"event": "interrupted", "step": step, "signal": stop.signal})
-                logger.close()
-                if ctx.is_main:
-                    print(
-                        f"\nstopped by signal {stop.signal} at step {step}; checkpoint {path}\n"
-                        f"continue with: galore pretrain --resume --output-dir {out} …",
-                        file=sys.stderr,
-                    )
-                raise SystemExit(128 + stop.signal)
+            if run.val_batches and due(step, cfg.eval_every, cfg.max_steps):
+                eval_loss = _evaluate(run)
+                ppl = math.exp(min(eval_loss, 50.0))
+                logger.log({"event": "eval", "step": step, "eval_loss": eval_loss, "eval_ppl": ppl})
+            if due(step, cfg.save_every, cfg.max_steps):
+                pretrain_state.save(run, step)
+            if out.stopping:
+                _stop(run, stop.signal or signal.SIGTERM, step, bar)  # another rank's signal
     bar.close()
     seconds = time.perf_counter() - started
     end = {"event": "end", "step": step, "seconds": seconds}
@@ -677,8 +398,61 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
     logger.close()
     eval_ppl = math.exp(min(eval_loss, 50.0)) if math.isfinite(eval_loss) else math.nan
     if not ctx.is_main:
-        return PretrainResult(out, step, eval_loss, eval_ppl, train_loss, seconds, "")
-    method_name = cfg.method.method + (" (layer-wise)" if layerwise else "")
+        return PretrainResult(run.out, step, eval_loss, eval_ppl, train_loss, seconds, "")
+    summary = _summary(run, step, n_params, n_trainable, train_loss, eval_loss, eval_ppl, seconds)
+    return PretrainResult(run.out, step, eval_loss, eval_ppl, train_loss, seconds, summary)
+
+
+def _log_train(run: _Run, out: StepOutput, tokens_per_step: int, comm_bytes: int, bar) -> None:
+    mem = peak_memory_bytes(run.device)
+    event = {
+        "event": "train",
+        "step": out.step,
+        "loss": out.loss,
+        "lr": out.lr,
+        "tokens_per_s": tokens_per_step / out.seconds,
+        "grad_norm": out.grad_norm,
+        "peak_memory_bytes": mem,
+    }
+    if run.ctx.enabled:
+        event["comm_bytes"] = comm_bytes  # this rank's payload, last step
+    run.logger.log(event)
+    bar.set_postfix(
+        loss=f"{out.loss:.3f}",
+        lr=f"{out.lr:.2e}",
+        tok_s=f"{tokens_per_step / out.seconds:,.0f}",
+        mem=f"{mem / 2**30:.2f}G",
+    )
+
+
+def _stop(run: _Run, signum: int, step: int, bar) -> None:
+    """A stop signal: checkpoint this step, say how to continue, exit 128 + signal."""
+    path = pretrain_state.save(run, step)
+    bar.close()
+    run.logger.log({"event": "interrupted", "step": step, "signal": signum})
+    run.logger.close()
+    if run.ctx.is_main:
+        print(
+            f"\nstopped by signal {signum} at step {step}; checkpoint {path}\n"
+            f"continue with: galore pretrain --resume --output-dir {run.out}",
+            file=sys.stderr,
+        )
+    raise SystemExit(128 + signum)
+
+
+def _summary(
+    run: _Run,
+    step: int,
+    n_params: int,
+    n_trainable: int,
+    train_loss: float,
+    eval_loss: float,
+    eval_ppl: float,
+    seconds: float,
+) -> str:
+    """summary.md (and the table printed), curves.png."""
+    cfg, ctx = run.cfg, run.ctx
+    method_name = cfg.method.method + (" (layer-wise)" if cfg.method.layerwise else "")
     if ctx.enabled:
         method_name += f" ×{ctx.world_size} {cfg.distributed}"
         method_name += " low-rank comm" if cfg.lowrank_comm else ""
@@ -693,15 +467,15 @@ def _pretrain(cfg: PretrainConfig, ctx: Any, device: torch.device) -> PretrainRe
                 "train_loss": train_loss,
                 "eval_loss": eval_loss,
                 "eval_ppl": eval_ppl,
-                "peak_mem_GiB": peak_memory_bytes(device) / 2**30,
+                "peak_mem_GiB": peak_memory_bytes(run.device) / 2**30,
                 "seconds": seconds,
             }
         ],
-        title=f"galore pretrain — {out}",
+        title=f"galore pretrain — {run.out}",
     )
-    atomic_write_text(out / "summary.md", f"```\n{summary}\n```\n")
+    atomic_write_text(run.out / "summary.md", f"```\n{summary}\n```\n")
     if cfg.plot:
-        from galorekit.train.plots import plot_run
+        from galorekit.train.plots import plot_run  # matplotlib: only when a plot is drawn
 
-        plot_run(out)
-    return PretrainResult(out, step, eval_loss, eval_ppl, train_loss, seconds, summary)
+        plot_run(run.out)
+    return summary

@@ -1,0 +1,477 @@
+"""``galore pretrain``'s configuration: ``PretrainConfig``, the one place of its defaults and help
+texts, from which the flags, ``--config`` files and the run's ``config.json`` are generated
+(``galorekit.config``). Torch-free: ``galore --help`` imports it.
+
+The nested ``DataConfig`` (``galorekit.data.config``) and ``MethodConfig``
+(``galorekit.train.methods``) are not declared with ``option``: their help texts are here
+(``_DATA_HELP``, ``_METHOD``). ``MethodConfig`` imports torch, so its flags' defaults are restated in
+``_METHOD`` (from ``names.GALORE_DEFAULTS`` where GaLore's); ``tests/test_config.py`` checks them
+against ``MethodConfig()`` until the methods layer's configuration is torch-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from galorekit.config import (
+    PRECISIONS,
+    Flag,
+    differences,
+    file_values,
+    flags_of,
+    flatten,
+    option,
+    read_config_file,
+)
+from galorekit.data.config import DataConfig
+from galorekit.names import (
+    ALL_METHODS,
+    DEFAULT_LR,
+    DISTRIBUTED_STRATEGIES,
+    GALORE_DEFAULTS,
+    METHODS,
+    PROJ_TYPES,
+    SVD_METHOD_NAMES,
+)
+
+#: fields that must match between a checkpoint and the run resuming from it
+RESUME_KEYS = ("model", "method", "seq_len", "batch_size", "total_batch_size", "data_fingerprint")
+#: galorekit's GaLore methods (low-rank communication and FSDP read their projectors)
+GALORE_METHODS = tuple(m for m in METHODS if m.startswith("galore_"))
+#: --flag → its argument group's title
+GROUPS = {
+    "model": "model and method",
+    "galore": "GaLore options (galore_* methods)",
+    "baselines": "baselines (lora, relora, low_rank)",
+    "data": "data",
+    "loop": "loop",
+    "parallel": "data parallelism (torch.distributed)",
+    "output": "output",
+}
+#: old spellings, refused with a pointer
+RENAMED = {
+    "--grad-clip": "use --max-grad-norm (0: off)",
+    "--dtype": "use --precision fp32|bf16-mixed (bfloat16 autocast is bf16-mixed)",
+}
+
+
+def _method_config() -> Any:
+    from galorekit.train.methods import MethodConfig  # imports torch: not at --help time
+
+    return MethodConfig()
+
+
+@dataclass
+class PretrainConfig:
+    """One pre-training run. ``galore pretrain --help`` documents each field."""
+
+    model: str = option(
+        "llama_9m",
+        "named config (llama_tiny, llama_9m, llama_20m, llama_60m, llama_130m, llama_350m, "
+        "llama_1b, llama_3b, llama_7b), a JSON config file, or a Hugging Face config name/path",
+        group="model",
+        trajectory=True,
+    )
+    data: DataConfig = field(default_factory=DataConfig)
+    method: Any = field(default_factory=_method_config)  # MethodConfig
+    # not a trajectory setting: a resumed run may be extended (its cosine tail then stretches)
+    max_steps: int = option(200, "optimizer steps", group="loop")
+    batch_size: int = option(
+        8, "sequences per micro-batch (per process)", group="loop", trajectory=True
+    )
+    total_batch_size: int | None = option(
+        None,
+        "sequences per optimizer step over all processes (gradient accumulation = total / "
+        "(batch × processes); default: batch × processes)",
+        group="loop",
+        trajectory=True,
+    )
+    warmup_ratio: float = option(
+        0.1, "linear warm-up share of the steps", group="loop", trajectory=True
+    )
+    min_lr_ratio: float = option(
+        0.1, "the cosine schedule decays to this × the peak", group="loop", trajectory=True
+    )
+    eval_every: int = option(
+        50, "optimizer steps between evaluations (0: only at the end)", group="loop"
+    )
+    eval_batch_size: int | None = option(
+        None, "sequences per evaluation batch (default: --batch-size)", group="loop"
+    )
+    save_every: int = option(
+        1000, "optimizer steps between checkpoints (0: only at the end)", group="loop"
+    )
+    keep_checkpoints: int = option(2, "checkpoints kept (older ones are pruned)", group="loop")
+    log_every: int = option(10, "optimizer steps between train-loss events", group="loop")
+    output_dir: str | None = option(
+        None, "run directory (default: runs/pretrain-MODEL-METHOD-TIME)", group="output"
+    )
+    resume: str | None = option(None, cli=False)  # "latest" or a checkpoint path
+    overwrite: bool = option(False, "replace a run in --output-dir", group="output")
+    allow_config_change: bool = option(
+        False,
+        "--resume: accept settings that change the run's trajectory (--lr, --rank, --seed, …); "
+        "the changes are recorded in config.json and metrics.jsonl",
+        group="output",
+    )
+    precision: str = option(
+        "fp32",
+        "fp32, or bf16-mixed (bfloat16 autocast of forward/backward, fp32 weights and states; "
+        "for GPUs, slow on most CPUs)",
+        group="loop",
+        choices=PRECISIONS,
+        trajectory=True,
+    )
+    activation_checkpointing: bool = option(
+        False, "recompute activations in backward (less memory, more time)", group="loop"
+    )
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, …", group="loop")
+    seed: int = option(
+        0, "seeds the model, the data order and every RNG", group="loop", trajectory=True
+    )
+    progress: bool = option(True, "no progress bar", group="output")
+    tensorboard: bool = option(True, "no TensorBoard event files", group="output")
+    plot: bool = option(True, "no curves.png at the end", group="output")
+    nproc_per_node: int = option(
+        1,
+        "processes on this machine, launched through torchrun (gloo on CPU, NCCL on CUDA, one GPU "
+        "each); --batch-size is then per process and --total-batch-size global",
+        group="parallel",
+    )
+    world_size: int | None = option(None, cli=False)  # None: torchrun's WORLD_SIZE or nproc
+    distributed: str = option(
+        "ddp",
+        "data-parallel strategy: ddp (DistributedDataParallel; --layerwise reduces in its hooks "
+        "instead) or fsdp (FSDP2 fully_shard: parameters, gradients and optimizer states sharded "
+        "by rows; GaLore projects on the right and refreshes from all-reduced sketches; methods "
+        "adamw, adamw8bit, galore_adamw, galore_adamw8bit, with --layerwise too)",
+        group="parallel",
+        choices=DISTRIBUTED_STRATEGIES,
+        trajectory=True,
+    )
+    lowrank_comm: bool = option(
+        False,
+        "GaLore methods: between subspace refreshes all-reduce each projected gradient (r×n) "
+        "instead of the full one (m×n); full gradients only at refresh steps",
+        group="parallel",
+        trajectory=True,
+    )
+
+    def __post_init__(self) -> None:
+        # torch: when a configuration is built, not when --help imports this module
+        from galorekit.distributed.context import env_world_size, inside_torchrun
+
+        if self.world_size is None:
+            self.world_size = env_world_size() if inside_torchrun() else self.nproc_per_node
+        errors = _errors(self)
+        if errors:
+            raise ValueError("invalid pre-training config: " + "; ".join(errors))
+        self.method.accumulation_steps = self.accumulation_steps
+
+    @property
+    def global_batch_size(self) -> int:
+        """Sequences per optimizer step over all processes."""
+        return self.total_batch_size or self.batch_size * (self.world_size or 1)
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.global_batch_size // (self.batch_size * (self.world_size or 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _errors(cfg: PretrainConfig) -> list[str]:
+    """Everything wrong with ``cfg`` (one message for all of it)."""
+    errors = []
+    for name in ("max_steps", "batch_size", "log_every"):
+        if getattr(cfg, name) < 1:
+            errors.append(f"{name} must be ≥ 1, got {getattr(cfg, name)}")
+    for name in ("eval_every", "save_every"):
+        if getattr(cfg, name) < 0:
+            errors.append(f"{name} must be ≥ 0 (0: only at the end), got {getattr(cfg, name)}")
+    if cfg.keep_checkpoints < 1:
+        errors.append(f"keep_checkpoints must be ≥ 1, got {cfg.keep_checkpoints}")
+    if not 0.0 <= cfg.warmup_ratio < 1.0:
+        errors.append(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    if not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        errors.append(f"min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
+    if cfg.precision not in PRECISIONS:
+        errors.append(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if cfg.nproc_per_node < 1 or cfg.world_size < 1:
+        errors.append(
+            f"nproc_per_node and world_size must be ≥ 1, got {cfg.nproc_per_node} and "
+            f"{cfg.world_size}"
+        )
+    per_step = cfg.batch_size * max(cfg.world_size, 1)
+    if cfg.total_batch_size is not None and (
+        cfg.total_batch_size < per_step or cfg.total_batch_size % per_step
+    ):
+        if cfg.world_size == 1:
+            errors.append(
+                f"total_batch_size ({cfg.total_batch_size}) must be a multiple of batch_size "
+                f"({cfg.batch_size})"
+            )
+        else:
+            errors.append(
+                f"total_batch_size ({cfg.total_batch_size}) must be a multiple of batch_size "
+                f"× processes ({cfg.batch_size} × {cfg.world_size} = {per_step}): each "
+                "process runs whole micro-batches of batch_size"
+            )
+    if cfg.distributed not in DISTRIBUTED_STRATEGIES:
+        errors.append(
+            f"unknown --distributed {cfg.distributed!r}; valid: "
+            + ", ".join(DISTRIBUTED_STRATEGIES)
+        )
+    errors += _parallel_errors(cfg)
+    if cfg.resume is not None and cfg.overwrite:
+        errors.append("--resume and --overwrite contradict each other")
+    return errors
+
+
+def _parallel_errors(cfg: PretrainConfig) -> list[str]:
+    errors = []
+    method = cfg.method
+    if cfg.distributed == "fsdp":
+        from galorekit.distributed.fsdp import FSDP_METHODS  # torch, as above
+
+        if method.method not in FSDP_METHODS:
+            errors.append(
+                f"--distributed fsdp supports the methods {', '.join(FSDP_METHODS)}, not "
+                f"{method.method} (Adafactor's statistics span whole matrices; the "
+                "adapter baselines rebuild the model); use --distributed ddp"
+            )
+        if method.method in GALORE_METHODS and method.proj_type not in ("std", "right"):
+            errors.append(
+                "--distributed fsdp projects every matrix on the right (R = G·Q is local to "
+                f"a row shard): --proj-type must be std or right, not {method.proj_type}"
+            )
+        if cfg.lowrank_comm:
+            errors.append(
+                "--lowrank-comm is a DDP option (FSDP2 reduce-scatters full gradients); use "
+                "--distributed ddp with it"
+            )
+    if cfg.lowrank_comm:
+        if method.method not in GALORE_METHODS:
+            errors.append(
+                "--lowrank-comm communicates GaLore's projected gradients: it needs a galore_* "
+                f"method, not {method.method}"
+            )
+        if method.layerwise:
+            errors.append(
+                "--lowrank-comm is not available with --layerwise (the layer-wise optimizer "
+                "all-reduces full gradients inside its hooks)"
+            )
+        if cfg.world_size < 2:
+            errors.append("--lowrank-comm needs data parallelism (--nproc-per-node ≥ 2)")
+    return errors
+
+
+# ------------------------------------------------------------------------------ the flags
+_DATA_HELP: dict[str, dict[str, Any]] = {
+    "data.dataset": {
+        "help": "default (KJV + Shakespeare, offline), kjv, shakespeare, or a Hugging Face "
+        "dataset name such as allenai/c4 (streamed; needs internet)",
+        "show_default": False,
+    },
+    "data.dataset_config": {"help": "the Hub dataset's configuration, e.g. 'en' for allenai/c4"},
+    "data.data_files": {"help": "local .txt/.jsonl/.parquet files (globs); override --dataset"},
+    "data.text_column": {"help": "column holding the text (jsonl, parquet, Hub datasets)"},
+    "data.tokenizer": {
+        "help": "default (byte-level BPE trained on the corpus, cached), mistral (LLaMA-style "
+        "32000-token sentencepiece), or any Hugging Face tokenizer name/path (the paper: t5-base)",
+        "show_default": False,
+    },
+    "data.vocab_size": {"help": "vocabulary of the trained BPE (--tokenizer default)"},
+    "data.seq_len": {"help": "tokens per packed training sequence"},
+    "data.val_sequences": {"help": "held-out validation sequences"},
+    "data.streaming": {
+        "help": "stream documents (auto: Hub datasets stream, local files are tokenised and "
+        "cached)",
+        "kind": "str",
+        "default": "auto",
+        "choices": ("auto", "yes", "no"),
+    },
+    "data.cache_dir": {
+        "help": "tokenizer/token cache (default: $GALOREKIT_CACHE or ~/.cache/galorekit)"
+    },
+}
+for _entry in _DATA_HELP.values():
+    _entry.setdefault("group", "data")
+    _entry["trajectory"] = True
+_DATA_HELP["data.cache_dir"]["trajectory"] = False
+_DATA_HELP["data.streaming"]["trajectory"] = False  # the same token order either way
+
+
+#: MethodConfig's flags: (kind, default, group, help, extra metadata). Defaults restated
+#: (MethodConfig imports torch); tests/test_config.py holds them equal to MethodConfig()'s.
+_METHOD: dict[str, tuple[str, Any, str, str, dict[str, Any]]] = {
+    "method": (
+        "str",
+        "galore_adamw",
+        "model",
+        "training method",
+        {"choices": ALL_METHODS, "aliases": ("--optimizer",)},
+    ),
+    "layerwise": (
+        "bool",
+        False,
+        "model",
+        "update each parameter during backward and free its gradient (optimizer methods)",
+        {},
+    ),
+    "lr": (
+        "float",
+        None,
+        "model",
+        "peak learning rate (default per method: "
+        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+        + ")",
+        {},
+    ),
+    "weight_decay": ("float", 0.0, "model", "decoupled weight decay", {}),
+    "max_grad_norm": (
+        "float",
+        1.0,
+        "model",
+        "global gradient-norm clip (0: off); layer-wise runs clip by the previous step's norm",
+        {},
+    ),
+    "rank": (
+        "int",
+        None,
+        "galore",
+        "projection rank (GaLore) or adapter rank (LoRA, ReLoRA, Low-Rank); default "
+        "hidden_size // 4 as in the paper",
+        {},
+    ),
+    "update_proj_gap": (
+        "int",
+        GALORE_DEFAULTS["update_proj_gap"],
+        "galore",
+        "T: optimizer steps between subspace refreshes",
+        {},
+    ),
+    "scale": ("float", GALORE_DEFAULTS["scale"], "galore", "alpha: scale of the update", {}),
+    "proj_type": (
+        "str",
+        GALORE_DEFAULTS["proj_type"],
+        "galore",
+        "projection side",
+        {"choices": PROJ_TYPES},
+    ),
+    "svd": (
+        "str",
+        None,
+        "galore",
+        f"subspace refresh method: {', '.join(SVD_METHOD_NAMES)}, or a name registered in "
+        f"galorekit.projection.SVD_METHODS (default: {GALORE_DEFAULTS['svd']})",
+        {},
+    ),
+    "lora_alpha": ("float", 32.0, "baselines", "LoRA/ReLoRA alpha", {}),
+    "lora_dropout": ("float", 0.0, "baselines", "LoRA/ReLoRA dropout", {}),
+    "relora_reset_every": (
+        "int",
+        None,
+        "baselines",
+        "ReLoRA: steps between merge-and-reinit (default max_steps // 4)",
+        {},
+    ),
+    "relora_prune": (
+        "float",
+        0.99,
+        "baselines",
+        "ReLoRA: fraction of the adapters' optimizer states pruned at each reset",
+        {},
+    ),
+}
+
+
+def _method_flags() -> list[Flag]:
+    return [
+        Flag(
+            path=("method", name),
+            default=default,
+            help=help_text,
+            kind=kind,
+            group=group,
+            optional=default is None,
+            trajectory=True,
+            **extra,
+        )
+        for name, (kind, default, group, help_text, extra) in _METHOD.items()
+    ]
+
+
+def _flags() -> list[Flag]:
+    # DataConfig's fields without help here (seed: --seed's; shuffle_buffer) are not flags
+    return flags_of(PretrainConfig, nested={"data": DataConfig}, overlay=_DATA_HELP) + (
+        _method_flags()
+    )
+
+
+#: every setting of ``galore pretrain``, in the order of ``--help``
+FLAGS: list[Flag] = _flags()
+_STREAMING = {"auto": None, "yes": True, "no": False}
+
+
+def build_config(values: dict[str, Any]) -> PretrainConfig:
+    """The ``PretrainConfig`` of flat ``values`` (missing settings: the defaults)."""
+    from galorekit.train.methods import MethodConfig  # torch, as in _method_config
+
+    parts: dict[str, dict[str, Any]] = {"": {}, "data": {}, "method": {}}
+    for fl in FLAGS:
+        if fl.name in values:
+            section = fl.path[0] if len(fl.path) > 1 else ""
+            parts[section][fl.name] = values[fl.name]
+    data, method = parts["data"], parts["method"]
+    if "streaming" in data:
+        data["streaming"] = _STREAMING[data["streaming"]]
+    if "max_grad_norm" in method and not method["max_grad_norm"]:
+        method["max_grad_norm"] = None  # 0: off
+    seed = values.get("seed", 0)
+    return PretrainConfig(
+        data=DataConfig(**data, seed=seed),
+        method=MethodConfig(**method),
+        **parts[""],
+        **{k: values[k] for k in ("resume", "world_size") if k in values},
+    )
+
+
+def config_values(cfg: PretrainConfig) -> dict[str, Any]:
+    """Flat name → value of every setting of ``cfg`` (what ``config.json`` records and
+    ``build_config`` reads back)."""
+    out = flatten(cfg, FLAGS)
+    out["streaming"] = {v: k for k, v in _STREAMING.items()}[cfg.data.streaming]
+    if out["max_grad_norm"] is None:
+        out["max_grad_norm"] = 0.0
+    # the values used, so that a later change of a default cannot hide in a resumed run
+    out["lr"] = cfg.method.peak_lr
+    out["total_batch_size"] = cfg.global_batch_size
+    return out
+
+
+def trajectory_changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The settings, changed between a run's ``config.json`` and now, that change what it
+    computes (``--resume`` refuses them without ``--allow-config-change``)."""
+    return differences(saved, now, FLAGS)
+
+
+#: keys of config.json that are records of the run, not settings
+RUN_RECORD_KEYS = ("run", "world_size", "config_changes")
+#: saved settings a resumed run does not take over: they concern one invocation
+NOT_CARRIED = ("allow_config_change", "overwrite")
+
+
+def saved_values(output_dir: str | Path) -> dict[str, Any]:
+    """The settings recorded in a run directory's ``config.json`` (empty when it has none)."""
+    path = Path(output_dir) / "config.json"
+    if not path.exists():
+        return {}
+    values = file_values(
+        read_config_file(path), FLAGS, str(path), ignore=RUN_RECORD_KEYS, strict=False
+    )
+    return {k: v for k, v in values.items() if k not in NOT_CARRIED}

@@ -1,0 +1,154 @@
+"""A pre-training run's state on disk: checkpoints written and resumed (every rank reads them),
+and config.json with every setting and each accepted change of a trajectory setting."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from galorekit.config import describe
+from galorekit.distributed.context import barrier, gather_objects
+from galorekit.train.checkpoint import (
+    CheckpointError,
+    checkpoint_name,
+    load_checkpoint,
+    load_module_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from galorekit.train.logging import write_run_config
+from galorekit.train.loop import rng_state, set_rng_state
+from galorekit.train.pretrain_config import (
+    FLAGS,
+    RESUME_KEYS,
+    PretrainConfig,
+    config_values,
+    saved_values,
+    trajectory_changes,
+)
+from galorekit.train.run_dir import truncate_metrics
+from galorekit.train.sharded_checkpoint import (
+    is_sharded_checkpoint,
+    load_sharded_parts,
+    save_sharded_checkpoint,
+)
+
+if TYPE_CHECKING:
+    from galorekit.train.pretrain import _Run
+
+
+def check_config_changes(cfg: PretrainConfig, out: Path) -> dict[str, tuple[Any, Any]]:
+    """On resume, the settings changed since the run's config.json that change its trajectory;
+    refused (nothing is written) unless ``cfg.allow_config_change``."""
+    if cfg.resume is None:
+        return {}
+    changes = trajectory_changes(saved_values(out), config_values(cfg))
+    if changes and not cfg.allow_config_change:
+        raise ValueError(
+            f"--resume: these settings differ from the run's ({out / 'config.json'}) and change "
+            f"its trajectory: {describe(changes, FLAGS)}; pass --allow-config-change to accept "
+            "them (recorded in config.json), or drop them"
+        )
+    return changes
+
+
+def resume(run: _Run) -> tuple[int, dict[str, tuple[Any, Any]]]:
+    """Load the checkpoint ``cfg.resume`` names (every rank reads it): the step it was taken at,
+    and the trajectory settings that differ from the ones it was trained with (refused unless
+    ``cfg.allow_config_change``: a checkpoint passed as ``--resume PATH`` is checked too)."""
+    cfg, ctx = run.cfg, run.ctx
+    where = resolve_checkpoint(run.out / "checkpoints" if cfg.resume == "latest" else cfg.resume)
+    sharded = is_sharded_checkpoint(where)
+    if sharded != run.fsdp:
+        raise CheckpointError(
+            f"checkpoint {where} was written by "
+            + ("an FSDP run" if sharded else "a run without FSDP")
+            + "; resume it with "
+            + ("--distributed fsdp" if sharded else "--distributed ddp or one process")
+        )
+    required = () if run.fsdp else ("model", "optimizer")
+    ckpt = load_checkpoint(where, map_location=run.device, required_keys=required)
+    mismatched = [
+        f"{k}: checkpoint {ckpt['identity'].get(k)!r} vs now {run.identity[k]!r}"
+        for k in RESUME_KEYS
+        if ckpt.get("identity", {}).get(k) != run.identity[k]
+    ]
+    if mismatched:
+        raise CheckpointError(
+            f"checkpoint {where} belongs to another run: " + "; ".join(mismatched)
+        )
+    changes = {}
+    if isinstance(ckpt.get("config"), dict):  # checkpoints of galorekit ≥ this version
+        changes = trajectory_changes(ckpt["config"], config_values(cfg))
+        if changes and not cfg.allow_config_change:
+            raise CheckpointError(
+                f"checkpoint {where} was trained with other settings: "
+                f"{describe(changes, FLAGS)}; pass --allow-config-change to accept them"
+            )
+    if run.fsdp:
+        load_sharded_parts(where, ctx, run.model, run.optimizer, map_location=run.device)
+    else:
+        load_module_state(run.model, ckpt["model"], what="model")
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.loader.load_state_dict(ckpt["loader"])
+    if run.relora is not None:
+        run.relora.load_state_dict(ckpt["relora"])
+    per_rank = ckpt.get("rng_ranks")
+    same_world = isinstance(per_rank, list) and len(per_rank) == ctx.world_size
+    set_rng_state(per_rank[ctx.rank] if same_world else ckpt["rng"])
+    step = int(ckpt["step"])
+    if ctx.is_main:
+        truncate_metrics(run.out / "metrics.jsonl", step)
+    return step, changes
+
+
+def write_config(run: _Run, step: int, changes: dict[str, tuple[Any, Any]]) -> None:
+    """config.json: every setting (it reads back as a ``--config`` file), the run's identity and
+    each accepted change of a trajectory setting, with the step it took effect at."""
+    path = run.out / "config.json"
+    previous: list[Any] = []
+    if path.exists():
+        with contextlib.suppress(ValueError, OSError):
+            previous = list(json.loads(path.read_text(encoding="utf-8")).get("config_changes", []))
+    if changes:
+        previous.append({"step": step, "changes": {k: list(v) for k, v in changes.items()}})
+    record = {
+        **config_values(run.cfg),
+        "world_size": run.ctx.world_size,
+        "run": {"output_dir": str(run.out), **run.identity},
+        "config_changes": previous,
+    }
+    write_run_config(run.out, record)
+
+
+def save(run: _Run, at_step: int) -> Path:
+    """Rank 0 writes (the states are the same on every rank; under FSDP every rank writes its
+    shards too); every rank's RNG is kept."""
+    ctx, cfg = run.ctx, run.cfg
+    rngs = gather_objects(ctx, rng_state())
+    path = run.out / "checkpoints" / checkpoint_name(at_step)
+    state = {
+        "step": at_step,
+        "identity": run.identity,
+        "config": config_values(cfg),  # compared on resume (trajectory settings)
+        "scheduler": run.scheduler.state_dict(),
+        "loader": run.loader.state_dict(),
+        "rng": rngs[0],
+    }
+    if ctx.enabled:
+        state["rng_ranks"] = rngs
+    if run.relora is not None:
+        state["relora"] = run.relora.state_dict()
+    if run.fsdp:
+        return save_sharded_checkpoint(
+            path, ctx, state, run.model, run.optimizer, keep_last=cfg.keep_checkpoints
+        )
+    if ctx.is_main:
+        state["model"] = run.model.state_dict()
+        state["optimizer"] = run.optimizer.state_dict()
+        path = save_checkpoint(path, state, keep_last=cfg.keep_checkpoints)
+    barrier(ctx)
+    return path
