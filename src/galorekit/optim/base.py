@@ -54,11 +54,12 @@ from galorekit.projection import (
     choose_side,
     effective_rank,
     project,
+    project_back,
     refresh_projector,
 )
 from galorekit.projection.alignment import transitions
 from galorekit.projection.projector import low_rank_shape
-from galorekit.projection.sharded import RowShard, global_shape
+from galorekit.projection.sharded import RowShard
 from galorekit.projection.svd import nonfinite_error, nonfinite_probe
 
 NONFINITE_POLICIES = ("raise", "skip")
@@ -105,13 +106,27 @@ def validate_galore_group(group: dict[str, Any]) -> None:
         )
     names = group.get("param_names")
     for i, p in enumerate(group["params"]):
-        if p.dim() != 2:
+        if p.dim() < 2:
             name = names[i] if names else f"parameter {i} of the group"
             raise ValueError(
-                f"GaLore projects 2-D weight matrices only, but the group with rank={rank} holds "
-                f"{name} of shape {tuple(p.shape)}. Put biases, norms and embeddings in a group "
-                "without 'rank' (galorekit.param_groups(model) does this)."
+                f"GaLore projects weight matrices (and tensors of more dimensions, as their "
+                f"out × rest unfolding), but the group with rank={rank} holds {name} of shape "
+                f"{tuple(p.shape)}. Put biases, norms and scalars in a group without 'rank' "
+                "(galorekit.param_groups(model) does this)."
             )
+
+
+def matrix_shape(shape: tuple[int, ...] | torch.Size) -> tuple[int, int]:
+    """The matrix GaLore projects for a parameter of ``shape``: itself for a matrix, the mode-0
+    unfolding (first dimension × the product of the rest) for more dimensions — a convolution
+    kernel out×in×kh×kw becomes out × in·kh·kw, the matrix it applies to im2col patches, so its
+    gradient is a sum of outer products there exactly as a linear layer's is."""
+    return (shape[0], math.prod(shape[1:]))
+
+
+def as_matrix(t: Tensor) -> Tensor:
+    """``t`` as ``matrix_shape`` (a view when ``t`` is contiguous)."""
+    return t if t.dim() == 2 else t.reshape(matrix_shape(t.shape))
 
 
 def normalize_state_dtype(value: Any) -> str | None:
@@ -293,8 +308,9 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         return f"a parameter of shape {tuple(p.shape)}"
 
     def _effective_rank(self, p: Tensor, group: dict[str, Any]) -> int:
-        rank = effective_rank(group["rank"], p.shape)
-        if group["rank"] >= min(p.shape) and not self._rank_warned:
+        shape = matrix_shape(p.shape)
+        rank = effective_rank(group["rank"], shape)
+        if group["rank"] >= min(shape) and not self._rank_warned:
             warnings.warn(
                 f"GaLore rank {group['rank']} ≥ min(m, n) = {rank} for "
                 f"{self._param_name(p, group)} (and possibly others): clamped to min(m, n); such "
@@ -387,7 +403,12 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         if "rank" in group:
             side = Side(state["proj_side"])
             left, right = state.get("proj_left"), state.get("proj_right")
-            add_projected_(weight, update, side, left, right, alpha * group["scale"])
+            alpha = alpha * group["scale"]
+            if weight.dim() == 2 or weight.is_contiguous():
+                add_projected_(as_matrix(weight), update, side, left, right, alpha)
+            else:  # e.g. channels_last: no matrix view of it to update in place
+                full = project_back(update, side, left, right, alpha)
+                weight.add_(full.reshape(weight.shape))
         else:
             weight.add_(update, alpha=alpha)
 
@@ -396,6 +417,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
     ) -> Tensor | None:
         """R = projection of ``grad``, refreshing the projector when due; None means skip."""
         state.setdefault("step", 0)
+        grad = as_matrix(grad)
         low_rank = None
         if self._refresh_due(state, group):
             if self._nonfinite(grad, p, group, state):
@@ -470,7 +492,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
 
     def _choose_side(self, p: Tensor, group: dict[str, Any]) -> Side:
         if not is_sharded(p):
-            return choose_side(group["proj_type"], p.shape)
+            return choose_side(group["proj_type"], matrix_shape(p.shape))
         # a row shard holds whole rows: only G_i·Q is local to it (projection.sharded)
         if group["proj_type"] not in ("std", "right"):
             raise ValueError(
@@ -601,6 +623,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         own = tuple(local(p).shape)
         if "rank" not in group:
             return self._state_shapes(own, group)
+        own = matrix_shape(own)
         side = pstate.get("proj_side")
         if side is None:  # never projected: only a step count or skip counter
             return {}
@@ -610,7 +633,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
                 f"one of {[int(s) for s in Side]}; nothing was loaded"
             )
         side = Side(side)
-        m, n = global_shape(local(p), self._row_shard(p)) if is_sharded(p) else tuple(p.shape)
+        m, n = matrix_shape(p.shape)  # a DTensor's shape is the whole parameter's
         rank = effective_rank(group["rank"], (m, n))
         shapes: dict[str, tuple] = {}
         if side in (Side.LEFT, Side.FULL):
