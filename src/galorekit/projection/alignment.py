@@ -57,22 +57,26 @@ def match_columns(previous: Tensor, new: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _greedy_match(strength: Tensor) -> Tensor:
-    """``order[i]`` = the new column given to old column i: the strongest remaining pair first
-    (ties between near-equal singular values are what makes ``argmax`` collide)."""
+    """``order[i]`` = the new column given to old column i, by greedy matching (the strongest
+    remaining pair first), computed in rounds that each take every *mutually* strongest pair at
+    once (a pair strongest in both its row and its column is one greedy takes too, whatever it
+    takes before): a few vectorised rounds instead of a loop over r² pairs."""
     r = strength.shape[0]
-    flat = torch.argsort(strength.flatten(), descending=True).tolist()
-    order = [-1] * r
-    used_new: set[int] = set()
-    left = r
-    for index in flat:
-        old, new = divmod(index, r)
-        if order[old] < 0 and new not in used_new:
-            order[old] = new
-            used_new.add(new)
-            left -= 1
-            if left == 0:
-                break
-    return torch.tensor(order, device=strength.device)
+    order = torch.full((r,), -1, dtype=torch.long, device=strength.device)
+    free_old = torch.ones(r, dtype=torch.bool, device=strength.device)
+    free_new = torch.ones(r, dtype=torch.bool, device=strength.device)
+    work = strength.clone()
+    rows = torch.arange(r, device=strength.device)
+    while bool(free_old.any()):
+        work[~free_old] = -1.0
+        work[:, ~free_new] = -1.0
+        best_new = work.argmax(dim=1)  # per old column
+        best_old = work.argmax(dim=0)  # per new column
+        mutual = free_old & (best_old[best_new] == rows)
+        order[mutual] = best_new[mutual]
+        free_old &= ~mutual
+        free_new[best_new[mutual]] = False
+    return order
 
 
 def _matches(previous: Tensor | None, new: Tensor | None) -> bool:
