@@ -136,7 +136,7 @@ def _dry_run(plan, specs, out: Path, overwrite: bool) -> int:
 def _warn_missing_reference(specs) -> None:
     import importlib.util
 
-    from galorekit.train.methods import GALORE_TORCH_INSTALL
+    from galorekit.methods import GALORE_TORCH_INSTALL
 
     if any(s.method == "galore_torch_adamw" for s in specs) and (
         importlib.util.find_spec("galore_torch") is None

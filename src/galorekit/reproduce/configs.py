@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from galorekit.names import GALORE_DEFAULTS
 from galorekit.reproduce.plan import PlanConfig, RunSpec
 
 
@@ -39,13 +40,14 @@ def data_config(cfg: PlanConfig):
 
 
 def method_config(spec: RunSpec, lr: float, cfg: PlanConfig):
-    from galorekit.train.methods import MethodConfig
+    from galorekit.methods import MethodConfig
 
     return MethodConfig(
         method=spec.method,
         lr=lr,
         rank=spec.rank,
-        update_proj_gap=spec.update_proj_gap or 200,  # unused by methods without GaLore
+        update_proj_gap=spec.update_proj_gap
+        or GALORE_DEFAULTS["update_proj_gap"],  # unused without GaLore
         scale=cfg.scale,
     )
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from galorekit.train.baselines.targets import TargetSpec, check_rank, resolve_target_modules
+from galorekit.extras import needs_extra
+from galorekit.models.targets import TargetSpec, check_rank, resolve_target_modules
+
+with needs_extra("train"):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft.tuners.lora import LoraLayer
+    from transformers.pytorch_utils import Conv1D
 
 
 @dataclass
@@ -68,7 +71,7 @@ def apply_lora(
     ``model`` is modified in place (peft injects the adapters into its modules). The targeted
     weights are frozen; which other parameters train is set by ``train_non_targeted`` (see the
     module docstring). ``target_modules``: see
-    :func:`~galorekit.train.baselines.targets.resolve_target_modules` (default: attention and MLP
+    :func:`~galorekit.methods.adapters.targets.resolve_target_modules` (default: attention and MLP
     projections). Raises ``ValueError`` for ``rank <= 0``, ``rank >= min(in, out)`` of a targeted
     layer, targets that match nothing, or a model that already has LoRA layers.
     """
