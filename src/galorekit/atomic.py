@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write_text",
     "publish_directory",
     "temp_sibling",
+    "write_json_output",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -115,6 +116,15 @@ def atomic_write_json(
     newline) to ``path`` atomically."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys, **kwargs)
     atomic_write_text(path, text + "\n")
+
+
+def write_json_output(target: str | PathLike, obj: Any) -> None:
+    """The ``--json PATH`` of every command: ``obj`` as JSON on stdout for ``-``, else written
+    atomically to ``PATH`` (indented)."""
+    if str(target) == "-":
+        print(json.dumps(obj), flush=True)
+    else:
+        atomic_write_json(target, obj)
 
 
 @contextlib.contextmanager

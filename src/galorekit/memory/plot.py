@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from galorekit.atomic import atomic_path
+from galorekit.extras import needs_extra
 from galorekit.memory.estimator import COMPONENT_NAMES, COMPONENTS, MemoryEstimate
 from galorekit.memory.units import in_unit
 
@@ -32,7 +33,9 @@ def plot_estimates(
     """
     if not estimates:
         raise ValueError("nothing to plot: no estimates")
-    import matplotlib
+    # matplotlib: optional (galorekit[train]) and slow to import, so loaded only to draw
+    with needs_extra("train"):
+        import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
