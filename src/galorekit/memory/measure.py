@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from galorekit.analysis import state_bytes
 from galorekit.memory.model import build_optimizer, build_training_model
-from galorekit.memory.optimizer_states import held_state_bytes
 from galorekit.memory.setup import TrainingSetup
 from galorekit.memory.trackers import (
     GradientTracker,
@@ -188,7 +188,7 @@ def measure_model(
         steps=steps,
         weights=weights,
         gradients=grads.peak,
-        optimizer_states=held_state_bytes(optimizer),
+        optimizer_states=state_bytes(optimizer),
         activations=saved.peak,
         peak=before + peak,
     )
