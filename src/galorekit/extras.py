@@ -1,7 +1,8 @@
 """The optional dependencies of galorekit, by extra, and the one way to import them.
 
-``pip install galorekit`` needs only torch (optimizers, projection, the layer-wise wrapper, the
-memory estimator's code); the rest comes with an extra. An import of an extra's package goes
+``pip install galorekit`` needs only torch (and numpy, without which torch warns at import) for
+the optimizers, the projection, the layer-wise wrapper and the memory estimator's API; the rest
+comes with an extra. An import of an extra's package goes
 through :func:`needs_extra`, so that a missing package says which extra to install instead of a
 bare ``ModuleNotFoundError``::
 
@@ -11,8 +12,10 @@ bare ``ModuleNotFoundError``::
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import ModuleType
 
 #: extra → the top-level modules it provides (what an ``import`` names)
 EXTRAS: dict[str, tuple[str, ...]] = {
@@ -25,7 +28,6 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "safetensors",
         "tensorboard",
         "matplotlib",
-        "numpy",
         "pandas",
         "pyarrow",
         "psutil",
@@ -69,3 +71,10 @@ def needs_extra(extra: str) -> Iterator[None]:
         if name.startswith("galorekit"):
             raise
         raise MissingExtraError(missing_extra_message(name, extra), name=err.name) from err
+
+
+def import_extra(module: str, extra: str) -> ModuleType:
+    """``module`` imported on first use (modules of the core install that only some of their
+    functions need an extra for): :class:`MissingExtraError` naming ``extra`` if it is missing."""
+    with needs_extra(extra):
+        return importlib.import_module(module)

@@ -27,6 +27,10 @@ from typing import Any
 
 import numpy as np
 
+# the [train] packages are imported in the functions that use them, through needs_extra: they
+# take seconds to import, and the core install and `galore --help` import this module
+from galorekit.extras import needs_extra
+
 ROTTEN_TOMATOES = "rotten_tomatoes"
 PROBLEM_TYPES = ("auto", "classification", "regression")
 FILE_FORMATS = {
@@ -334,7 +338,8 @@ def file_format(path: str | Path) -> str:
 
 def read_table(path: str | Path) -> Any:
     """A local data file as a pandas DataFrame (text kept verbatim: no NA guessing)."""
-    import pandas as pd
+    with needs_extra("train"):
+        import pandas as pd
 
     p = Path(path)
     if not p.is_file():
@@ -479,7 +484,8 @@ def _load_files(cfg: ClassificationDataConfig) -> ClassificationData:
 
 
 def _load_glue(cfg: ClassificationDataConfig) -> ClassificationData:
-    import datasets
+    with needs_extra("train"):
+        import datasets
 
     task = GLUE_TASKS[cfg.task]  # type: ignore[index]
     try:

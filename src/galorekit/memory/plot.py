@@ -38,7 +38,8 @@ def plot_estimates(
         import matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    with needs_extra("train"):
+        import matplotlib.pyplot as plt
 
     path = Path(path)
     if path.suffix.lower() != ".png":

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from galorekit.extras import needs_extra
+from galorekit.extras import MissingExtraError, install_hint, needs_extra
 from galorekit.methods.config import MethodConfig
 from galorekit.models.targets import (
     TargetSpec,
@@ -206,10 +206,10 @@ def _galore_torch_adamw_class() -> type:
         import galore_torch
         from galore_torch.galore_projector import GaLoreProjector
     except ImportError as err:
-        raise ImportError(
-            f"method galore_torch_adamw needs the reference package galore-torch ({err}); "
-            f"install it with `{GALORE_TORCH_INSTALL}` (galorekit's extra: "
-            "`pip install galorekit[reference]`)"
+        raise MissingExtraError(
+            f"method galore_torch_adamw needs the reference package galore-torch ({err}): "
+            f"{GALORE_TORCH_INSTALL}, or {install_hint('reference')}",
+            name="galore_torch",
         ) from err
 
     class GaLoreTorchAdamW(galore_torch.GaLoreAdamW):

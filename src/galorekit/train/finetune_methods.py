@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from galorekit.extras import needs_extra
 from galorekit.names import RENAMED_METHODS, method_info
 from galorekit.train.finetune_config import ConfigError, FinetuneConfig
 
@@ -70,7 +71,8 @@ def method_config(cfg: FinetuneConfig, method: str) -> MethodConfig:
 def _apply_classifier_lora(model: nn.Module, cfg: FinetuneConfig, targets: list[str]) -> nn.Module:
     """peft LoRA for sequence classification: adapters on ``targets``, the head trained fully."""
     # peft: an extra of galorekit ([train]), imported where it is used
-    from peft import LoraConfig, TaskType, get_peft_model
+    with needs_extra("train"):
+        from peft import LoraConfig, TaskType, get_peft_model
 
     heads = ["classifier", "score"]
     if any(name.endswith("pooler") for name, _ in model.named_modules()):
