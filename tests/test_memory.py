@@ -20,7 +20,7 @@ from galorekit.memory.model import build_optimizer, build_training_model
 from galorekit.memory.optimizer_states import held_state_bytes
 from galorekit.memory.setup import METHODS, PRECISIONS, TrainingSetup
 from galorekit.memory.trackers import GradientTracker, SavedTensorTracker
-from galorekit.memory.units import format_bytes, parse_size
+from galorekit.units import format_bytes, parse_size
 
 VOCAB = 256
 # llama_tiny: hidden 64, intermediate 176, 4 heads, 2 layers. Rank 32 makes some GaLore moments

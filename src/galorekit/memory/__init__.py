@@ -9,7 +9,7 @@
 Modules: ``setup`` (the configuration), ``model`` (building it as ``galore pretrain`` does),
 ``optimizer_states`` (state layout rules), ``activations`` (the per-layer formula), ``estimator``,
 ``trackers``/``measure`` (measuring a real run), ``fit`` (budget search), ``report``/``plot``,
-``units``, ``names`` (torch-free names for the parser) and ``cli`` (``galore memory``).
+``names`` (torch-free names for the parser; byte sizes are ``galorekit.units``) and ``cli`` (``galore memory``).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ _LAZY = {
     "METHODS": "galorekit.memory.setup",
     "PRECISIONS": "galorekit.memory.setup",
     "TrainingSetup": "galorekit.memory.setup",
-    "format_bytes": "galorekit.memory.units",
-    "parse_size": "galorekit.memory.units",
+    "format_bytes": "galorekit.units",
+    "parse_size": "galorekit.units",
 }
 
 __all__ = sorted(_LAZY)

@@ -18,7 +18,7 @@ import argparse
 
 # torch-free: ``galore --help`` builds this parser
 from galorekit.memory.names import ATTN_IMPLEMENTATIONS, METHODS, PRECISION_NAMES, PROJ_TYPES
-from galorekit.memory.units import DISPLAY_UNITS
+from galorekit.units import DISPLAY_UNITS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -29,7 +29,7 @@ from galorekit.memory.setup import (
     check_method,
     parse_target_modules,
 )
-from galorekit.memory.units import DISPLAY_UNITS, auto_unit, format_bytes, parse_size
+from galorekit.units import DISPLAY_UNITS, auto_unit, format_bytes, parse_size
 
 
 class _UsageError(ValueError):

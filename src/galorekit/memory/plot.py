@@ -9,7 +9,7 @@ from pathlib import Path
 from galorekit.atomic import atomic_path
 from galorekit.extras import needs_extra
 from galorekit.memory.estimator import COMPONENT_NAMES, COMPONENTS, MemoryEstimate
-from galorekit.memory.units import in_unit
+from galorekit.units import in_unit
 
 _COLORS = {
     "weights": "#4C72B0",

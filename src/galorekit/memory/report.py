@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from galorekit.memory.estimator import COMPONENT_NAMES, COMPONENTS, MemoryEstimate
 from galorekit.memory.fit import FitRow
 from galorekit.memory.measure import Measurement
-from galorekit.memory.units import format_bytes
 from galorekit.names import is_galore
+from galorekit.units import format_bytes
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:

@@ -58,7 +58,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from galorekit.names import GALORE_DEFAULTS, is_galore, method_info
+from galorekit.names import ALL_METHODS, DEFAULT_LR, GALORE_DEFAULTS, is_galore, method_info
 
 #: the sections of a plan, in report order (``--only`` picks among them)
 SECTIONS = ("table", "ablations", "theory")
@@ -133,8 +133,6 @@ class PlanConfig:
     theory_points: int = 40  # gradient measurements over the theory run
 
     def __post_init__(self) -> None:
-        from galorekit.names import ALL_METHODS
-
         errors = []
         for name in ("steps", "seq_len", "batch_size", "eval_points", "theory_points"):
             value = getattr(self, name)
@@ -270,8 +268,6 @@ def make_run(
 ) -> RunSpec:
     """A run whose LR is ``lr``, else the tuned one of ``lr_group`` (default: ``method``'s), or,
     in an untuned plan, ``fixed_lrs``'s (else ``galore pretrain``'s default) for ``lr_group``."""
-    from galorekit.names import DEFAULT_LR
-
     rank = rank if uses_rank(method) else None
     gap = (gap if gap is not None else cfg.update_proj_gap) if uses_gap(method) else None
     group = lr_group or method
@@ -354,6 +350,7 @@ class Plan:
 
 def build_plan(cfg: PlanConfig) -> Plan:
     """Every run of ``cfg`` (the model's hidden size d sets the ranks d/k)."""
+    # galorekit.models imports torch: this module is imported by ``galore --help``'s parser
     from galorekit.models.registry import NAMED_SHAPES, normalise_name
 
     shape = NAMED_SHAPES.get(normalise_name(cfg.model))

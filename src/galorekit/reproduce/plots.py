@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from galorekit.atomic import atomic_path
+
 # the [train] packages are imported in the functions that use them, through needs_extra: they
 # take seconds to import, and the core install and `galore --help` import this module
 from galorekit.extras import needs_extra
@@ -27,8 +29,6 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    from galorekit.atomic import atomic_path
-
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
