@@ -102,3 +102,48 @@ def test_no_module_looks_itself_up_in_sys_modules():
         if "sys.modules" in line and "galorekit" in line
     ]
     assert not hidden, hidden
+
+
+#: files and functions over the size limits, waiting for their owners' refactoring (the training
+#: loop core of issue 16; see NOTES-structure.md). The test fails once one fits, so it shrinks.
+OVERSIZED = {
+    "train/pretrain.py",
+    "train/pretrain.py:_pretrain",
+    "train/finetune.py",
+    "train/finetune.py:add_arguments",
+    "train/finetune_loop.py:train_and_evaluate",
+    "train/pretrain_cli.py:add_arguments",
+    "reproduce/theory.py:run_theory",
+}
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 500, 120
+
+
+def _oversized() -> dict[str, bool]:
+    """``{place: justified}`` for every file and function over the limits; a ``# size:`` comment
+    (in the file, or in the function) says why it may be."""
+    found = {}
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        text = path.read_text()
+        lines = text.splitlines()
+        if len(lines) > MAX_FILE_LINES:
+            found[rel] = any(line.lstrip().startswith("# size:") for line in lines)
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                body = lines[node.lineno - 1 : node.end_lineno]
+                if len(body) > MAX_FUNCTION_LINES:
+                    found[f"{rel}:{node.name}"] = any(
+                        line.lstrip().startswith("# size:") for line in body
+                    )
+    return found
+
+
+def test_files_and_functions_stay_small_or_say_why():
+    found = _oversized()
+    unexplained = [place for place, why in found.items() if not why and place not in OVERSIZED]
+    assert not unexplained, (
+        f"over {MAX_FILE_LINES} lines per file / {MAX_FUNCTION_LINES} per "
+        f"function without a '# size:' comment: {unexplained}"
+    )
+    fixed = OVERSIZED - set(found)
+    assert not fixed, f"now within the limits, drop from OVERSIZED: {fixed}"

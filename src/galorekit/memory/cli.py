@@ -30,7 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " activations (tensors saved for backward), read from the real model built on the meta"
         " device and from the optimizers' state layout."
     )
-    m = p.add_argument_group("model and method")
+    _model_arguments(p.add_argument_group("model and method"))
+    _step_arguments(p.add_argument_group("training step"))
+    _output_arguments(p.add_argument_group("output and modes"))
+    _measure_arguments(p.add_argument_group("measurement"))
+
+
+def _model_arguments(m: argparse._ArgumentGroup) -> None:
     m.add_argument(
         "--model",
         default="llama_7b",
@@ -78,7 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="matrices GaLore / the baselines act on: comma-separated name substrings "
         "(q_proj,v_proj), 'all-linear', or re:REGEX (default: attention and MLP projections)",
     )
-    t = p.add_argument_group("training step")
+
+
+def _step_arguments(t: argparse._ArgumentGroup) -> None:
     t.add_argument("--batch-size", type=int, default=1, help="sequences per micro-batch (1)")
     t.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (256)")
     t.add_argument(
@@ -108,7 +116,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="micro-batches per optimizer step; with --layerwise the accumulated gradients are "
         "held between micro-batches (default 1)",
     )
-    o = p.add_argument_group("output and modes")
+
+
+def _output_arguments(o: argparse._ArgumentGroup) -> None:
     o.add_argument(
         "--json",
         nargs="?",
@@ -152,7 +162,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="unit of the tables: GB = 10^9 bytes (the paper's), GiB = 2^30, ...; auto (default): "
         "GB, or MB/KB for small models",
     )
-    x = p.add_argument_group("measurement")
+
+
+def _measure_arguments(x: argparse._ArgumentGroup) -> None:
     x.add_argument(
         "--measure",
         action="store_true",
