@@ -68,6 +68,8 @@ BASELINES = tuple(m.name for m in METHOD_TABLE.values() if m.changes_model)
 METHODS = (*OPTIMIZER_NAMES, *BASELINES)
 #: GaLore's projection types (``galorekit.projection.choose_side``)
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
+#: how to install the reference implementation (method ``galore_torch_adamw``)
+GALORE_TORCH_INSTALL = "pip install galore-torch==1.0"
 #: the built-in subspace refresh methods (``galorekit.projection.SVD_METHODS``, which also holds
 #: any registered under a name of one's own)
 SVD_METHOD_NAMES = ("exact", "randomized", "warm", "power")

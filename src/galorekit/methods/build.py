@@ -25,10 +25,8 @@ from galorekit.models.targets import (
     max_adapter_rank,
     resolve_target_modules,
 )
-from galorekit.names import method_info
+from galorekit.names import GALORE_TORCH_INSTALL, method_info
 from galorekit.optim import create_optimizer, param_groups
-
-GALORE_TORCH_INSTALL = "pip install galore-torch==1.0"
 
 
 @dataclass
