@@ -47,7 +47,7 @@ PRECISIONS: dict[str, tuple[torch.dtype, torch.dtype | None]] = {
 def optimizer_name(method: str) -> str:
     """The optimizer a method trains with (the baselines use AdamW on their trainable params)."""
     check_method(method)
-    return "adamw" if method in BASELINE_METHODS else method
+    return method_info(method).optimizer
 
 
 def check_method(method: str) -> None:
