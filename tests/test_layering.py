@@ -6,7 +6,8 @@ The layers, lowest first (a module may import its own subpackage and any lower l
 sibling in its layer or anything above):
 
 0. ``names`` (the torch-free method table), ``extras`` (optional-dependency imports), ``atomic``
-   (file writes), ``units`` (byte sizes), the package ``__init__`` (lazy re-exports only);
+   (file writes), ``units`` (byte sizes), ``lazy`` (lazy package exports); just above them the
+   package ``__init__`` (lazy re-exports only, through ``lazy``);
 1. ``projection`` — the subspace refresh, torch only;
 2. ``optim`` — GaLore's optimizers and the layer-wise wrapper;
 3. ``distributed`` (DDP/FSDP2 around the optimizers) and ``analysis`` (subspace metrics, the one
@@ -29,7 +30,8 @@ import galorekit
 
 SRC = Path(galorekit.__file__).parent
 LAYERS: list[set[str]] = [
-    {"names", "extras", "atomic", "units", "__init__"},
+    {"names", "extras", "atomic", "units", "lazy"},
+    {"__init__"},
     {"projection"},
     {"optim"},
     {"distributed", "analysis"},

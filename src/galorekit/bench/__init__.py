@@ -26,9 +26,6 @@ Modules: ``config`` (what is measured), ``timing``, ``quality``, ``benchmark`` (
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from galorekit.bench.cli import add_arguments, config_from_args, run
 from galorekit.bench.config import (
     ADAMW,
@@ -48,6 +45,7 @@ from galorekit.bench.report import (
     format_real_table,
     format_table,
 )
+from galorekit.lazy import lazy_exports
 
 _LAZY = {
     "Timing": "timing",
@@ -89,9 +87,12 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    if name in _ANALYSIS:  # the shared metrics, formerly defined here
-        return getattr(importlib.import_module("galorekit.analysis"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        **{name: f"{__name__}.{module}" for name, module in _LAZY.items()},
+        # the shared metrics, formerly defined here
+        **dict.fromkeys(_ANALYSIS, "galorekit.analysis"),
+    },
+    eager=__all__,
+)

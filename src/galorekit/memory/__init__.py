@@ -14,8 +14,7 @@ Modules: ``setup`` (the configuration), ``model`` (building it as ``galore pretr
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from galorekit.lazy import lazy_exports
 
 # lazy: ``galore --help`` imports galorekit.memory.cli, which must not pay for torch
 _LAZY = {
@@ -39,11 +38,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'galorekit.memory' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, eager=())

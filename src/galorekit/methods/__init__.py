@@ -8,9 +8,7 @@ ReLoRA, Low-Rank; LoRA and ReLoRA need ``galorekit[train]``)."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from galorekit.lazy import lazy_exports
 from galorekit.methods.config import MethodConfig, field_help
 
 _FROM_BUILD = (
@@ -38,7 +36,6 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _FROM_BUILD:
-        return getattr(importlib.import_module("galorekit.methods.build"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(
+    __name__, dict.fromkeys(_FROM_BUILD, "galorekit.methods.build"), eager=__all__
+)

@@ -6,8 +6,7 @@ peft."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from galorekit.lazy import lazy_exports
 
 _LAZY = {
     "LoRAConfig": "lora",
@@ -29,9 +28,10 @@ _FROM_MODELS = ("check_rank", "max_adapter_rank", "resolve_target_modules")
 __all__ = sorted([*_LAZY, *_FROM_MODELS])
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    if name in _FROM_MODELS:
-        return getattr(importlib.import_module("galorekit.models.targets"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        **{name: f"{__name__}.{module}" for name, module in _LAZY.items()},
+        **dict.fromkeys(_FROM_MODELS, "galorekit.models.targets"),
+    },
+)
