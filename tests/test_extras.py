@@ -105,6 +105,19 @@ def test_what_needs_an_extra_names_it():
         assert f"pip install 'galorekit[{extra}]'" in line and module in line, line
 
 
+def test_a_command_missing_its_extra_says_so_in_one_line():
+    proc = _run(
+        """
+        import galorekit.cli
+        raise SystemExit(galorekit.cli.main(["memory", "--model", "llama_tiny"]))
+        """
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("galore memory: error: transformers is not installed"), proc.stderr
+    assert "Traceback" not in proc.stderr and "pip install 'galorekit[train]'" in last
+
+
 #: modules whose extra imports are not yet routed through needs_extra (their owners' files: see
 #: NOTES-structure.md); every other module must route them, so the message names the extra
 NOT_YET_ROUTED = {

@@ -13,7 +13,8 @@ bare ``ModuleNotFoundError``::
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
@@ -78,3 +79,13 @@ def import_extra(module: str, extra: str) -> ModuleType:
     functions need an extra for): :class:`MissingExtraError` naming ``extra`` if it is missing."""
     with needs_extra(extra):
         return importlib.import_module(module)
+
+
+def report_missing_extra(command: str, run: Callable[[], int]) -> int:
+    """``run()``; when a package of an extra is missing, exit status 2 and one line
+    ``galore <command>: error: … (pip install 'galorekit[extra]')`` instead of a traceback."""
+    try:
+        return run()
+    except MissingExtraError as err:
+        print(f"galore {command}: error: {err}", file=sys.stderr)
+        return 2

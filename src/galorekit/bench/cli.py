@@ -9,6 +9,7 @@ import sys
 from galorekit.atomic import atomic_write_text, write_json_output
 from galorekit.bench.config import PAPER_RANKS, BenchConfig
 from galorekit.bench.report import format_markdown
+from galorekit.extras import report_missing_extra
 from galorekit.names import GALORE_DEFAULTS, SVD_METHOD_NAMES
 
 
@@ -146,7 +147,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``galore bench``; returns the exit status (0 ok, 2 bad input or too big)."""
+    """Run ``galore bench``; returns the exit status (0 ok, 2 bad input, too big, or a missing
+    extra)."""
+    return report_missing_extra("bench", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
     except ValueError as err:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from galorekit.extras import report_missing_extra
+
 # torch-free: ``galore --help`` builds this parser
 from galorekit.memory.names import ATTN_IMPLEMENTATIONS, METHODS, PRECISION_NAMES, PROJ_TYPES
 from galorekit.units import DISPLAY_UNITS
@@ -181,4 +183,4 @@ def run(args: argparse.Namespace) -> int:
     # torch and transformers load here, not when ``galore --help`` builds the parser
     from galorekit.memory.commands import run as run_command
 
-    return run_command(args)
+    return report_missing_extra("memory", lambda: run_command(args))

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Union
 
 from galorekit.extras import import_extra
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 ModelSpec = Union[str, os.PathLike, dict, "PretrainedConfig"]
 
 
-def transformers():
+def transformers() -> ModuleType:
     """transformers (galorekit[train]), imported when a config is built: ``galorekit.models`` and
     the memory estimator's API import without it (the core install)."""
     return import_extra("transformers", "train")

@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from galorekit.extras import report_missing_extra
 from galorekit.names import GALORE_TORCH_INSTALL
 from galorekit.reproduce.plan import build_plan, describe, full_plan_config, quick_plan_config
 from galorekit.reproduce.results import load_result
@@ -150,6 +151,11 @@ def _warn_missing_reference(specs) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``galore reproduce``; returns the exit status (see the end of ``_run``)."""
+    return report_missing_extra("reproduce", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     # torch and the training code (see _dry_run)
     from galorekit.reproduce.report import write_report
     from galorekit.reproduce.runner import prepare_output_dir, run_plan, warm_data_cache
