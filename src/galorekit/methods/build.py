@@ -1,7 +1,8 @@
 """Apply a training method to a model: the one place that turns a :class:`MethodConfig` into the
 model to train (adapters where the method has them), its optimizer and, for ReLoRA, the restart
-controller. ``galore pretrain``, ``galore finetune``, ``galore memory`` and ``galore bench`` all
-build their methods here.
+controller. ``galore pretrain``, ``galore finetune`` and ``galore memory`` build their methods here
+(``galore bench``, which times optimizers over bare parameter lists, takes GaLore's group keys
+from ``MethodConfig.galore_group``).
 
 ``galore_torch_adamw`` is the reference implementation, galore-torch 1.0's ``GaLoreAdamW``, over the
 same parameter groups as ``galore_adamw`` (``galorekit[reference]``): it always refreshes with an
@@ -61,8 +62,10 @@ def adapter_rank(
     return rank, None
 
 
-def _clamp_adapter_rank(model: nn.Module, rank: int, method: str) -> int:
-    rank, note = adapter_rank(model, rank)
+def _clamp_adapter_rank(
+    model: nn.Module, rank: int, method: str, target_modules: TargetSpec = None
+) -> int:
+    rank, note = adapter_rank(model, rank, target_modules)
     if note is not None:
         warnings.warn(f"{method}: {note}", UserWarning, stacklevel=4)
     return rank
@@ -158,7 +161,7 @@ def setup(
     below it, with a warning. ``total_steps`` sets ReLoRA's default merge period."""
     rank = cfg.rank if cfg.rank is not None else default_rank(model)
     if method_info(cfg.method).changes_model:
-        rank = _clamp_adapter_rank(model, rank, cfg.method)
+        rank = _clamp_adapter_rank(model, rank, cfg.method, target_modules)
     model, relora = apply_adapters(
         model, cfg, rank=rank, total_steps=total_steps, target_modules=target_modules
     )
