@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from galorekit.extras import needs_extra
 from galorekit.names import RENAMED_METHODS, method_info
 from galorekit.train.finetune_config import ConfigError, FinetuneConfig
 
@@ -68,26 +67,6 @@ def method_config(cfg: FinetuneConfig, method: str) -> MethodConfig:
     )
 
 
-def _apply_classifier_lora(model: nn.Module, cfg: FinetuneConfig, targets: list[str]) -> nn.Module:
-    """peft LoRA for sequence classification: adapters on ``targets``, the head trained fully."""
-    # peft: an extra of galorekit ([train]), imported where it is used
-    with needs_extra("train"):
-        from peft import LoraConfig, TaskType, get_peft_model
-
-    heads = ["classifier", "score"]
-    if any(name.endswith("pooler") for name, _ in model.named_modules()):
-        heads.append("pooler")  # BERT's head is pooler + classifier (RoBERTa's: classifier)
-    lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=cfg.rank,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=0.0,
-        target_modules=targets,
-        modules_to_save=heads,
-    )
-    return get_peft_model(model, lora)
-
-
 def build_method(model: nn.Module, cfg: FinetuneConfig) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Wrap ``model`` for ``cfg.method`` (peft for LoRA) and create its optimizer.
 
@@ -100,7 +79,12 @@ def build_method(model: nn.Module, cfg: FinetuneConfig) -> tuple[nn.Module, Any,
     info: dict[str, Any] = {"target_modules": len(targets)}
     method = method_name(cfg)
     if method == "lora":
-        model = _apply_classifier_lora(model, cfg, targets)
+        # torch and peft (see the top)
+        from galorekit.methods.adapters import apply_classifier_lora
+
+        model = apply_classifier_lora(
+            model, rank=cfg.rank, alpha=cfg.lora_alpha, target_modules=targets
+        )
     try:
         # LoRA's adapters and head train with its optimizer (plain AdamW), as in full fine-tuning
         mcfg = method_config(cfg, method_info(method).optimizer)

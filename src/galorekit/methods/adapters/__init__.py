@@ -11,6 +11,7 @@ from galorekit.lazy import lazy_exports
 _LAZY = {
     "LoRAConfig": "lora",
     "apply_lora": "lora",
+    "apply_classifier_lora": "lora",
     "lora_layers": "lora",
     "lora_parameters": "lora",
     "LowRankConfig": "low_rank",
