@@ -63,8 +63,8 @@ def _free_port() -> int:
 
 def _measure_mode(model_name: str, mode: str, args, ctx) -> dict:
     from galorekit.distributed import CommCounter, setup_data_parallel
+    from galorekit.methods import MethodConfig, setup_method
     from galorekit.models import build_model
-    from galorekit.train.methods import MethodConfig, setup_method
 
     torch.manual_seed(0)
     model = build_model(model_name, vocab_size=args.vocab_size, seed=0)
@@ -139,9 +139,9 @@ def _measure_mode(model_name: str, mode: str, args, ctx) -> dict:
 def _refresh_strategies(model_name: str, args, ctx) -> dict:
     """Wall time to refresh every GaLore projector: all ranks recompute everything, against a
     1/W share each + broadcasting the projectors (random gradients of the real shapes)."""
+    from galorekit.methods import default_rank
     from galorekit.models import build_model, default_target_modules
     from galorekit.projection import choose_side, compute_projector
-    from galorekit.train.methods import default_rank
 
     model = build_model(model_name, vocab_size=args.vocab_size, device="meta")
     targets = set(default_target_modules(model))

@@ -123,3 +123,35 @@ def test_publish_directory_modes_publication_and_failure(tmp_path: Path, umask: 
         raise RuntimeError("boom")
     assert not (tmp_path / "x").exists()
     assert _leftovers(tmp_path / "cache") == [] and _leftovers(tmp_path) == []
+
+
+def test_present_and_replace_outputs(tmp_path):
+    """The output-directory check every command shares: which of its outputs exist, then their
+    removal (other files stay) before an overwriting run."""
+    from galorekit.atomic import present_outputs, replace_outputs
+
+    out = tmp_path / "run"
+    assert present_outputs(out, ["a.json", "ckpt"]) == []
+    (out / "ckpt").mkdir(parents=True)
+    assert present_outputs(out, ["a.json", "ckpt"]) == ["ckpt"]
+    assert present_outputs(out, ["a.json", "ckpt"], empty_dirs=False) == []
+    (out / "ckpt" / "x").write_text("1")
+    (out / "a.json").write_text("{}")
+    (out / "mine.txt").write_text("keep")
+    assert present_outputs(out, ["a.json", "ckpt"], empty_dirs=False) == ["a.json", "ckpt"]
+    assert replace_outputs(out, ["a.json", "ckpt"]) == out
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    with pytest.raises(NotADirectoryError):
+        present_outputs(out / "mine.txt", ["a.json"])
+
+
+def test_fsync_path_syncs_files_and_directories(tmp_path):
+    from galorekit.atomic import fsync_path, fsync_tree
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("x")
+    fsync_path(tmp_path / "d" / "f")
+    fsync_path(tmp_path / "d")
+    fsync_tree(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        fsync_path(tmp_path / "missing")

@@ -12,8 +12,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers.optimization import Adafactor
 
-from galorekit.models import build_model, count_parameters, default_target_modules
-from galorekit.train.baselines import (
+from galorekit.methods.adapters import (
     LowRankLinear,
     ReLoRA,
     apply_lora,
@@ -24,6 +23,7 @@ from galorekit.train.baselines import (
     relora_lr_lambda,
     resolve_target_modules,
 )
+from galorekit.models import build_model, count_parameters, default_target_modules
 
 VOCAB = 256
 HIDDEN = 64  # llama_tiny: hidden 64, intermediate 176, 4 heads, 2 layers

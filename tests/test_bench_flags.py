@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from galorekit import bench
+from galorekit.bench import benchmark as bench_run
 
 #: one layer of llama_tiny (64×64 attention, 176×64 MLP), rank 4, one measured cycle
 FAST = (
@@ -34,12 +35,31 @@ def _rows(result: dict) -> dict[str, dict]:
     return {row["optimizer"]: row for row in result["results"]}
 
 
-def test_T_sets_the_amortization_period(tmp_path, capsys):
-    result = _run(tmp_path, capsys, "--T", "7")
+def test_update_proj_gap_sets_the_amortization_period(tmp_path, capsys):
+    result = _run(tmp_path, capsys, "--update-proj-gap", "7")
     assert result["config"]["T"] == 7
     row = _rows(result)["galorekit (svd=exact)"]
     assert row["amortized_s"] == pytest.approx((row["refresh_s"] + 6 * row["steady_s"]) / 7)
     assert "T=7" in bench.format_markdown(result)
+
+
+def test_old_T_flag_is_refused_with_a_pointer(capsys):
+    parser = argparse.ArgumentParser(prog="galore bench")
+    bench.add_arguments(parser)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--T", "7"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "galore bench: error: --T is now --update-proj-gap"
+
+
+def test_json_dash_prints_the_json_instead_of_the_table(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args([*FAST, "--quality-layers", "0", "--json", "-"])
+    assert bench.run(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["config"]["rank"] == 4 and result["results"]
 
 
 def test_no_adamw_drops_the_adamw_row_and_ratios(tmp_path, capsys):
@@ -69,7 +89,7 @@ def test_drift_moves_the_second_gradient(tmp_path, capsys, monkeypatch):
         pairs.append((drift, *pair))
         return pair
 
-    monkeypatch.setattr(bench, "synthetic_gradient_pair", spy)
+    monkeypatch.setattr(bench_run, "synthetic_gradient_pair", spy)  # where the run calls it
 
     def cosines(drift: str) -> list[float]:
         pairs.clear()
@@ -116,7 +136,7 @@ def test_real_grads_adds_the_real_gradient_study(tmp_path, capsys, monkeypatch):
         train_rank=8,
         ranks=(2, 4),
     )
-    monkeypatch.setattr(bench, "RealGradConfig", tiny)
+    monkeypatch.setattr(bench_run, "RealGradConfig", tiny)  # where the run builds it
     without = _run(tmp_path, capsys, "--quality-layers", "0")
     assert "real_gradients" not in without
     result = _run(tmp_path, capsys, "--quality-layers", "0", "--real-grads")

@@ -20,7 +20,7 @@ from galorekit.memory.model import build_optimizer, build_training_model
 from galorekit.memory.optimizer_states import held_state_bytes
 from galorekit.memory.setup import METHODS, PRECISIONS, TrainingSetup
 from galorekit.memory.trackers import GradientTracker, SavedTensorTracker
-from galorekit.memory.units import format_bytes, parse_size
+from galorekit.units import format_bytes, parse_size
 
 VOCAB = 256
 # llama_tiny: hidden 64, intermediate 176, 4 heads, 2 layers. Rank 32 makes some GaLore moments
@@ -43,8 +43,8 @@ def _batch(seq: int = 16, batch: int = 2) -> torch.Tensor:
 def _real_pretrain_run(method: str, precision: str, layerwise: bool, proj_type: str = "std"):
     """A real tiny model and optimizer built by galore pretrain's own code path, one step taken;
     returns (held optimizer-state bytes, peak live gradient bytes)."""
+    from galorekit.methods import MethodConfig, setup_method
     from galorekit.models import build_model
-    from galorekit.train.methods import MethodConfig, setup_method
 
     dtype = PRECISIONS[precision][0]
     model = build_model("llama_tiny", vocab_size=VOCAB, seed=0, dtype=dtype)
@@ -256,7 +256,7 @@ def test_activation_formula_gqa_and_frozen_embeddings(ckpt):
     """Grouped-query attention, and peft-style LoRA with everything but the adapters frozen."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from galorekit.train.baselines import apply_lora
+    from galorekit.methods.adapters import apply_lora
 
     config = LlamaConfig(
         vocab_size=VOCAB,
@@ -404,8 +404,8 @@ def test_torch_free_names_match_the_library():
     """``galorekit.memory.names`` holds torch-free copies for the parser: they must agree with
     the originals, and the parser must offer exactly them."""
     from galorekit.memory import names
+    from galorekit.names import METHODS as PRETRAIN_METHODS
     from galorekit.projection import PROJ_TYPES
-    from galorekit.train.methods import METHODS as PRETRAIN_METHODS
 
     assert names.METHODS == PRETRAIN_METHODS == METHODS
     assert names.PROJ_TYPES == PROJ_TYPES

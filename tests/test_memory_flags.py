@@ -176,3 +176,15 @@ def test_fit_mode_tries_both_update_modes_whatever_layerwise_says(capsys):
     assert memory_cli.run(_args(*argv, "--layerwise", "--json")) == 0
     assert json.loads(capsys.readouterr().out) == plain
     assert {c["method"] for c in plain["configurations"]} >= {"lora", "relora", "low_rank"}
+
+
+def test_json_path_writes_the_same_json_as_stdout(capsys, tmp_path):
+    """``--json PATH`` writes to PATH (the convention of every command); ``--json`` alone and
+    ``--json -`` print."""
+    on_stdout = _json(capsys)
+    assert memory_cli.run(_args(*TINY, *BASE, "--json", "-")) == 0
+    assert json.loads(capsys.readouterr().out) == on_stdout
+    path = tmp_path / "est.json"
+    assert memory_cli.run(_args(*TINY, *BASE, "--json", str(path))) == 0
+    assert capsys.readouterr().out == ""
+    assert json.loads(path.read_text()) == on_stdout

@@ -11,7 +11,7 @@ import torch
 
 from _pretrain_fixtures import events, pretrain_argv
 from galorekit.cli import main
-from galorekit.train.methods import METHODS
+from galorekit.names import METHODS
 
 pytestmark = pytest.mark.slow
 

@@ -234,7 +234,7 @@ def test_every_run_shares_seed_data_and_model():
 
 
 def test_quick_plan_is_small_and_untuned():
-    from galorekit.train.methods import DEFAULT_LR
+    from galorekit.names import DEFAULT_LR
 
     plan = build_plan(quick_plan_config())
     specs = plan.select(SECTIONS)
@@ -718,8 +718,8 @@ def test_claims_rules():
 
 # ------------------------------------------------------------ the galore-torch reference row
 def tiny_setup(method: str, **kwargs):
+    from galorekit.methods import MethodConfig, setup_method
     from galorekit.models import build_model
-    from galorekit.train.methods import MethodConfig, setup_method
 
     model = build_model("llama_tiny", vocab_size=300, max_position_embeddings=64, seed=0)
     cfg = MethodConfig(method=method, lr=0.01, rank=8, update_proj_gap=3, **kwargs)
@@ -798,13 +798,14 @@ def test_galore_torch_adamw_state_bytes_match_the_memory_model():
 
 
 def test_galore_torch_adamw_bad_options_and_missing_package(monkeypatch):
-    from galorekit.train import methods
+    from galorekit import methods
+    from galorekit.methods import build
 
     with pytest.raises(ValueError, match="--layerwise applies to the optimizer methods"):
         methods.MethodConfig(method="galore_torch_adamw", layerwise=True)
     with pytest.raises(ValueError, match="always refreshes with an exact SVD"):
         methods.MethodConfig(method="galore_torch_adamw", svd="warm")
-    monkeypatch.setattr(methods, "_REFERENCE_CLASSES", {})
+    monkeypatch.setattr(build, "_REFERENCE_CLASSES", {})
     monkeypatch.setitem(sys.modules, "galore_torch", None)
     with pytest.raises(ImportError, match="pip install galore-torch"):
         tiny_setup("galore_torch_adamw")

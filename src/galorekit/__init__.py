@@ -6,8 +6,7 @@ CLI's ``--help``) does not pay for importing bitsandbytes and friends.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from galorekit.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -22,11 +21,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'galorekit' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, eager=["__version__"])

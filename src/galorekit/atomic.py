@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,13 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "fsync_path",
+    "fsync_tree",
+    "present_outputs",
     "publish_directory",
+    "replace_outputs",
     "temp_sibling",
+    "write_json_output",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -43,26 +48,34 @@ def temp_sibling(path: PathLike) -> Path:
     return final.parent / f".{final.name}.{token}.tmp{final.suffix}"
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync_path(path: PathLike) -> None:
+    """Flush ``path`` — a file, or a directory so that renames in it survive a power loss — to
+    disk. A file that cannot be synced raises (its data would not be durable); a directory that
+    cannot be opened or synced (Windows) is skipped: only the rename's durability is lost."""
+    target = Path(path)
+    is_dir = target.is_dir()
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if is_dir else 0)
+    try:
+        fd = os.open(target, flags)
+    except OSError:
+        if is_dir:
+            return
+        raise
     try:
         os.fsync(fd)
+    except OSError:
+        if not is_dir:
+            raise
     finally:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    # makes the rename itself durable; directories cannot be opened on every platform (Windows)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def fsync_tree(root: PathLike) -> None:
+    """:func:`fsync_path` on every file and directory below ``root`` (``root`` included)."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fsync_path(Path(dirpath) / name)
+        fsync_path(dirpath)
 
 
 def _remove(path: Path) -> None:
@@ -89,12 +102,12 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.is_file():
             raise FileNotFoundError(f"nothing was written to {tmp} (the temporary of {final})")
-        _fsync_file(tmp)
+        fsync_path(tmp)
         os.replace(tmp, final)
     except BaseException:
         _remove(tmp)
         raise
-    _fsync_dir(final.parent)
+    fsync_path(final.parent)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
@@ -117,6 +130,43 @@ def atomic_write_json(
     atomic_write_text(path, text + "\n")
 
 
+def present_outputs(out: PathLike, names: Iterable[str], *, empty_dirs: bool = True) -> list[str]:
+    """Which of a command's output ``names`` already exist in ``out`` (the check before a run
+    writes there); ``empty_dirs=False`` ignores empty directories (they hold nothing to protect).
+    Raises ``NotADirectoryError`` when ``out`` is a file."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a directory")
+
+    def holds(path: Path) -> bool:
+        if not path.exists():
+            return False
+        return empty_dirs or not path.is_dir() or any(path.iterdir())
+
+    return [name for name in names if holds(folder / name)]
+
+
+def replace_outputs(out: PathLike, names: Iterable[str]) -> Path:
+    """Remove the outputs ``names`` from ``out`` (an overwritten run's; other files stay) and
+    create ``out``; returns it."""
+    folder = Path(out)
+    for name in names:
+        path = folder / name
+        # unlike _remove (a temporary's clean-up), a failure here must stop the run
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_json_output(target: str | PathLike, obj: Any) -> None:
+    """The ``--json PATH`` of every command: ``obj`` as JSON on stdout for ``-``, else written
+    atomically to ``PATH`` (indented)."""
+    if str(target) == "-":
+        print(json.dumps(obj), flush=True)
+    else:
+        atomic_write_json(target, obj)
+
+
 @contextlib.contextmanager
 def publish_directory(path: PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory next to ``path``; when the block succeeds it is renamed
@@ -135,13 +185,13 @@ def publish_directory(path: PathLike) -> Iterator[Path]:
         yield tmp
         for root, _, files in os.walk(tmp):
             for name in files:
-                _fsync_file(Path(root) / name)
+                fsync_path(Path(root) / name)
         try:
             os.replace(tmp, final)
         except OSError:
             if not final.is_dir():
                 raise
         else:
-            _fsync_dir(final.parent)
+            fsync_path(final.parent)
     finally:
         _remove(tmp)

@@ -14,8 +14,7 @@ val = data.val_batches(16)
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from galorekit.lazy import lazy_exports
 
 # lazy: the loaders import torch, and ``galore --help`` imports galorekit.data.classification
 _LAZY = {
@@ -35,11 +34,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'galorekit.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, eager=())

@@ -7,7 +7,6 @@ final name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,10 @@ from typing import Any
 import numpy as np
 
 from galorekit.atomic import atomic_write_bytes, atomic_write_json
+from galorekit.data.config import content_key  # noqa: F401  (re-exported)
 
 # Bump when the layout of cached token files changes.
 TOKENS_FORMAT_VERSION = 1
-
-
-def content_key(*parts: Any) -> str:
-    """A short stable hex key for JSON-serialisable ``parts``."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:20]
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

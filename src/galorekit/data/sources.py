@@ -18,8 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from galorekit.data import corpora
-from galorekit.data.cache import content_key
-from galorekit.data.config import OFFLINE_DATASETS, DataConfig
+from galorekit.data.config import OFFLINE_DATASETS, DataConfig, content_key
+
+# the [train] packages are imported in the functions that use them, through needs_extra: they
+# take seconds to import, and the core install and `galore --help` import this module
+from galorekit.extras import needs_extra
 
 if TYPE_CHECKING:
     import datasets
@@ -96,7 +99,8 @@ def _offline(cfg: DataConfig) -> DocumentSource:
     train = _LazyCorpus(corpus.load_documents)
     source = DocumentSource(corpus.name, key, train, "text", description=corpus.description)
     if cfg.use_streaming:
-        import datasets  # only here: importing it costs ~1 s that cached runs need not pay
+        with needs_extra("train"):
+            import datasets  # only here: importing it costs ~1 s that cached runs need not pay
 
         source.train = datasets.Dataset.from_dict(
             {"text": corpus.load_documents()}
@@ -140,7 +144,8 @@ def resolve_data_files(patterns: Iterable[str]) -> list[Path]:
 
 
 def _local_files(cfg: DataConfig) -> DocumentSource:
-    import datasets
+    with needs_extra("train"):
+        import datasets
 
     assert cfg.data_files is not None
     files = resolve_data_files(cfg.data_files)
@@ -165,7 +170,8 @@ def _local_files(cfg: DataConfig) -> DocumentSource:
 
 
 def _hub(cfg: DataConfig) -> DocumentSource:
-    import datasets
+    with needs_extra("train"):
+        import datasets
 
     name, config = cfg.dataset, cfg.dataset_config
     path = Path(name).expanduser()
@@ -227,7 +233,8 @@ class _LazyCorpus:
 
 
 def _as_iterable(ds: Any) -> datasets.IterableDataset:
-    import datasets
+    with needs_extra("train"):
+        import datasets
 
     if isinstance(ds, datasets.IterableDataset):
         return ds

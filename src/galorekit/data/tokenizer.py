@@ -22,6 +22,10 @@ from galorekit.data import corpora
 from galorekit.data.cache import content_key
 from galorekit.data.config import OFFLINE_TOKENIZERS, DataConfig
 
+# the [train] packages are imported in the functions that use them, through needs_extra: they
+# take seconds to import, and the core install and `galore --help` import this module
+from galorekit.extras import needs_extra
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -39,8 +43,9 @@ def train_bpe_tokenizer(documents: Iterable[str], vocab_size: int) -> PreTrained
     Ids 0, 1, 2 are ``<s>``, ``</s>``, ``<pad>``; every byte is in the alphabet, so no text is
     ever unknown. ``vocab_size`` is an upper bound: a small corpus may yield fewer merges.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    with needs_extra("train"):
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -82,7 +87,8 @@ def tokenizer_fingerprint(tok: PreTrainedTokenizerBase) -> str:
 
 # ----------------------------------------------------------------------------- internals
 def _default_bpe(cfg: DataConfig) -> PreTrainedTokenizerFast:
-    from transformers import PreTrainedTokenizerFast
+    with needs_extra("train"):
+        from transformers import PreTrainedTokenizerFast
 
     cache = cfg.resolved_cache_dir()
     corpus = corpora.offline_corpus("default", cache)
@@ -100,7 +106,8 @@ def _default_bpe(cfg: DataConfig) -> PreTrainedTokenizerFast:
 
 
 def _mistral(cache: Path) -> PreTrainedTokenizerFast:
-    from transformers import LlamaTokenizer, PreTrainedTokenizerFast
+    with needs_extra("train"):
+        from transformers import LlamaTokenizer, PreTrainedTokenizerFast
 
     if importlib.util.find_spec("mistral_common") is None:
         raise ImportError(
@@ -129,7 +136,8 @@ def _mistral(cache: Path) -> PreTrainedTokenizerFast:
 
 
 def _auto_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    from transformers import AutoTokenizer
+    with needs_extra("train"):
+        from transformers import AutoTokenizer
 
     path = Path(name).expanduser()
     looks_like_path = name.startswith((".", "/", "~")) or path.exists()

@@ -9,13 +9,12 @@
 Modules: ``setup`` (the configuration), ``model`` (building it as ``galore pretrain`` does),
 ``optimizer_states`` (state layout rules), ``activations`` (the per-layer formula), ``estimator``,
 ``trackers``/``measure`` (measuring a real run), ``fit`` (budget search), ``report``/``plot``,
-``units``, ``names`` (torch-free names for the parser) and ``cli`` (``galore memory``).
+``names`` (torch-free names for the parser; byte sizes are ``galorekit.units``) and ``cli`` (``galore memory``).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from galorekit.lazy import lazy_exports
 
 # lazy: ``galore --help`` imports galorekit.memory.cli, which must not pay for torch
 _LAZY = {
@@ -32,18 +31,11 @@ _LAZY = {
     "METHODS": "galorekit.memory.setup",
     "PRECISIONS": "galorekit.memory.setup",
     "TrainingSetup": "galorekit.memory.setup",
-    "format_bytes": "galorekit.memory.units",
-    "parse_size": "galorekit.memory.units",
+    "format_bytes": "galorekit.units",
+    "parse_size": "galorekit.units",
 }
 
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'galorekit.memory' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, eager=())

@@ -60,13 +60,13 @@ residual stream) are not part of it.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from galorekit.memory.setup import TrainingSetup
+from galorekit.methods.adapters.low_rank import LowRankLinear
 
 _FP32 = torch.float32
 
@@ -121,10 +121,7 @@ def _op(weight: torch.Tensor, cast: torch.dtype | None = None) -> _Op:
 
 def _chains(module: nn.Module, name: str) -> list[list[_Op]]:
     """The matmul chains a projection runs on its input (one per path that reads the input)."""
-    # a LowRankLinear exists only if its module was imported; importing it here would import
-    # galorekit.train.baselines and peft for every estimate
-    low_rank = sys.modules.get("galorekit.train.baselines.low_rank")
-    if low_rank is not None and isinstance(module, low_rank.LowRankLinear):
+    if isinstance(module, LowRankLinear):
         return [[_op(module.A), _op(module.B)]]
     if hasattr(module, "lora_A") and hasattr(module, "get_base_layer"):  # a peft LoRA layer
         chains = _chains(module.get_base_layer(), name)

@@ -8,19 +8,19 @@ Examples::
     galore memory --model llama_7b --budget 24GB              # what fits in 24 GB
     galore memory --model llama_20m --method adamw --dtype fp32 --measure
 
-Heavy imports (torch, transformers) happen in ``run`` so that ``galore --help`` stays fast.
+This module builds the parser without torch (``galore --help`` imports it); ``run`` loads
+``galorekit.memory.commands``, which does the work.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from typing import Any
+
+from galorekit.extras import report_missing_extra
 
 # torch-free: ``galore --help`` builds this parser
 from galorekit.memory.names import ATTN_IMPLEMENTATIONS, METHODS, PRECISION_NAMES, PROJ_TYPES
-from galorekit.memory.units import DISPLAY_UNITS
+from galorekit.units import DISPLAY_UNITS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +32,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " activations (tensors saved for backward), read from the real model built on the meta"
         " device and from the optimizers' state layout."
     )
-    m = p.add_argument_group("model and method")
+    _model_arguments(p.add_argument_group("model and method"))
+    _step_arguments(p.add_argument_group("training step"))
+    _output_arguments(p.add_argument_group("output and modes"))
+    _measure_arguments(p.add_argument_group("measurement"))
+
+
+def _model_arguments(m: argparse._ArgumentGroup) -> None:
     m.add_argument(
         "--model",
         default="llama_7b",
@@ -80,7 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="matrices GaLore / the baselines act on: comma-separated name substrings "
         "(q_proj,v_proj), 'all-linear', or re:REGEX (default: attention and MLP projections)",
     )
-    t = p.add_argument_group("training step")
+
+
+def _step_arguments(t: argparse._ArgumentGroup) -> None:
     t.add_argument("--batch-size", type=int, default=1, help="sequences per micro-batch (1)")
     t.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (256)")
     t.add_argument(
@@ -110,8 +118,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="micro-batches per optimizer step; with --layerwise the accumulated gradients are "
         "held between micro-batches (default 1)",
     )
-    o = p.add_argument_group("output and modes")
-    o.add_argument("--json", action="store_true", help="print JSON (byte counts) instead of tables")
+
+
+def _output_arguments(o: argparse._ArgumentGroup) -> None:
+    o.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="PATH",
+        help="write JSON (byte counts) instead of tables: to PATH, or to stdout without one or "
+        "with -",
+    )
     o.add_argument(
         "--detail",
         action="store_true",
@@ -146,7 +164,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="unit of the tables: GB = 10^9 bytes (the paper's), GiB = 2^30, ...; auto (default): "
         "GB, or MB/KB for small models",
     )
-    x = p.add_argument_group("measurement")
+
+
+def _measure_arguments(x: argparse._ArgumentGroup) -> None:
     x.add_argument(
         "--measure",
         action="store_true",
@@ -158,266 +178,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     x.add_argument("--seed", type=int, default=0, help="seed of the measured run's init and data")
 
 
-class _UsageError(ValueError):
-    pass
-
-
-def _get(args: argparse.Namespace, name: str, default: Any = None) -> Any:
-    return getattr(args, name, default)
-
-
-def _setup(args: argparse.Namespace, method: str):
-    from galorekit.memory.setup import TrainingSetup, parse_target_modules
-
-    return TrainingSetup(
-        method=method,
-        rank=_get(args, "rank"),
-        layerwise=bool(_get(args, "layerwise", False)),
-        batch_size=_get(args, "batch_size", 1),
-        seq_len=_get(args, "seq_len", 256),
-        precision=_get(args, "dtype", "bf16"),
-        activation_checkpointing=bool(_get(args, "activation_checkpointing", False)),
-        proj_type=_get(args, "proj_type", "std"),
-        target_modules=parse_target_modules(_get(args, "target_modules")),
-        attn_implementation=_get(args, "attn_implementation", "sdpa"),
-        accumulation_steps=_get(args, "accumulation_steps", 1),
-    )
-
-
-def _check_method(method: str | None) -> None:
-    from galorekit.memory.setup import check_method
-
-    if method is not None:
-        check_method(method)
-
-
-def _compare_set(args: argparse.Namespace):
-    """Every method, ordinary and (optimizer methods) layer-wise, at the given configuration."""
-    from galorekit.memory.estimator import estimate
-    from galorekit.memory.setup import BASELINE_METHODS
-
-    out = []
-    for method in METHODS:
-        for layerwise in (False,) if method in BASELINE_METHODS else (False, True):
-            setup = _setup(args, method).with_(layerwise=layerwise)
-            out.append(estimate(args.model, setup, vocab_size=_get(args, "vocab_size")))
-    return out
-
-
-def _plot(args, estimates, budget: int | None) -> None:
-    from galorekit.memory.plot import plot_estimates
-
-    s = estimates[0].setup
-    title = f"{args.model}: {s.precision}, batch {s.batch_size}×{s.seq_len} tokens" + (
-        ", activation checkpointing" if s.activation_checkpointing else ""
-    )
-    unit = _unit(args, max([e.total for e in estimates] + [budget or 0]))
-    path = plot_estimates(estimates, args.plot, title=title, unit=unit, budget=budget)
-    print(f"wrote {path}", file=sys.stderr)
-
-
-def _resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise _UsageError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
-
-
-def _parse_ranks(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        ranks = tuple(int(r) for r in text.split(",") if r.strip())
-    except ValueError:
-        raise _UsageError(f"--ranks {text!r}: expected comma-separated integers") from None
-    if not ranks or any(r <= 0 for r in ranks):
-        raise _UsageError(f"--ranks {text!r}: expected positive integers")
-    return ranks
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``galore memory``; returns the exit status (0 ok, 1 refused measurement, 2 bad input)."""
-    try:
-        return _run(args)
-    except ValueError as err:  # bad input, _UsageError included: say what and what is valid
-        print(f"galore memory: error: {err}", file=sys.stderr)
-        return 2
+    # torch and transformers load here, not when ``galore --help`` builds the parser
+    from galorekit.memory.commands import run as run_command
 
-
-def _run(args: argparse.Namespace) -> int:
-    from galorekit.memory.measure import InsufficientMemoryError
-    from galorekit.memory.units import parse_size
-
-    unit = _get(args, "unit", "auto")
-    if unit != "auto" and unit not in DISPLAY_UNITS:
-        raise _UsageError(f"unknown unit {unit!r}; valid: auto, {', '.join(DISPLAY_UNITS)}")
-    args.unit = unit
-    method = _get(args, "method")
-    _check_method(method)
-    budget = parse_size(args.budget) if _get(args, "budget") is not None else None
-    compare, measure = bool(_get(args, "compare")), bool(_get(args, "measure"))
-    if measure and (compare or budget is not None):
-        raise _UsageError("--measure measures one configuration: not with --compare or --budget")
-    args.plot = _get(args, "plot")
-    if args.plot is not None and not str(args.plot).lower().endswith(".png"):
-        raise _UsageError(
-            f"--plot writes a PNG: give a file name ending in .png, not {args.plot!r}"
-        )
-
-    if budget is not None and not compare:
-        return _fit(args, method, budget)
-    if compare:
-        return _compare(args, budget)
-    setup = _setup(args, method or "galore_adamw")
-    if measure:
-        try:
-            return _measure(args, setup)
-        except InsufficientMemoryError as err:
-            print(f"galore memory: {err}", file=sys.stderr)
-            return 1
-    return _single(args, setup)
-
-
-def _unit(args, nbytes: int) -> str:
-    from galorekit.memory.units import auto_unit
-
-    return auto_unit(nbytes) if args.unit == "auto" else args.unit
-
-
-def _notes(est) -> list[str]:
-    notes = []
-    if est.rank_note:
-        notes.append(est.rank_note)
-    if est.clamped_matrices:
-        notes.append(
-            f"rank {est.setup.rank} ≥ min(m, n) for {est.clamped_matrices} matrices: clamped, "
-            "no saving on those"
-        )
-    return notes
-
-
-def _single(args, setup) -> int:
-    from galorekit.memory.estimator import estimate
-    from galorekit.memory.report import breakdown_table, detail_tables
-
-    est = estimate(args.model, setup, vocab_size=_get(args, "vocab_size"))
-    if args.json:
-        print(json.dumps(est.as_dict()))
-    else:
-        unit = _unit(args, est.total)
-        print(breakdown_table(args.model, est, unit))
-        for note in _notes(est):
-            print(f"note: {note}")
-        if _get(args, "detail"):
-            print("\n" + detail_tables(est, unit))
-    if args.plot:
-        _plot(args, _compare_set(args), None)
-    return 0
-
-
-def _compare(args, budget: int | None) -> int:
-    from galorekit.memory.report import compare_table
-    from galorekit.memory.units import format_bytes
-
-    estimates = _compare_set(args)
-    if args.json:
-        print(json.dumps({e.setup.label(): e.as_dict() for e in estimates}))
-    else:
-        s = estimates[0].setup
-        print(
-            f"model {args.model}, precision {s.precision}, batch {s.batch_size} × {s.seq_len} "
-            f"tokens" + (", activation checkpointing" if s.activation_checkpointing else "") + "\n"
-        )
-        unit = _unit(args, max(e.total for e in estimates))
-        print(compare_table(estimates, unit))
-        if budget is not None:
-            fit = [e.setup.label() for e in estimates if e.total <= budget]
-            print(
-                f"\nwithin {format_bytes(budget, unit)}: "
-                + (", ".join(fit) if fit else "none at this batch size")
-            )
-    if args.plot:
-        _plot(args, estimates, budget)
-    return 0
-
-
-def _fit(args, method: str | None, budget: int) -> int:
-    from galorekit.memory.fit import DEFAULT_RANKS, fit_budget
-    from galorekit.memory.report import fit_table
-
-    base = _setup(args, method or "galore_adamw")
-    ranks = _parse_ranks(_get(args, "ranks"))
-    if ranks is None:
-        ranks = (base.rank,) if base.rank is not None else DEFAULT_RANKS
-    rows = fit_budget(
-        args.model,
-        budget,
-        base,
-        methods=(method,) if method else METHODS,
-        ranks=ranks,
-        vocab_size=_get(args, "vocab_size"),
-    )
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "budget": budget,
-                    "seq_len": base.seq_len,
-                    "precision": base.precision,
-                    "configurations": [r.as_dict() for r in rows],
-                }
-            )
-        )
-    else:
-        print(f"model {args.model}, precision {base.precision}")
-        print(fit_table(rows, budget, base.seq_len, _unit(args, budget)))
-    if args.plot:
-        _plot(args, _compare_set(args), budget)
-    return 0
-
-
-def _measure(args, setup) -> int:
-    from galorekit.memory.estimator import estimate
-    from galorekit.memory.measure import measure
-    from galorekit.memory.report import breakdown_table, measure_table
-
-    vocab = _get(args, "vocab_size")
-    est = estimate(args.model, setup, vocab_size=vocab)
-    device = _resolve_device(_get(args, "device", "auto"))
-    if device.type == "cpu" and est.setup.param_dtype != _fp32() and not args.json:
-        print(
-            "note: 16-bit matmuls are slow on most CPUs; --dtype fp32 measures faster",
-            file=sys.stderr,
-        )
-    meas = measure(
-        args.model,
-        setup,
-        vocab_size=vocab,
-        steps=_get(args, "measure_steps", 3),
-        device=device,
-        seed=_get(args, "seed", 0),
-        required=est.total,
-    )
-    if args.json:
-        e, m = est.as_dict(), meas.as_dict()
-        diff = {k: m[k] - e[k] for k in ("weights", "gradients", "optimizer_states", "activations")}
-        diff["peak_minus_total"] = m["peak"] - e["total"]
-        print(json.dumps({"estimate": e, "measured": m, "difference": diff}))
-    else:
-        unit = _unit(args, max(est.total, meas.peak))
-        print(breakdown_table(args.model, est, unit))
-        print()
-        print(measure_table(est, meas, unit))
-    if args.plot:
-        _plot(args, _compare_set(args), None)
-    return 0
-
-
-def _fp32():
-    import torch
-
-    return torch.float32
+    return report_missing_extra("memory", lambda: run_command(args))

@@ -31,6 +31,7 @@ from galorekit.memory.activations import ActivationEstimate, estimate_activation
 from galorekit.memory.model import build_optimizer, build_training_model
 from galorekit.memory.optimizer_states import StateTensor, optimizer_state_tensors, total_bytes
 from galorekit.memory.setup import TrainingSetup
+from galorekit.methods import default_rank
 
 #: the JSON keys of an estimate, in table order
 COMPONENTS = ("weights", "gradients", "optimizer_states", "activations")
@@ -124,8 +125,6 @@ def estimate_model(model: nn.Module, setup: TrainingSetup) -> MemoryEstimate:
     only read: the optimizer built over it is never stepped and registers no hooks. A ``rank``
     of None means ``hidden_size // 4``, as in ``galore pretrain``."""
     if setup.rank is None:
-        from galorekit.train.methods import default_rank
-
         setup = setup.with_(rank=default_rank(model))
     static = static_components(model, setup)
     acts = estimate_activations(model, setup)

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
+from galorekit.analysis import state_bytes
+from galorekit.extras import needs_extra
 from galorekit.memory.model import build_optimizer, build_training_model
-from galorekit.memory.optimizer_states import held_state_bytes
 from galorekit.memory.setup import TrainingSetup
 from galorekit.memory.trackers import (
     GradientTracker,
@@ -70,7 +71,8 @@ def available_memory(device: torch.device) -> int:
     """Bytes free for a measurement on ``device`` (CPU: the OS's available memory)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    import psutil
+    with needs_extra("train"):  # psutil: only a CPU measurement needs it
+        import psutil
 
     return int(psutil.virtual_memory().available)
 
@@ -188,7 +190,7 @@ def measure_model(
         steps=steps,
         weights=weights,
         gradients=grads.peak,
-        optimizer_states=held_state_bytes(optimizer),
+        optimizer_states=state_bytes(optimizer),
         activations=saved.peak,
         peak=before + peak,
     )

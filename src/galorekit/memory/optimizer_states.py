@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from galorekit.analysis import state_bytes as held_state_bytes  # noqa: F401  (re-exported)
+from galorekit.extras import needs_extra
 from galorekit.projection import Side, choose_side, low_rank_shape
 
 
@@ -106,7 +108,9 @@ def _adamw(opt: Any, p: Tensor, group: dict[str, Any], name: str) -> list[StateT
 
 
 def _adamw8bit(opt: Any, p: Tensor, group: dict[str, Any], name: str) -> list[StateTensor]:
-    from galorekit.optim.galore_adamw8bit import BLOCK_SIZE
+    # bitsandbytes (galorekit[8bit]): only an 8-bit optimizer's layout needs it
+    with needs_extra("8bit"):
+        from galorekit.optim.galore_adamw8bit import BLOCK_SIZE
 
     shape, tensors = _grad_like(p, group, name)
     numel = math.prod(shape)
@@ -130,7 +134,8 @@ def _adamw8bit(opt: Any, p: Tensor, group: dict[str, Any], name: str) -> list[St
 
 
 def _qmap_len(signed: bool) -> int:
-    import bitsandbytes.functional as bnbf
+    with needs_extra("8bit"):  # see _adamw8bit
+        import bitsandbytes.functional as bnbf
 
     # the very maps GaLoreAdamW8bit._qmaps creates (256 entries each)
     return bnbf.create_dynamic_map(signed=signed).numel()
@@ -198,15 +203,3 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[StateTenso
     for p, group, name in _named_params(inner):
         out.extend(rule(inner, p, group, name))
     return out
-
-
-def held_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of the state tensors ``optimizer`` holds right now: the unique storages reachable
-    from ``optimizer.state`` (shared storages such as bitsandbytes' maps counted once)."""
-    storages: dict[tuple[str, int], int] = {}
-    for pstate in optimizer.state.values():
-        for value in pstate.values():
-            if isinstance(value, Tensor):
-                st = value.untyped_storage()
-                storages[(str(value.device), st.data_ptr())] = st.nbytes()
-    return sum(storages.values())

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from galorekit.atomic import atomic_path
+from galorekit.extras import needs_extra
 from galorekit.memory.estimator import COMPONENT_NAMES, COMPONENTS, MemoryEstimate
-from galorekit.memory.units import in_unit
+from galorekit.units import in_unit
 
 _COLORS = {
     "weights": "#4C72B0",
@@ -32,10 +33,13 @@ def plot_estimates(
     """
     if not estimates:
         raise ValueError("nothing to plot: no estimates")
-    import matplotlib
+    # matplotlib: optional (galorekit[train]) and slow to import, so loaded only to draw
+    with needs_extra("train"):
+        import matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    with needs_extra("train"):
+        import matplotlib.pyplot as plt
 
     path = Path(path)
     if path.suffix.lower() != ".png":

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from galorekit.memory.estimator import COMPONENT_NAMES, COMPONENTS, MemoryEstimate
 from galorekit.memory.fit import FitRow
 from galorekit.memory.measure import Measurement
-from galorekit.memory.units import format_bytes
+from galorekit.names import is_galore
+from galorekit.units import format_bytes
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
@@ -38,7 +39,7 @@ def describe_setup(model: str, est: MemoryEstimate) -> str:
         parts.append("activation checkpointing")
     if s.attn_implementation != "sdpa":
         parts.append(f"{s.attn_implementation} attention")
-    if s.method.startswith("galore_") and s.proj_type != "std":
+    if is_galore(s.method) and s.proj_type != "std":
         parts.append(f"proj_type {s.proj_type}")
     params = (
         f"{est.parameters / 1e6:,.1f}M parameters, {est.trainable_parameters / 1e6:,.1f}M trained"

@@ -13,7 +13,7 @@ from galorekit.memory.names import (
     PRECISION_DTYPES,
     resolve_precision,
 )
-from galorekit.names import BASELINES, METHODS, PROJ_TYPES
+from galorekit.names import BASELINES, METHODS, PROJ_TYPES, method_info
 from galorekit.optim import OPTIMIZER_NAMES
 
 __all__ = [
@@ -47,7 +47,7 @@ PRECISIONS: dict[str, tuple[torch.dtype, torch.dtype | None]] = {
 def optimizer_name(method: str) -> str:
     """The optimizer a method trains with (the baselines use AdamW on their trainable params)."""
     check_method(method)
-    return "adamw" if method in BASELINE_METHODS else method
+    return method_info(method).optimizer
 
 
 def check_method(method: str) -> None:
@@ -57,7 +57,7 @@ def check_method(method: str) -> None:
 
 def uses_rank(method: str) -> bool:
     """Whether ``rank`` means anything for ``method`` (GaLore and the low-rank baselines)."""
-    return method.startswith("galore_") or method in BASELINE_METHODS
+    return method_info(method).uses_rank
 
 
 @dataclass(frozen=True)

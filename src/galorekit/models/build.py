@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from galorekit.models.config import ModelSpec, model_config
+from galorekit.models.config import ModelSpec, model_config, transformers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -72,7 +75,7 @@ def build_model(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     with _seeded(seed, dev), torch.device(dev):
         try:
-            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+            model = transformers().AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
         except ValueError as err:
             raise ValueError(
                 f"cannot build a causal LM from a {type(config).__name__} "

@@ -8,20 +8,29 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Union
 
-from transformers import AutoConfig, LlamaConfig, PretrainedConfig
-
+from galorekit.extras import import_extra
 from galorekit.models.registry import NAMED_SHAPES, list_models, normalise_name
+
+if TYPE_CHECKING:
+    from transformers import LlamaConfig, PretrainedConfig
 
 logger = logging.getLogger(__name__)
 
-ModelSpec = str | os.PathLike | dict | PretrainedConfig
+ModelSpec = Union[str, os.PathLike, dict, "PretrainedConfig"]
+
+
+def transformers() -> ModuleType:
+    """transformers (galorekit[train]), imported when a config is built: ``galorekit.models`` and
+    the memory estimator's API import without it (the core install)."""
+    return import_extra("transformers", "train")
 
 
 def _named_config(name: str) -> LlamaConfig:
     shape = NAMED_SHAPES[name]
-    return LlamaConfig(
+    return transformers().LlamaConfig(
         vocab_size=shape.vocab_size,
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
@@ -51,7 +60,7 @@ def _config_from_dict(raw: dict[str, Any], source: str) -> PretrainedConfig:
         d["pad_token_id"] = None
     model_type = d.pop("model_type", "llama")  # this project's configs are LLaMA unless they say so
     try:
-        return AutoConfig.for_model(model_type, **d)
+        return transformers().AutoConfig.for_model(model_type, **d)
     except ValueError as err:
         raise ValueError(f"{source}: unknown model_type {model_type!r} ({err})") from None
 
@@ -88,7 +97,7 @@ def _config_from_string(spec: str) -> PretrainedConfig:
         return _config_from_json_file(path)
     if path.is_dir():
         try:
-            return AutoConfig.from_pretrained(str(path))
+            return transformers().AutoConfig.from_pretrained(str(path))
         except (OSError, ValueError) as err:
             raise ValueError(
                 _unknown_model_message(spec, f"directory without a usable config: {err}")
@@ -99,7 +108,7 @@ def _config_from_string(spec: str) -> PretrainedConfig:
         reason = "no such file" if spec.endswith(".json") else None
         raise ValueError(_unknown_model_message(spec, reason))
     try:
-        return AutoConfig.from_pretrained(spec)
+        return transformers().AutoConfig.from_pretrained(spec)
     except Exception as err:  # hub errors come in many types (OSError, HTTP errors, ValueError)
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(_unknown_model_message(spec, f"AutoConfig failed: {first_line}")) from err
@@ -133,7 +142,7 @@ def model_config(
     ``max_position_embeddings`` sets the longest sequence. Raises ``ValueError`` for an unknown
     name (listing the valid ones) or a malformed file.
     """
-    if isinstance(name_or_path, PretrainedConfig):
+    if isinstance(name_or_path, transformers().PretrainedConfig):
         config = copy.deepcopy(name_or_path)
     elif isinstance(name_or_path, dict):
         config = _config_from_dict(name_or_path, "model config dict")

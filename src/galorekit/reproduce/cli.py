@@ -8,9 +8,16 @@ imports nothing heavy at module level (``galore --help`` stays fast).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shlex
 import sys
 from pathlib import Path
+
+from galorekit.extras import report_missing_extra
+from galorekit.names import GALORE_TORCH_INSTALL
+from galorekit.reproduce.plan import build_plan, describe, full_plan_config, quick_plan_config
+from galorekit.reproduce.results import load_result
+from galorekit.reproduce.table import md_table, table_markdown
 
 SECTIONS = ("table", "ablations", "theory")  # = galorekit.reproduce.plan.SECTIONS (torch-free)
 DEFAULT_OUTPUT = "benchmarks/results/reproduce"
@@ -113,8 +120,6 @@ def command_line(args: argparse.Namespace, out: Path, sections: tuple[str, ...])
 
 
 def plan_config_from_args(args: argparse.Namespace):
-    from galorekit.reproduce.plan import full_plan_config, quick_plan_config
-
     overrides = {"seed": args.seed}
     if args.steps is not None:
         overrides["steps"] = args.steps
@@ -122,7 +127,8 @@ def plan_config_from_args(args: argparse.Namespace):
 
 
 def _dry_run(plan, specs, out: Path, overwrite: bool) -> int:
-    from galorekit.reproduce.results import load_result
+    # runner and report import torch and the training code: only a run needs them, and
+    # ``galore --help`` imports this module
     from galorekit.reproduce.runner import check_output_dir
 
     check_output_dir(plan, out, overwrite=overwrite)
@@ -134,10 +140,6 @@ def _dry_run(plan, specs, out: Path, overwrite: bool) -> int:
 
 
 def _warn_missing_reference(specs) -> None:
-    import importlib.util
-
-    from galorekit.train.methods import GALORE_TORCH_INSTALL
-
     if any(s.method == "galore_torch_adamw" for s in specs) and (
         importlib.util.find_spec("galore_torch") is None
     ):
@@ -149,7 +151,12 @@ def _warn_missing_reference(specs) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from galorekit.reproduce.plan import build_plan, describe
+    """Run ``galore reproduce``; returns the exit status (see the end of ``_run``)."""
+    return report_missing_extra("reproduce", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    # torch and the training code (see _dry_run)
     from galorekit.reproduce.report import write_report
     from galorekit.reproduce.runner import prepare_output_dir, run_plan, warm_data_cache
 
@@ -173,8 +180,6 @@ def run(args: argparse.Namespace) -> int:
     report = write_report(plan, out, sections=sections, command=command_line(args, out, sections))
     claims = report.data.get("claims", [])
     if claims:
-        from galorekit.reproduce.table import md_table
-
         print(
             md_table(
                 ["claim", "ours", "verdict"],
@@ -182,8 +187,6 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     if "table" in report.data:
-        from galorekit.reproduce.table import table_markdown
-
         print("\n" + table_markdown(report.data["table"]))
     print(
         f"\nreport: {out / 'reproduce.md'}   data: {out / 'results.json'}   plots: {out / 'plots'}"

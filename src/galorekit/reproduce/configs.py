@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from galorekit.data import DataConfig
+from galorekit.methods import MethodConfig
+from galorekit.names import GALORE_DEFAULTS
 from galorekit.reproduce.plan import PlanConfig, RunSpec
+from galorekit.train.pretrain import PretrainConfig
 
 
 @dataclass(frozen=True)
@@ -25,8 +29,6 @@ class Job:
 
 
 def data_config(cfg: PlanConfig):
-    from galorekit.data import DataConfig
-
     return DataConfig(
         dataset=cfg.dataset,
         data_files=list(cfg.data_files) if cfg.data_files else None,
@@ -39,13 +41,12 @@ def data_config(cfg: PlanConfig):
 
 
 def method_config(spec: RunSpec, lr: float, cfg: PlanConfig):
-    from galorekit.train.methods import MethodConfig
-
     return MethodConfig(
         method=spec.method,
         lr=lr,
         rank=spec.rank,
-        update_proj_gap=spec.update_proj_gap or 200,  # unused by methods without GaLore
+        update_proj_gap=spec.update_proj_gap
+        or GALORE_DEFAULTS["update_proj_gap"],  # unused without GaLore
         scale=cfg.scale,
     )
 
@@ -54,8 +55,6 @@ def pretrain_config(job: Job):
     """The ``galore pretrain`` configuration of a run: the library's defaults (warm-up 10%, cosine
     to 10% of the peak, gradient clip 1.0, float32) except the plan's settings; no intermediate
     checkpoints (an unfinished run starts again), no progress bar, TensorBoard or plot."""
-    from galorekit.train.pretrain import PretrainConfig
-
     cfg, spec = job.config, job.spec
     return PretrainConfig(
         model=cfg.model,

@@ -58,6 +58,8 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from galorekit.names import ALL_METHODS, DEFAULT_LR, GALORE_DEFAULTS, is_galore, method_info
+
 #: the sections of a plan, in report order (``--only`` picks among them)
 SECTIONS = ("table", "ablations", "theory")
 #: the paper's learning-rate grid (§5.1: tuned over this set)
@@ -119,7 +121,7 @@ class PlanConfig:
     steps: int = 400
     eval_points: int = 8  # evaluations per run of ``steps`` (every steps // eval_points)
     update_proj_gap: int = 50  # T of every GaLore run but the T ablation
-    scale: float = 0.25
+    scale: float = GALORE_DEFAULTS["scale"]
     table: tuple[TableRow, ...] = FULL_TABLE
     lr_grid: tuple[float, ...] = (0.01, 0.005, 0.0025, 0.001)
     grid_fraction: float = 1.0  # grid runs are this fraction of ``steps``; 0: no grid
@@ -131,8 +133,6 @@ class PlanConfig:
     theory_points: int = 40  # gradient measurements over the theory run
 
     def __post_init__(self) -> None:
-        from galorekit.train.methods import ALL_METHODS
-
         errors = []
         for name in ("steps", "seq_len", "batch_size", "eval_points", "theory_points"):
             value = getattr(self, name)
@@ -227,11 +227,11 @@ class RunSpec:
 
 
 def uses_rank(method: str) -> bool:
-    return method.startswith("galore_") or method in ("lora", "relora", "low_rank")
+    return method_info(method).uses_rank
 
 
 def uses_gap(method: str) -> bool:
-    return method.startswith("galore_")
+    return is_galore(method)
 
 
 def run_key(
@@ -268,8 +268,6 @@ def make_run(
 ) -> RunSpec:
     """A run whose LR is ``lr``, else the tuned one of ``lr_group`` (default: ``method``'s), or,
     in an untuned plan, ``fixed_lrs``'s (else ``galore pretrain``'s default) for ``lr_group``."""
-    from galorekit.train.methods import DEFAULT_LR
-
     rank = rank if uses_rank(method) else None
     gap = (gap if gap is not None else cfg.update_proj_gap) if uses_gap(method) else None
     group = lr_group or method
@@ -352,6 +350,7 @@ class Plan:
 
 def build_plan(cfg: PlanConfig) -> Plan:
     """Every run of ``cfg`` (the model's hidden size d sets the ranks d/k)."""
+    # galorekit.models imports torch: this module is imported by ``galore --help``'s parser
     from galorekit.models.registry import NAMED_SHAPES, normalise_name
 
     shape = NAMED_SHAPES.get(normalise_name(cfg.model))

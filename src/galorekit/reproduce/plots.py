@@ -7,23 +7,28 @@ import math
 from pathlib import Path
 from typing import Any
 
+from galorekit.atomic import atomic_path
+
+# the [train] packages are imported in the functions that use them, through needs_extra: they
+# take seconds to import, and the core install and `galore --help` import this module
+from galorekit.extras import needs_extra
 from galorekit.reproduce.plan import Plan
 from galorekit.reproduce.results import RunResult
 from galorekit.reproduce.theory import LAYER_TYPES
 
 
 def _plt():
-    import matplotlib
+    with needs_extra("train"):
+        import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with needs_extra("train"):
+        import matplotlib.pyplot as plt
 
     return plt
 
 
 def _save(fig, path: Path) -> Path:
-    from galorekit.atomic import atomic_path
-
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)

@@ -4,17 +4,23 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+import galorekit
+from galorekit.atomic import atomic_write_json, atomic_write_text
+from galorekit.reproduce import plots as P
 from galorekit.reproduce.ablations import ablation_tables, ablations_markdown
 from galorekit.reproduce.claims import ablation_claims, table_claims, theory_claims
 from galorekit.reproduce.plan import SECTIONS, Plan
 from galorekit.reproduce.results import RunResult, finite_json, load_results
-from galorekit.reproduce.table import fmt_ppl, md_table, table_markdown, table_rows
+from galorekit.reproduce.table import fmt_ppl, md_table, row_label, table_markdown, table_rows
 from galorekit.reproduce.theory import LAYER_TYPES, summarize
 from galorekit.reproduce.tuning import TuningError, best_lr, grid_done, grid_report
 
@@ -29,12 +35,6 @@ class Report:
 
 
 def environment() -> dict[str, Any]:
-    import os
-
-    import torch
-
-    import galorekit
-
     try:
         from importlib.metadata import version
 
@@ -300,9 +300,6 @@ def render_markdown(plan: Plan, data: dict[str, Any], plots: list[Path], out: Pa
 
 # ---------------------------------------------------------------------------------- writing
 def write_plots(plan: Plan, data: dict[str, Any], results: dict[str, RunResult], out: Path):
-    from galorekit.reproduce import plots as P
-    from galorekit.reproduce.table import row_label
-
     folder = out / PLOTS_DIR
     written: list[Path | None] = []
     if "table" in data:
@@ -365,8 +362,6 @@ def write_report(
 ) -> Report:
     """Read the cached results in ``out`` and write ``results.json``, ``reproduce.md`` and
     ``plots/`` for ``sections``."""
-    from galorekit.atomic import atomic_write_json, atomic_write_text
-
     results = load_results(out, list(plan.runs))
     data = build_report(plan, results, sections=sections, command=command, env=env)
     plots = write_plots(plan, data, results, out)

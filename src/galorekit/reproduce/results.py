@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from galorekit.atomic import atomic_write_json
+
 #: what ``galore reproduce`` writes in its output directory (``--overwrite`` removes exactly these)
 OUTPUT_NAMES = ("plan.json", "runs", "results.json", "reproduce.md", "plots")
 RUNS_DIR = "runs"
@@ -81,8 +83,6 @@ def run_dir(out: Path, key: str) -> Path:
 
 
 def save_result(out: Path, result: RunResult) -> Path:
-    from galorekit.atomic import atomic_write_json
-
     path = result_path(out, result.key)
     atomic_write_json(path, result.to_dict(), allow_nan=False)
     return path

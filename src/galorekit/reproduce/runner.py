@@ -17,7 +17,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import multiprocessing
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +25,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from galorekit.reproduce.configs import Job
+from galorekit.atomic import atomic_write_json, present_outputs, replace_outputs
+from galorekit.data import build_tokenizer, load_pretraining_data
+from galorekit.reproduce import worker
+from galorekit.reproduce.configs import Job, data_config
 from galorekit.reproduce.plan import Plan, RunSpec
 from galorekit.reproduce.results import (
     OUTPUT_NAMES,
@@ -81,16 +83,11 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return diffs
 
 
-def _holds_something(path: Path) -> bool:
-    """A file, or a folder with anything in it (an empty ``runs/`` left by a cleaned-up checkout
-    holds no results to protect)."""
-    return path.exists() and not (path.is_dir() and not any(path.iterdir()))
-
-
 def check_output_dir(plan: Plan, out: Path, *, overwrite: bool) -> list[str]:
     """The names of our files already in ``out``; raises ``PlanMismatchError`` when they belong to
     another plan and ``overwrite`` is off. Changes nothing."""
-    present = [name for name in OUTPUT_NAMES if _holds_something(out / name)]
+    # an empty folder (a ``runs/`` left by a cleaned-up checkout) holds no results to protect
+    present = present_outputs(out, OUTPUT_NAMES, empty_dirs=False)
     if not present or overwrite:
         return present
     record_path = out / PLAN_FILE
@@ -117,14 +114,8 @@ def check_output_dir(plan: Plan, out: Path, *, overwrite: bool) -> list[str]:
 def prepare_output_dir(plan: Plan, out: Path, *, overwrite: bool) -> None:
     """Check ``out`` (see ``check_output_dir``), clear our files when overwriting, write
     ``plan.json``."""
-    from galorekit.atomic import atomic_write_json
-
     present = check_output_dir(plan, out, overwrite=overwrite)
-    if overwrite:
-        for name in present:
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    replace_outputs(out, present if overwrite else ())
     record = {**_plan_record(plan), "runs": {k: s.to_dict() for k, s in plan.runs.items()}}
     atomic_write_json(out / PLAN_FILE, record)
 
@@ -142,9 +133,6 @@ def cached_results(plan: Plan, out: Path, specs: list[RunSpec]) -> dict[str, Run
 
 def warm_data_cache(plan: Plan) -> None:
     """Build the tokenizer and token cache once, here, before the workers read them."""
-    from galorekit.data import build_tokenizer, load_pretraining_data
-    from galorekit.reproduce.configs import data_config
-
     data_cfg = data_config(plan.config)
     load_pretraining_data(data_cfg, build_tokenizer(data_cfg))
 
@@ -190,10 +178,7 @@ def run_plan(
 ) -> RunSummary:
     """Run ``specs`` (``plan.select(...)``'s) into ``out`` (already prepared), reusing cached
     results; see the module docstring."""
-    from galorekit.reproduce.worker import RunInterrupted, init_worker
-    from galorekit.reproduce.worker import execute as default_execute
-
-    execute = execute or default_execute
+    execute = execute or worker.execute  # looked up at call time: tests replace it
     summary = RunSummary()
     results = cached_results(plan, out, specs)
     pending: list[RunSpec] = []
@@ -216,7 +201,7 @@ def run_plan(
         pool: Any = cf.ProcessPoolExecutor(
             max_workers=jobs,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_worker,
+            initializer=worker.init_worker,
         )
     else:
         pool = _InlineExecutor()
@@ -266,7 +251,7 @@ def run_plan(
                 spec = running.pop(future)
                 try:
                     result = RunResult.from_dict(future.result())
-                except RunInterrupted:
+                except worker.RunInterrupted:
                     summary.interrupted = True
                     continue
                 except BrokenProcessPool as err:  # a worker died (out of memory?)

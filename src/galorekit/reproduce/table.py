@@ -7,6 +7,7 @@ from typing import Any
 
 from galorekit.reproduce.plan import Plan, TableRow
 from galorekit.reproduce.results import RunResult
+from galorekit.units import format_bytes
 
 #: Table 2 of the paper, LLaMA 60M (r/d = 128/512 = d/4), validation perplexity on C4
 PAPER_60M_PPL = {
@@ -21,9 +22,9 @@ PAPER_7B_8BIT_PPL = {"adamw8bit": 14.61, "galore_adamw8bit": 14.65}
 
 
 def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "–"
-    return f"{n / 2**20:.2f} MiB"
+    """Optimizer-state sizes in the tables: MiB (``galorekit.units.format_bytes``), ``–`` for
+    none."""
+    return "–" if n is None else format_bytes(n, "MiB")
 
 
 def fmt_ratio(x: float | None) -> str:

@@ -11,12 +11,20 @@ import math
 import os
 import resource
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from galorekit.data import build_tokenizer
+from galorekit.memory import TrainingSetup, estimate
 from galorekit.reproduce.configs import Job, data_config, pretrain_config
 from galorekit.reproduce.results import RunResult
+from galorekit.reproduce.theory import run_theory
+from galorekit.train.logging import read_metrics
+from galorekit.train.pretrain import pretrain
 
 
 class RunInterrupted(RuntimeError):
@@ -27,10 +35,6 @@ def init_worker() -> None:
     """Worker start-up: one thread (two single-threaded runs use two cores better than one run
     with two threads on these small matrices), and Ctrl-C left to the run's own handler (which
     stops it at the end of a step) instead of killing the idle worker."""
-    import signal
-
-    import torch
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
 
@@ -44,8 +48,6 @@ def memory_row(job: Job, vocab_size: int) -> dict[str, int]:
     """Optimizer-state bytes from the memory model (float32, as trained here), and the paper's
     Table 2 convention: BF16 weights + optimizer states. galore-torch's GaLoreAdamW keeps the same
     tensors as galorekit's (a projector and two moments of the projected gradient)."""
-    from galorekit.memory import TrainingSetup, estimate
-
     cfg, spec = job.config, job.spec
     method = "galore_adamw" if spec.method == "galore_torch_adamw" else spec.method
     row: dict[str, int] = {}
@@ -73,8 +75,6 @@ def memory_row(job: Job, vocab_size: int) -> dict[str, int]:
 
 
 def _curves(run_dir: Path) -> tuple[list[list[float]], list[list[float]]]:
-    from galorekit.train.logging import read_metrics
-
     events = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []
     evals = [[e["step"], e["eval_ppl"]] for e in events if e.get("event") == "eval"]
     train = [[e["step"], e["loss"]] for e in events if e.get("event") == "train"]
@@ -82,8 +82,6 @@ def _curves(run_dir: Path) -> tuple[list[list[float]], list[list[float]]]:
 
 
 def _pretrain(job: Job) -> RunResult:
-    from galorekit.train.pretrain import pretrain
-
     cfg = pretrain_config(job)
     run_dir = Path(job.run_dir)
     status, error = "ok", None
@@ -120,14 +118,8 @@ def _pretrain(job: Job) -> RunResult:
 
 def execute(job: Job) -> dict[str, Any]:
     """Run ``job`` in this process; its result as a dict (``RunResult.to_dict``)."""
-    import torch
-
-    from galorekit.data import build_tokenizer
-
     started, cpu0 = time.perf_counter(), _cpu_seconds()
     if job.spec.kind == "theory":
-        from galorekit.reproduce.theory import run_theory
-
         try:
             result = run_theory(job)
         except FloatingPointError as err:

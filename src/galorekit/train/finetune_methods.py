@@ -1,17 +1,25 @@
 """The methods of ``galore finetune``: which matrices they act on, and their optimizer (+ adapters).
 
-``full``: AdamW on every weight. ``galore_*``: GaLore on the target matrices, plain updates
-elsewhere. ``lora``: peft adapters on the target matrices, the classification head trained fully.
+``adamw``: AdamW on every weight (``full`` is its former name, refused with a pointer).
+``galore_*``: GaLore on the target matrices, plain updates elsewhere. ``lora``: peft adapters on
+the target matrices, the classification head trained fully. The optimizers come from
+:func:`galorekit.methods.build_optimizer`, the same as every other command's.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from galorekit.names import RENAMED_METHODS, method_info
 from galorekit.train.finetune_config import ConfigError, FinetuneConfig
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from galorekit.methods import MethodConfig
+
+# galorekit.methods and galorekit.models import torch: they are imported in the functions below,
+# because ``galore --help`` imports this module (through finetune_loop) and must stay torch-free
 
 
 def target_modules(model: nn.Module) -> list[str]:
@@ -19,12 +27,44 @@ def target_modules(model: nn.Module) -> list[str]:
     the backbone's attention and MLP layers — for BERT and RoBERTa exactly the paper's query, key,
     value, attention.output.dense, intermediate.dense and output.dense of every layer (never the
     classification head, nor BERT's pooler, a dense layer on [CLS] that belongs to it)."""
-    from galorekit.models import default_target_modules
+    from galorekit.models import default_target_modules  # torch (see the top)
 
     targets = default_target_modules(model)
     if not targets:
         raise ConfigError(f"{type(model).__name__} has no linear layers in its backbone to target")
     return targets
+
+
+def method_name(cfg: FinetuneConfig) -> str:
+    """``cfg.method`` in the method table. ``full`` (the former name of ``adamw``) is still mapped
+    here while ``galore finetune``'s own choices offer it; the command refuses it with
+    ``names.method_info``'s pointer once its choices say ``adamw``."""
+    method = RENAMED_METHODS.get(cfg.method, cfg.method)
+    try:
+        method_info(method)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return method
+
+
+def method_config(cfg: FinetuneConfig, method: str) -> MethodConfig:
+    """The :class:`MethodConfig` of a (resolved) finetune configuration, for ``method``."""
+    from galorekit.methods import MethodConfig  # torch (see the top)
+
+    return MethodConfig(
+        method=method,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        rank=cfg.rank,
+        update_proj_gap=cfg.update_proj_gap,
+        scale=cfg.scale,
+        proj_type=cfg.proj_type,
+        layerwise=cfg.layerwise,
+        # finetune's 0 means "no clipping"; the layer-wise hooks clip (gradients are gone after
+        # backward, so the loop cannot)
+        max_grad_norm=cfg.max_grad_norm if cfg.max_grad_norm > 0 else None,
+        lora_alpha=cfg.lora_alpha,
+    )
 
 
 def build_method(model: nn.Module, cfg: FinetuneConfig) -> tuple[nn.Module, Any, dict[str, Any]]:
@@ -33,44 +73,22 @@ def build_method(model: nn.Module, cfg: FinetuneConfig) -> tuple[nn.Module, Any,
     ``cfg`` is resolved (``resolve_presets``). Returns the model to train, its optimizer and what
     the start event reports about the method.
     """
-    from galorekit.optim import create_optimizer
+    from galorekit.methods import build_optimizer  # torch (see the top)
 
     targets = target_modules(model)
     info: dict[str, Any] = {"target_modules": len(targets)}
-    common: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if cfg.layerwise:
-        common["layerwise"] = True
-        if cfg.max_grad_norm > 0:  # the loop cannot clip: gradients are gone after backward
-            common["max_grad_norm"] = cfg.max_grad_norm
-    if cfg.method == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
+    method = method_name(cfg)
+    if method == "lora":
+        # torch and peft (see the top)
+        from galorekit.methods.adapters import apply_classifier_lora
 
-        heads = ["classifier", "score"]
-        if any(name.endswith("pooler") for name, _ in model.named_modules()):
-            heads.append("pooler")  # BERT's head is pooler + classifier (RoBERTa's: classifier)
-        lora = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
-            r=cfg.rank,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=0.0,
-            target_modules=targets,
-            modules_to_save=heads,
+        model = apply_classifier_lora(
+            model, rank=cfg.rank, alpha=cfg.lora_alpha, target_modules=targets
         )
-        model = get_peft_model(model, lora)
-        name, galore = "adamw", {}
-    elif cfg.method == "full":
-        name, galore = "adamw", {}
-    else:
-        name = cfg.method
-        galore = {
-            "rank": cfg.rank,
-            "update_proj_gap": cfg.update_proj_gap,
-            "scale": cfg.scale,
-            "proj_type": cfg.proj_type,
-            "target_modules": targets,
-        }
     try:
-        optimizer = create_optimizer(model, name, **galore, **common)
+        # LoRA's adapters and head train with its optimizer (plain AdamW), as in full fine-tuning
+        mcfg = method_config(cfg, method_info(method).optimizer)
+        optimizer = build_optimizer(model, mcfg, rank=cfg.rank, target_modules=targets)
     except ValueError as err:  # e.g. targets GaLore cannot project (not nn.Linear)
         raise ConfigError(f"{cfg.method}: {err}") from err
     return model, optimizer, info

@@ -26,12 +26,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from peft import PeftModel
 from torch import nn
 
-from galorekit.train.baselines.lora import LoRAConfig, apply_lora, lora_layers, lora_parameters
-from galorekit.train.baselines.optimizer_pruning import prune_optimizer_state
-from galorekit.train.baselines.targets import TargetSpec
+from galorekit.extras import needs_extra
+from galorekit.methods.adapters.lora import LoRAConfig, apply_lora, lora_layers, lora_parameters
+from galorekit.methods.adapters.optimizer_pruning import prune_optimizer_state
+from galorekit.models.targets import TargetSpec
+
+with needs_extra("train"):
+    from peft import PeftModel
 
 
 @dataclass
@@ -114,7 +117,7 @@ class ReLoRA:
     """LoRA adapters (through peft) with periodic merge-and-reinit and optimizer-state pruning.
 
     ``ReLoRA(model, ...)`` applies LoRA to ``model`` in place (see
-    :func:`~galorekit.train.baselines.lora.apply_lora`; targeted weights frozen at their init,
+    :func:`~galorekit.methods.adapters.lora.apply_lora`; targeted weights frozen at their init,
     embeddings/norms/head trained unless ``train_non_targeted=False``); train ``relora.model``.
     """
 

@@ -5,6 +5,9 @@ initialisation, frozen, and learns only through the adapter: ``W x + (alpha / r)
 Kaiming-uniform and B zero (peft's default init). Embeddings, norms, the output head and biases are
 not low-rank in that baseline and are trained fully (``train_non_targeted=True``); with
 ``train_non_targeted=False`` only the adapters train, the fine-tuning convention of peft.
+
+:func:`apply_classifier_lora` is the fine-tuning variant ``galore finetune`` uses: adapters on the
+backbone, the classification head trained fully.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from galorekit.train.baselines.targets import TargetSpec, check_rank, resolve_target_modules
+from galorekit.extras import needs_extra
+from galorekit.models.targets import TargetSpec, check_rank, resolve_target_modules
+
+with needs_extra("train"):
+    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+    from peft.tuners.lora import LoraLayer
+    from transformers.pytorch_utils import Conv1D
 
 
 @dataclass
@@ -68,7 +74,7 @@ def apply_lora(
     ``model`` is modified in place (peft injects the adapters into its modules). The targeted
     weights are frozen; which other parameters train is set by ``train_non_targeted`` (see the
     module docstring). ``target_modules``: see
-    :func:`~galorekit.train.baselines.targets.resolve_target_modules` (default: attention and MLP
+    :func:`~galorekit.methods.adapters.targets.resolve_target_modules` (default: attention and MLP
     projections). Raises ``ValueError`` for ``rank <= 0``, ``rank >= min(in, out)`` of a targeted
     layer, targets that match nothing, or a model that already has LoRA layers.
     """
@@ -102,3 +108,23 @@ def apply_lora(
         # frozen embeddings: without this, reentrant activation checkpointing yields no gradients
         peft_model.enable_input_require_grads()
     return peft_model
+
+
+def apply_classifier_lora(
+    model: nn.Module, *, rank: int, alpha: float, target_modules: list[str]
+) -> PeftModel:
+    """LoRA for fine-tuning a sequence classifier (``galore finetune``): peft adapters on
+    ``target_modules`` (full names), the classification head (``classifier``/``score``, and
+    BERT's ``pooler``) trained fully, every other weight frozen."""
+    heads = ["classifier", "score"]
+    if any(name.endswith("pooler") for name, _ in model.named_modules()):
+        heads.append("pooler")  # BERT's head is pooler + classifier (RoBERTa's: classifier)
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=target_modules,
+        modules_to_save=heads,
+    )
+    return get_peft_model(model, config)

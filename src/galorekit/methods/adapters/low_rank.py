@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from galorekit.models.targets import linear_shape
-from galorekit.train.baselines.targets import TargetSpec, check_rank, resolve_target_modules
+from galorekit.models.targets import TargetSpec, check_rank, linear_shape, resolve_target_modules
 
 
 @dataclass

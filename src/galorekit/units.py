@@ -1,4 +1,6 @@
-"""Byte sizes: parse a budget ("24GB", "24GiB", "24000MB", "24G") and format byte counts."""
+"""Byte sizes, the one place galorekit parses and formats them: a budget ("24GB", "24GiB",
+"24000MB", "24G") and byte counts in an explicit unit (``galore memory --unit``) or one chosen
+for the size (:func:`auto_unit`, decimal: the paper's GB). torch-free."""
 
 from __future__ import annotations
 

@@ -1,0 +1,132 @@
+"""What ``galore bench`` measures: ``BenchConfig`` (the timed run) and ``RealGradConfig`` (the
+``--real-grads`` model), the paper's ranks and the row names. torch-free: the parser reads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from galorekit.names import GALORE_DEFAULTS, SVD_METHOD_NAMES
+
+if TYPE_CHECKING:
+    from galorekit.models.registry import LlamaShape
+
+#: the paper's ranks per model size (Table 2, 1B: 512; 7B: 1024, §5); other sizes get hidden / 4
+PAPER_RANKS = {
+    "llama_60m": 128,
+    "llama_130m": 256,
+    "llama_350m": 256,
+    "llama_1b": 512,
+    "llama_7b": 1024,
+}
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def llama_shapes() -> dict[str, LlamaShape]:
+    """The named LLaMA shapes of ``galorekit.models.registry`` by bench's short names (``60m``).
+
+    Imported here, not at the top: ``galorekit.models`` imports transformers, and ``galore
+    --help`` builds this command's parser."""
+    from galorekit.models.registry import NAMED_SHAPES
+
+    return {name.removeprefix("llama_"): shape for name, shape in NAMED_SHAPES.items()}
+
+
+def paper_rank(model: str) -> int:
+    """The paper's rank for a LLaMA size (bench's short name or the registry's), else
+    hidden_size / 4, ``galore pretrain``'s default ratio."""
+    short = model.removeprefix("llama_")
+    return PAPER_RANKS.get(f"llama_{short}") or max(1, llama_shapes()[short].hidden_size // 4)
+
+
+ADAMW = "torch AdamW (foreach)"
+REFERENCE = "galore-torch 1.0"
+
+
+def ours(svd: str, foreach: bool = False) -> str:
+    return f"galorekit (svd={svd}, foreach)" if foreach else f"galorekit (svd={svd})"
+
+
+@dataclass
+class BenchConfig:
+    """What ``galore bench`` measures (see ``add_arguments`` for the meaning of each field)."""
+
+    model: str = "130m"
+    layers: int | None = None
+    rank: int | None = None
+    T: int = GALORE_DEFAULTS["update_proj_gap"]  # --update-proj-gap: the amortized step's T
+    svd: tuple[str, ...] = SVD_METHOD_NAMES
+    steady_steps: int = 4
+    cycles: int = 3
+    reference: bool = True
+    adamw: bool = True
+    noise: float = 0.5
+    drift: float = 0.3
+    quality_layers: int = 1
+    threads: int | None = None
+    seed: int = 0
+    lr: float = 1e-3
+    real_grads: bool = False
+    profile: bool = False
+    foreach: bool = False
+    real: RealGradConfig | None = None
+
+    def __post_init__(self) -> None:
+        # torch: the registry of refresh methods (names registered at run time included)
+        from galorekit.projection import SVD_METHODS
+
+        self.model = self.model.strip().lower().removeprefix("llama").strip("-_")
+        models = llama_shapes()
+        if self.model not in models:
+            raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(models)}")
+        for name in ("T", "steady_steps", "cycles"):
+            if getattr(self, name) < 1:
+                flag = "update_proj_gap" if name == "T" else name
+                raise ValueError(f"{flag} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("layers", "rank", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {value}")
+        if self.quality_layers < 0:
+            raise ValueError(f"quality_layers must be ≥ 0, got {self.quality_layers}")
+        unknown = [s for s in self.svd if s not in SVD_METHODS]
+        if unknown or not self.svd:
+            raise ValueError(
+                f"unknown svd method(s) {unknown or '(none given)'}; valid: {', '.join(SVD_METHODS)}"
+            )
+        if not (self.noise >= 0 and self.drift >= 0):
+            raise ValueError("noise and drift must be ≥ 0")
+
+    @property
+    def effective_rank(self) -> int:
+        """``rank``, else the paper's for the model (:func:`paper_rank`)."""
+        return self.rank if self.rank is not None else paper_rank(self.model)
+
+
+@dataclass
+class RealGradConfig:
+    """The small LLaMA whose gradients ``--real-grads`` studies (bytes of the KJV as tokens)."""
+
+    hidden: int = 256
+    intermediate: int = 688
+    layers: int = 4
+    heads: int = 4
+    batch: int = 16
+    seq_len: int = 128
+    steps: int = 60
+    every: int = 20
+    lr: float = 2e-3
+    train_rank: int = 64
+    train_svd: str = "exact"
+    ranks: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
+    seed: int = 0
+
+
+#: torch.profiler op names by category (self times: an op's children are not counted twice)
+PROFILE_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm"),
+    "QR": ("aten::linalg_qr", "aten::geqrf", "aten::linalg_householder_product", "aten::orgqr"),
+    "eigh": ("aten::_linalg_eigh", "aten::linalg_eigh"),
+    "SVD": ("aten::_linalg_svd", "aten::linalg_svd", "aten::linalg_svdvals"),
+    "copies and casts": ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous"),
+}

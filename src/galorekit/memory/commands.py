@@ -1,0 +1,270 @@
+"""The work of ``galore memory`` (its parser is ``galorekit.memory.cli``, torch-free): a breakdown
+table, ``--compare``, ``--budget`` fit mode, ``--measure``, ``--plot``, ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import torch
+
+import galorekit.memory.measure as measuring
+from galorekit.atomic import write_json_output
+from galorekit.memory.estimator import estimate
+from galorekit.memory.fit import DEFAULT_RANKS, fit_budget
+from galorekit.memory.measure import InsufficientMemoryError
+from galorekit.memory.names import METHODS
+from galorekit.memory.plot import plot_estimates
+from galorekit.memory.report import (
+    breakdown_table,
+    compare_table,
+    detail_tables,
+    fit_table,
+    measure_table,
+)
+from galorekit.memory.setup import (
+    BASELINE_METHODS,
+    TrainingSetup,
+    check_method,
+    parse_target_modules,
+)
+from galorekit.units import DISPLAY_UNITS, auto_unit, format_bytes, parse_size
+
+
+class _UsageError(ValueError):
+    pass
+
+
+def _get(args: argparse.Namespace, name: str, default: Any = None) -> Any:
+    return getattr(args, name, default)
+
+
+def _setup(args: argparse.Namespace, method: str):
+    return TrainingSetup(
+        method=method,
+        rank=_get(args, "rank"),
+        layerwise=bool(_get(args, "layerwise", False)),
+        batch_size=_get(args, "batch_size", 1),
+        seq_len=_get(args, "seq_len", 256),
+        precision=_get(args, "dtype", "bf16"),
+        activation_checkpointing=bool(_get(args, "activation_checkpointing", False)),
+        proj_type=_get(args, "proj_type", "std"),
+        target_modules=parse_target_modules(_get(args, "target_modules")),
+        attn_implementation=_get(args, "attn_implementation", "sdpa"),
+        accumulation_steps=_get(args, "accumulation_steps", 1),
+    )
+
+
+def _check_method(method: str | None) -> None:
+    if method is not None:
+        check_method(method)
+
+
+def _compare_set(args: argparse.Namespace):
+    """Every method, ordinary and (optimizer methods) layer-wise, at the given configuration."""
+
+    out = []
+    for method in METHODS:
+        for layerwise in (False,) if method in BASELINE_METHODS else (False, True):
+            setup = _setup(args, method).with_(layerwise=layerwise)
+            out.append(estimate(args.model, setup, vocab_size=_get(args, "vocab_size")))
+    return out
+
+
+def _plot(args, estimates, budget: int | None) -> None:
+    s = estimates[0].setup
+    title = f"{args.model}: {s.precision}, batch {s.batch_size}×{s.seq_len} tokens" + (
+        ", activation checkpointing" if s.activation_checkpointing else ""
+    )
+    unit = _unit(args, max([e.total for e in estimates] + [budget or 0]))
+    path = plot_estimates(estimates, args.plot, title=title, unit=unit, budget=budget)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _resolve_device(name: str):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise _UsageError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+
+
+def _parse_ranks(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        ranks = tuple(int(r) for r in text.split(",") if r.strip())
+    except ValueError:
+        raise _UsageError(f"--ranks {text!r}: expected comma-separated integers") from None
+    if not ranks or any(r <= 0 for r in ranks):
+        raise _UsageError(f"--ranks {text!r}: expected positive integers")
+    return ranks
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``galore memory`` (parsed by ``galorekit.memory.cli``); returns the exit status (0 ok, 1 refused measurement, 2 bad input)."""
+    try:
+        return _run(args)
+    except ValueError as err:  # bad input, _UsageError included: say what and what is valid
+        print(f"galore memory: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+
+    unit = _get(args, "unit", "auto")
+    if unit != "auto" and unit not in DISPLAY_UNITS:
+        raise _UsageError(f"unknown unit {unit!r}; valid: auto, {', '.join(DISPLAY_UNITS)}")
+    args.unit = unit
+    method = _get(args, "method")
+    _check_method(method)
+    budget = parse_size(args.budget) if _get(args, "budget") is not None else None
+    compare, measure = bool(_get(args, "compare")), bool(_get(args, "measure"))
+    if measure and (compare or budget is not None):
+        raise _UsageError("--measure measures one configuration: not with --compare or --budget")
+    args.plot = _get(args, "plot")
+    if args.plot is not None and not str(args.plot).lower().endswith(".png"):
+        raise _UsageError(
+            f"--plot writes a PNG: give a file name ending in .png, not {args.plot!r}"
+        )
+
+    if budget is not None and not compare:
+        return _fit(args, method, budget)
+    if compare:
+        return _compare(args, budget)
+    setup = _setup(args, method or "galore_adamw")
+    if measure:
+        try:
+            return _measure(args, setup)
+        except InsufficientMemoryError as err:
+            print(f"galore memory: {err}", file=sys.stderr)
+            return 1
+    return _single(args, setup)
+
+
+def _unit(args, nbytes: int) -> str:
+    return auto_unit(nbytes) if args.unit == "auto" else args.unit
+
+
+def _notes(est) -> list[str]:
+    notes = []
+    if est.rank_note:
+        notes.append(est.rank_note)
+    if est.clamped_matrices:
+        notes.append(
+            f"rank {est.setup.rank} ≥ min(m, n) for {est.clamped_matrices} matrices: clamped, "
+            "no saving on those"
+        )
+    return notes
+
+
+def _single(args, setup) -> int:
+    est = estimate(args.model, setup, vocab_size=_get(args, "vocab_size"))
+    if args.json:
+        write_json_output(args.json, est.as_dict())
+    else:
+        unit = _unit(args, est.total)
+        print(breakdown_table(args.model, est, unit))
+        for note in _notes(est):
+            print(f"note: {note}")
+        if _get(args, "detail"):
+            print("\n" + detail_tables(est, unit))
+    if args.plot:
+        _plot(args, _compare_set(args), None)
+    return 0
+
+
+def _compare(args, budget: int | None) -> int:
+
+    estimates = _compare_set(args)
+    if args.json:
+        write_json_output(args.json, {e.setup.label(): e.as_dict() for e in estimates})
+    else:
+        s = estimates[0].setup
+        print(
+            f"model {args.model}, precision {s.precision}, batch {s.batch_size} × {s.seq_len} "
+            f"tokens" + (", activation checkpointing" if s.activation_checkpointing else "") + "\n"
+        )
+        unit = _unit(args, max(e.total for e in estimates))
+        print(compare_table(estimates, unit))
+        if budget is not None:
+            fit = [e.setup.label() for e in estimates if e.total <= budget]
+            print(
+                f"\nwithin {format_bytes(budget, unit)}: "
+                + (", ".join(fit) if fit else "none at this batch size")
+            )
+    if args.plot:
+        _plot(args, estimates, budget)
+    return 0
+
+
+def _fit(args, method: str | None, budget: int) -> int:
+
+    base = _setup(args, method or "galore_adamw")
+    ranks = _parse_ranks(_get(args, "ranks"))
+    if ranks is None:
+        ranks = (base.rank,) if base.rank is not None else DEFAULT_RANKS
+    rows = fit_budget(
+        args.model,
+        budget,
+        base,
+        methods=(method,) if method else METHODS,
+        ranks=ranks,
+        vocab_size=_get(args, "vocab_size"),
+    )
+    if args.json:
+        write_json_output(
+            args.json,
+            {
+                "budget": budget,
+                "seq_len": base.seq_len,
+                "precision": base.precision,
+                "configurations": [r.as_dict() for r in rows],
+            },
+        )
+    else:
+        print(f"model {args.model}, precision {base.precision}")
+        print(fit_table(rows, budget, base.seq_len, _unit(args, budget)))
+    if args.plot:
+        _plot(args, _compare_set(args), budget)
+    return 0
+
+
+def _measure(args, setup) -> int:
+
+    vocab = _get(args, "vocab_size")
+    est = estimate(args.model, setup, vocab_size=vocab)
+    device = _resolve_device(_get(args, "device", "auto"))
+    if device.type == "cpu" and est.setup.param_dtype != torch.float32 and not args.json:
+        print(
+            "note: 16-bit matmuls are slow on most CPUs; --dtype fp32 measures faster",
+            file=sys.stderr,
+        )
+    meas = measuring.measure(  # through the module: tests replace it
+        args.model,
+        setup,
+        vocab_size=vocab,
+        steps=_get(args, "measure_steps", 3),
+        device=device,
+        seed=_get(args, "seed", 0),
+        required=est.total,
+    )
+    if args.json:
+        e, m = est.as_dict(), meas.as_dict()
+        diff = {k: m[k] - e[k] for k in ("weights", "gradients", "optimizer_states", "activations")}
+        diff["peak_minus_total"] = m["peak"] - e["total"]
+        write_json_output(args.json, {"estimate": e, "measured": m, "difference": diff})
+    else:
+        unit = _unit(args, max(est.total, meas.peak))
+        print(breakdown_table(args.model, est, unit))
+        print()
+        print(measure_table(est, meas, unit))
+    if args.plot:
+        _plot(args, _compare_set(args), None)
+    return 0
+
+
+def _fp32():
+    return torch.float32
