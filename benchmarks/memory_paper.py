@@ -103,7 +103,7 @@ def lead(paper: float, ours_gb: float, readings: dict[str, float]) -> str:
 
 def lm_head_projected_states(model_name: str, rank: int) -> int:
     """Optimizer-state bytes if GaLore also projected the output head (galorekit never does)."""
-    setup = TrainingSetup(method="galore_adamw", rank=rank, precision="bf16")
+    setup = TrainingSetup(method="galore_adamw", rank=rank, precision="bf16-true")
     net = build_training_model(model_name, setup).model
     head = net.get_output_embeddings().weight
     targets = set(default_target_modules(net))
@@ -116,7 +116,7 @@ def lm_head_projected_states(model_name: str, rank: int) -> int:
 
 def lora_bf16_adapters(model_name: str, rank: int, method: str) -> MemoryEstimate:
     """LoRA with its adapters cast to bf16 (peft keeps them in float32 by default)."""
-    setup = TrainingSetup(method=method, rank=rank, precision="bf16")
+    setup = TrainingSetup(method=method, rank=rank, precision="bf16-true")
     built = build_training_model(model_name, setup)
     built.model.to(torch.bfloat16)
     return estimate_model(built.model, built.setup)
@@ -258,7 +258,7 @@ def _embed_head_states(e: MemoryEstimate) -> int:
 
 
 def seven_b() -> tuple[list[dict], dict]:
-    base = TrainingSetup(precision="bf16", batch_size=1, seq_len=256, rank=1024)
+    base = TrainingSetup(precision="bf16-true", batch_size=1, seq_len=256, rank=1024)
     adam = estimate("llama_7b", base.with_(method="adamw"))
     adam8 = estimate("llama_7b", base.with_(method="adamw8bit"))
     galore = estimate("llama_7b", base.with_(method="galore_adamw"))
@@ -410,7 +410,7 @@ def _table3(item: str, paper: float, e: MemoryEstimate, nominal: float) -> dict:
 
 def table11() -> list[dict]:
     rows, gaps = [], []
-    base = TrainingSetup(precision="bf16", batch_size=1, seq_len=256, rank=512)
+    base = TrainingSetup(precision="bf16-true", batch_size=1, seq_len=256, rank=512)
     ests = {}
     for (method, lw), paper in TABLE11.items():
         e = estimate("llama_1b", base.with_(method=method, layerwise=lw))
@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     cache: dict[tuple[str, str], MemoryEstimate] = {}
     for size, model in MODELS.items():
         for method in TABLE2_METHOD.values():
-            setup = TrainingSetup(method=method, rank=RANKS[size], precision="bf16")
+            setup = TrainingSetup(method=method, rank=RANKS[size], precision="bf16-true")
             cache[(model, method)] = estimate(model, setup)
     t2, t6 = table2(cache), table6(cache)
     seven_rows, seven_extra = seven_b()

@@ -44,7 +44,7 @@ def test_every_flag_has_help_and_one_default(command):
 
 
 def test_method_flag_defaults_are_method_configs():
-    from galorekit.train.methods import MethodConfig
+    from galorekit.methods import MethodConfig
 
     cfg = MethodConfig()
     for name, (_, default, *_rest) in _METHOD.items():

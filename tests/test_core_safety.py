@@ -51,7 +51,7 @@ def test_an_extra_backward_pass_is_an_error_before_any_double_update(acc: int) -
         (loss_of(model) / acc).backward()
         (loss_of(reference) / acc).backward()
     with pytest.raises(
-        RuntimeError, match=rf"2\.(weight|bias) got .* pass {acc + 1}.*call step\(\)"
+        RuntimeError, match=rf"pass {acc + 1} of this .*reached 2\.(weight|bias).*call step\(\)"
     ):
         (loss_of(model) / acc).backward()
     ref.step()
@@ -64,6 +64,24 @@ def test_an_extra_backward_pass_is_an_error_before_any_double_update(acc: int) -
     for _ in range(acc):
         (loss_of(model) / acc).backward()
     opt.step()
+
+
+def test_an_extra_pass_reaching_only_a_partly_accumulated_parameter_applies_nothing() -> None:
+    """A parameter that skipped micro-batch 2 (a routed expert, say) must not be updated on
+    passes 1 + 3 when pass 3 is one too many: the pass is counted once, at its first hook."""
+    torch.manual_seed(0)
+    shared, expert = nn.Linear(8, 8), nn.Linear(8, 8)
+    params = [*shared.parameters(), *expert.parameters()]
+    opt = LayerwiseOptimizer(params, GaLoreAdamW, accumulation_steps=2, lr=1e-2)
+    x = torch.randn(4, 8)
+    expert(shared(x)).sum().backward()  # pass 1: both
+    shared(x).sum().backward()  # pass 2: the expert gets nothing
+    shared_after, expert_before = shared.weight.detach().clone(), expert.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="backward pass 3 of this optimizer step"):
+        expert(x).sum().backward()  # pass 3 reaches the expert only
+    assert torch.equal(expert.weight, expert_before)
+    assert torch.equal(shared.weight, shared_after)
+    assert opt.steps == 0
 
 
 def test_the_right_number_of_passes_still_works_over_many_steps() -> None:
@@ -268,3 +286,63 @@ def test_a_galore_torch_state_dict_is_refused_with_a_message() -> None:
     with pytest.raises(ValueError, match=r"galore-torch 1\.0 projector objects"):
         ours.load_state_dict(theirs.state_dict())
     assert not ours.state
+
+
+def test_a_refused_load_of_an_unregistered_svd_method_changes_nothing() -> None:
+    import functools
+
+    from galorekit.projection import SVD_METHODS
+    from galorekit.projection.randomized import SubspaceIterationConfig
+    from galorekit.projection.svd import warm_svd
+
+    SVD_METHODS["warm1"] = functools.partial(
+        warm_svd, config=SubspaceIterationConfig(warm_max_iters=1)
+    )
+    try:
+        model = make_model()
+        custom = groups(model)
+        custom[1]["svd"] = "warm1"
+        source = GaLoreAdamW(custom, lr=1e-2)
+        loss_of(model).backward()
+        source.step()
+        saved = source.state_dict()
+    finally:
+        del SVD_METHODS["warm1"]
+    target = GaLoreAdamW(groups(make_model()), lr=1e-2)
+    with pytest.raises(ValueError, match="unknown svd method 'warm1'"):
+        target.load_state_dict(saved)
+    assert not target.state and target.param_groups[1]["svd"] == "warm"
+
+
+def test_an_fp16_projection_that_overflows_is_caught_by_step() -> None:
+    w = nn.Parameter(torch.zeros(256, 128, dtype=torch.float16))
+    opt = GaLoreAdamW([{"params": [w], "rank": 4, "update_proj_gap": 1, "svd": "exact"}])
+    w.grad = torch.full((256, 128), 30000.0, dtype=torch.float16)  # finite; R = G·Q is not
+    with pytest.raises(NonFiniteGradientError):
+        opt.step()
+    assert bool(torch.isfinite(w).all())
+
+
+def test_layerwise_with_a_torch_optimizer_refuses_another_models_state() -> None:
+    source_model, target_model = make_model(hidden=48), make_model(hidden=40)
+    source = LayerwiseOptimizer(source_model.parameters(), torch.optim.AdamW, lr=1e-2)
+    loss_of(source_model).backward()
+    source.step()
+    target = LayerwiseOptimizer(target_model.parameters(), torch.optim.AdamW, lr=1e-2)
+    with pytest.raises(ValueError, match=r"0\.weight|shape .*another model"):
+        target.load_state_dict(source.state_dict())
+    assert not target._per_param
+    other = LayerwiseOptimizer(
+        source_model.parameters(), torch.optim.AdamW, accumulation_steps=4, lr=1e-2
+    )
+    with pytest.raises(ValueError, match="accumulation_steps=1, this LayerwiseOptimizer has 4"):
+        other.load_state_dict(source.state_dict())
+
+
+def test_an_8bit_group_may_say_state_dtype_none() -> None:
+    model = make_model()
+    group = {**groups(model)[1], "state_dtype": None}
+    opt = GaLoreAdamW8bit([groups(model)[0], group], lr=1e-2)
+    assert opt.param_groups[1]["state_dtype"] is None
+    with pytest.raises(ValueError, match="8-bit codes"):
+        GaLoreAdamW8bit([{**group, "state_dtype": "float32"}], lr=1e-2)

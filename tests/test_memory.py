@@ -64,7 +64,7 @@ def _real_pretrain_run(method: str, precision: str, layerwise: bool, proj_type: 
 
 
 # ---- optimizer states: exactly what the optimizers hold --------------------------------------------
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16-true"])
 @pytest.mark.parametrize("method", [*OPTIMIZERS, "lora", "low_rank"])
 def test_optimizer_state_bytes_equal_real_optimizer_after_a_step(method, precision):
     held, grads = _real_pretrain_run(method, precision, layerwise=False)
@@ -141,7 +141,7 @@ def test_projection_type_changes_state_shapes_exactly(proj_type):
     assert est.optimizer_states == held
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16-true"])
 def test_every_svd_method_stores_projectors_of_exactly_r_rows(precision):
     """A projector that were a view of the whole SVD factor would hold more than r×n: refresh
     every step (update_proj_gap=1) with each method, 'warm' starting from the previous one."""
@@ -222,12 +222,17 @@ ACT_CASES = [
     # (method, precision, attention, checkpointing)
     *[
         ("galore_adamw", p, a, c)
-        for p in ("fp32", "bf16", "bf16-mixed")
+        for p in ("fp32", "bf16-true", "bf16-mixed")
         for a in ("sdpa", "eager")
         for c in (False, True)
     ],
     ("lora", "fp32", "sdpa", False),
-    ("lora", "bf16", "sdpa", False),  # peft keeps float32 adapters: cast copies of their inputs
+    (
+        "lora",
+        "bf16-true",
+        "sdpa",
+        False,
+    ),  # peft keeps float32 adapters: cast copies of their inputs
     ("lora", "bf16-mixed", "eager", True),
     ("low_rank", "fp32", "sdpa", False),
     ("low_rank", "bf16-mixed", "sdpa", True),
@@ -287,7 +292,7 @@ def test_activation_formula_gqa_and_frozen_embeddings(ckpt):
 
 def test_activation_formula_matches_the_documented_closed_form():
     """Pure bf16, SDPA, all weights trained: 24Th + 8Tf + 8T + 4aT per layer (module docstring)."""
-    setup = TrainingSetup(method="adamw", precision="bf16", batch_size=2, seq_len=256)
+    setup = TrainingSetup(method="adamw", precision="bf16-true", batch_size=2, seq_len=256)
     built = build_training_model("llama_60m", setup, device="meta")
     act = estimate_activations(built.model, setup)
     T, h, f, a = 512, 512, 1376, 8
@@ -309,7 +314,7 @@ def test_7b_bf16_adamw_near_58gb_and_8bit_galore_layerwise_near_22gb():
     """Paper (Fig. 1, §5.5): BF16 AdamW ≈ 58 GB = 14 weights + 42 states & gradients + 2
     activations; 8-bit GaLore with layer-wise updates ≈ 22.0 GB (token batch 256). Bounds: ±10%
     of the totals (the paper rounds nominal 7B counts), components within ±1.5 GB."""
-    base = TrainingSetup(precision="bf16", batch_size=1, seq_len=256, rank=1024)
+    base = TrainingSetup(precision="bf16-true", batch_size=1, seq_len=256, rank=1024)
     adam = estimate("llama_7b", base.with_(method="adamw"))
     galore = estimate("llama_7b", base.with_(method="galore_adamw8bit", layerwise=True))
     gb = 1e9
@@ -414,7 +419,11 @@ def test_torch_free_names_match_the_library():
     memory_cli.add_arguments(parser)
     choices = {a.dest: a.choices for a in parser._actions if a.choices is not None}
     assert tuple(choices["proj_type"]) == PROJ_TYPES
-    assert set(choices["dtype"]) == {*PRECISIONS, "float32", "bfloat16"}
+    assert set(choices["precision"]) == set(PRECISIONS)
+    # the one vocabulary: pretrain's --precision names mean the same here
+    from galorekit.config import PRECISIONS as TRAINED
+
+    assert set(TRAINED) <= set(PRECISIONS)
     assert tuple(choices["attn_implementation"]) == ("sdpa", "eager")
 
 
@@ -427,8 +436,8 @@ def test_cli_json_has_the_five_byte_counts(capsys):
             "--layerwise",
             "--rank",
             "16",
-            "--dtype",
-            "bf16",
+            "--precision",
+            "bf16-true",
             "--json",
         )
     )
@@ -479,7 +488,7 @@ def test_cli_compare_and_plot_write_a_png(tmp_path, capsys):
 
 
 def test_cli_compare_with_a_budget_lists_what_fits(capsys):
-    argv = (*TINY, "--compare", "--rank", "16", "--dtype", "fp32", "--seq-len", "32")
+    argv = (*TINY, "--compare", "--rank", "16", "--precision", "fp32", "--seq-len", "32")
     argv += ("--budget", "1.5MB")
     assert memory_cli.run(_args(*argv)) == 0
     line = capsys.readouterr().out.split("within 1.50 MB:")[1]
@@ -523,7 +532,7 @@ def test_cli_compare_json_keys_every_configuration(capsys):
 
 
 def test_cli_fit_mode(capsys):
-    argv = (*TINY, "--budget", "1.5MB", "--dtype", "fp32", "--seq-len", "32", "--ranks", "16")
+    argv = (*TINY, "--budget", "1.5MB", "--precision", "fp32", "--seq-len", "32", "--ranks", "16")
     code = memory_cli.run(_args(*argv))
     out = capsys.readouterr().out
     assert code == 0
@@ -570,7 +579,7 @@ def test_cli_measure_refuses_when_the_estimate_exceeds_free_memory(monkeypatch, 
 
     monkeypatch.setattr(measure_mod, "available_memory", lambda device: 10**6)
     code = memory_cli.run(
-        _args(*TINY, "--method", "adamw", "--dtype", "fp32", "--measure", "--device", "cpu")
+        _args(*TINY, "--method", "adamw", "--precision", "fp32", "--measure", "--device", "cpu")
     )
     assert code == 1
     assert "refusing to measure" in capsys.readouterr().err
@@ -587,7 +596,7 @@ def test_cli_measure_reports_measured_beside_estimate(capsys):
             "galore_adamw",
             "--rank",
             "16",
-            "--dtype",
+            "--precision",
             "fp32",
             "--batch-size",
             "2",
@@ -623,7 +632,7 @@ def test_measure_table_for_lora_with_checkpointing(capsys):
             "lora",
             "--rank",
             "8",
-            "--dtype",
+            "--precision",
             "fp32",
             "--activation-checkpointing",
             "--measure",
@@ -641,7 +650,7 @@ def test_measure_table_for_lora_with_checkpointing(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16"])
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
 def test_measure_model_components_equal_the_estimate(precision):
     from galorekit.memory.measure import measure_model
 
@@ -669,3 +678,58 @@ def test_estimate_model_reads_a_prepared_module_without_side_effects():
     ids = _batch()
     built.model(input_ids=ids, labels=ids).loss.backward()
     assert all(p.grad is not None for p in built.model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    ("cls", "state_dtype"),
+    [("GaLoreAdamW", "float32"), ("GaLoreAdamW", None), ("GaLoreAdafactor", "bfloat16")],
+)
+def test_state_dtype_and_kernels_are_counted_exactly(cls, state_dtype) -> None:
+    """The estimator's state layout follows ``state_dtype`` and projects a kernel as its
+    out × rest unfolding, byte for byte what the optimizer holds after a step."""
+    import galorekit
+    from galorekit.memory.optimizer_states import optimizer_state_tensors, total_bytes
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3), torch.nn.Flatten(), torch.nn.Linear(16 * 6 * 6, 32)
+    ).to(torch.bfloat16)
+    groups = [
+        {"params": [model[0].bias, model[2].bias]},
+        {"params": [model[0].weight, model[2].weight], "rank": 4},
+    ]
+    extra = {"lr": 1e-3} if cls == "GaLoreAdamW" else {"lr": 1e-3, "beta1": 0.9}
+    opt = getattr(galorekit, cls)(groups, state_dtype=state_dtype, **extra)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert total_bytes(optimizer_state_tensors(opt)) == held_state_bytes(opt)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--dtype", "bf16"), "use --precision"),
+        (("--precision", "bf16"), "invalid choice"),
+    ],
+)
+def test_old_precision_spellings_are_refused(argv, message, capsys) -> None:
+    from galorekit.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["memory", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_python_api_refuses_an_old_precision_with_its_new_name() -> None:
+    with pytest.raises(ValueError, match="'bf16' is now 'bf16-true'"):
+        TrainingSetup(precision="bf16")
+
+
+def test_memory_counts_state_dtype() -> None:
+    base = TrainingSetup(method="galore_adamw", rank=16, precision="bf16-true", seq_len=32)
+    plain = estimate("llama_tiny", base, vocab_size=VOCAB).optimizer_states
+    wide = estimate("llama_tiny", base.with_(state_dtype="float32"), vocab_size=VOCAB)
+    # the moments double (2 → 4 bytes each), the projectors stay bf16
+    assert plain < wide.optimizer_states < 2 * plain

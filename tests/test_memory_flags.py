@@ -19,7 +19,7 @@ from galorekit.memory.setup import TrainingSetup
 
 VOCAB = 256
 TINY = ("--model", "llama_tiny", "--vocab-size", str(VOCAB))
-BASE = ("--rank", "16", "--dtype", "fp32", "--seq-len", "32")
+BASE = ("--rank", "16", "--precision", "fp32", "--seq-len", "32")
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -170,7 +170,7 @@ def test_fit_builds_and_walks_each_model_once(monkeypatch):
 
 def test_fit_mode_tries_both_update_modes_whatever_layerwise_says(capsys):
     """--layerwise (meaningless for the baselines) used to make fit mode fail on them."""
-    argv = (*TINY, "--budget", "1.5MB", "--dtype", "fp32", "--seq-len", "32", "--ranks", "16")
+    argv = (*TINY, "--budget", "1.5MB", "--precision", "fp32", "--seq-len", "32", "--ranks", "16")
     assert memory_cli.run(_args(*argv, "--json")) == 0
     plain = json.loads(capsys.readouterr().out)
     assert memory_cli.run(_args(*argv, "--layerwise", "--json")) == 0

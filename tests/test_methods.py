@@ -38,13 +38,14 @@ def test_full_is_refused_with_a_pointer_to_adamw():
 
 def test_method_config_defaults_come_from_galore_defaults():
     cfg = MethodConfig()
-    for key in ("update_proj_gap", "scale", "proj_type"):
+    for key in ("update_proj_gap", "scale", "proj_type", "moments"):
         assert getattr(cfg, key) == names.GALORE_DEFAULTS[key]
     assert cfg.galore_group(8) == {
         "rank": 8,
         "update_proj_gap": 200,
         "scale": 0.25,
         "proj_type": "std",
+        "moments": "project",
     }
     helps = field_help()
     assert set(helps) == {f.name for f in dataclasses.fields(MethodConfig)}
@@ -69,3 +70,19 @@ def test_one_setup_for_every_command():
     (galore,) = [g for g in built.optimizer.param_groups if "rank" in g]
     assert galore["update_proj_gap"] == names.GALORE_DEFAULTS["update_proj_gap"]
     assert galore["scale"] == names.GALORE_DEFAULTS["scale"]
+
+
+def test_moments_and_state_dtype_flags_reach_the_optimizer() -> None:
+    """``galore pretrain --moments reset --state-dtype float32`` builds its optimizer so."""
+    from galorekit.methods import setup
+    from galorekit.models import build_model
+    from galorekit.train.pretrain_config import build_config
+
+    cfg = build_config({"moments": "reset", "state_dtype": "float32", "rank": 8})
+    model = build_model("llama_tiny", vocab_size=64)
+    optimizer = setup(model, cfg.method, total_steps=10).optimizer
+    galore = [g for g in optimizer.param_groups if "rank" in g]
+    assert galore and all(g["moments"] == "reset" for g in galore)
+    assert all(g["state_dtype"] == "float32" for g in optimizer.param_groups)
+    with pytest.raises(ValueError, match="unknown moments policy 'rotate'"):
+        MethodConfig(moments="rotate")

@@ -1,6 +1,7 @@
 """Adam's moments across a subspace refresh: every refresh method's basis is aligned with the
-previous one (``moments="align"``, the default), the moments can be projected into the new basis
-or reset, and a refresh of an unchanged gradient changes neither the projector nor the trajectory.
+previous one (every ``moments`` policy but ``"keep"``), the moments are projected into the new
+basis (``"project"``, the default), kept or reset, and a refresh of an unchanged gradient changes
+neither the projector nor the trajectory.
 Also: the fast refreshes are scale-invariant and fall back to the exact SVD when they fail."""
 
 from __future__ import annotations
@@ -261,7 +262,9 @@ def _decaying(m: int, n: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("scale", [1e-30, 1e-22, 1e-10, 1.0, 1e10, 1e20, 1e30])
 @pytest.mark.parametrize("method", ["randomized", "warm", "power"])
-def test_fast_refreshes_are_scale_invariant(method: str, scale: float) -> None:
+def test_fast_refreshes_are_scale_invariant(method: str, scale: float, monkeypatch) -> None:
+    # a fresh once-per-method record: an earlier fallback must not hide this one's warning
+    monkeypatch.setattr(svd_module, "_FALLBACK_WARNED", set())
     base = _decaying(160, 120)
     g = (base.double() * scale).float()
     exact = _energy(g, *compute_projector(g, RANK, Side.RIGHT, method="exact"))
@@ -340,3 +343,62 @@ def test_column_matching_is_the_greedy_matching() -> None:
                 perm = torch.randperm(r, generator=gen)
                 strength = 0.9 * torch.eye(r)[perm] + 0.3 * strength
             assert torch.equal(_greedy_match(strength), greedy(strength)), (r, trial)
+
+
+def test_projected_second_moment_keeps_adams_bound() -> None:
+    """LDAdam's transfer keeps |m| ≤ √v (Adam's step bound) where (C∘C)·V alone lets a direction
+    that combines consistent old momenta reach |m|/√v = √r."""
+    r = 8
+    m, v = torch.ones(r, 5), torch.ones(r, 5)  # every coordinate: |m| = √v
+    mixing = torch.linalg.qr(torch.cat([torch.ones(r, 1), torch.randn(r, r - 1)], 1)).Q.t()
+    rotated_m = rotate_first(m, mixing, None)
+    naive = rotate_second(v, mixing, None)
+    assert float((rotated_m.abs() / naive.sqrt()).max()) == pytest.approx(math.sqrt(r), rel=1e-4)
+    ldadam = rotate_second(v, mixing, None, first=m)
+    assert bool((rotated_m.abs() <= ldadam.sqrt() * (1 + 1e-5) + 1e-6).all())
+    # zero-mean coordinates: the two agree
+    torch.testing.assert_close(rotate_second(v, mixing, None, first=torch.zeros(r, 5)), naive)
+
+
+@pytest.mark.parametrize("cls", [GaLoreAdamW8bit, GaLoreAdafactor])
+def test_project_moves_quantized_and_factored_moments_with_the_basis(cls) -> None:
+    """A refresh to a basis rotated inside the same subspace (which no re-ordering or re-signing
+    undoes) carries the 8-bit moments (de-quantized, rotated by LDAdam's rule, quantized again)
+    and Adafactor's column statistics (the side that rotates) into the new coordinates."""
+    gen = torch.Generator().manual_seed(12)
+    m, n, k = 300, 240, 4
+    u = torch.linalg.qr(torch.randn(m, k, generator=gen)).Q
+    v = torch.linalg.qr(torch.randn(n, k, generator=gen)).Q
+    turn = torch.linalg.qr(torch.randn(k, k, generator=gen)).Q
+    values = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    first, second = (u * values) @ v.t(), (u * values) @ (v @ turn).t()
+    w = torch.nn.Parameter(torch.zeros(m, n))
+    group = {"params": [w], "rank": k, "update_proj_gap": 2, "svd": "exact", "moments": "project"}
+    extra = {"min_8bit_size": 0} if cls is GaLoreAdamW8bit else {}
+    opt = cls([group], lr=1e-3, **extra)
+    for grad in (first, first * 0.5):
+        w.grad = grad.clone()
+        opt.step()
+    state, group = opt.state[w], opt.param_groups[0]
+    old_basis = state["proj_right"].clone()
+    if cls is GaLoreAdamW8bit:
+        before = [opt._moment(state, i) for i in (1, 2)]
+        assert state["state1"].dtype == torch.uint8
+    else:
+        before = [state["exp_avg_sq_row"].clone(), state["exp_avg_sq_col"].clone()]
+    opt._project_grad(w, second, group, state)  # the refresh alone, no moment update
+    c = transition(old_basis.t(), state["proj_right"].t())
+    assert (c - torch.eye(k)).abs().max() > 0.1  # a real rotation
+    if cls is GaLoreAdamW8bit:
+        weight = opt._mean_weight(state, group)
+        expected = [
+            rotate_first(before[0], None, c),
+            rotate_second(before[1], None, c, first=before[0], mean_weight=weight),
+        ]
+        for index, want in zip((1, 2), expected):  # within the 8-bit quantization error
+            got = opt._moment(state, index)
+            torch.testing.assert_close(got, want, rtol=0.05, atol=0.02 * float(want.abs().max()))
+    else:
+        torch.testing.assert_close(state["exp_avg_sq_row"], before[0])
+        want = rotate_second(before[1].unsqueeze(0), None, c).squeeze(0)
+        torch.testing.assert_close(state["exp_avg_sq_col"], want)

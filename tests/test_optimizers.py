@@ -25,7 +25,7 @@ SIDE = {"left": Side.LEFT, "right": Side.RIGHT, "full": Side.FULL}
 # ---- reference computations, written independently of galorekit ---------------------------------
 def hand_align(previous: Tensor | None, new: Tensor) -> Tensor:
     """``new``'s columns matched one to one with ``previous``'s (strongest |overlap| first) and
-    signed to a non-negative overlap: the default ``moments="align"`` policy."""
+    signed to a non-negative overlap, as every ``moments`` policy but ``"keep"`` does."""
     if previous is None:
         return new
     overlap = previous.t().double() @ new.double()
@@ -105,12 +105,13 @@ def hand_galore_adam(
             old_p, old_qt = p, qt
             p, qt = hand_projector(grad, rank, side, (p, qt))
             if moments == "project" and m is not None:
-                if p is not None:
-                    c = p.t() @ old_p
-                    m, v = c @ m, (c * c) @ v
-                if qt is not None:
-                    c = qt @ old_qt.t()
-                    m, v = m @ c.t(), v @ (c * c).t()
+                # LDAdam: v ← |(C∘C)(v − w·m²) + w·(C m)²|, w = (1−β₂ᵗ)/(1−β₁ᵗ)² (bias)
+                weight = (1 - b2 ** (t - 1)) / (1 - b1 ** (t - 1)) ** 2
+                cl = p.t() @ old_p if p is not None else torch.eye(m.shape[0], dtype=m.dtype)
+                cr = qt @ old_qt.t() if qt is not None else torch.eye(m.shape[1], dtype=m.dtype)
+                centred = (cl * cl) @ (v - weight * m * m) @ (cr * cr).t()
+                m = cl @ m @ cr.t()
+                v = (centred + weight * m * m).abs()
         r = hand_project(grad.double(), side, p, qt)
         if m is None:
             m, v = torch.zeros_like(r), torch.zeros_like(r)

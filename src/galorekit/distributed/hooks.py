@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from galorekit.distributed.projection_view import ProjectionLookup, ProjectionView
+from galorekit.optim.base import as_matrix
 from galorekit.projection import project, project_back
 
 
@@ -74,8 +75,8 @@ def lowrank_allreduce_hook(
         if view is None or view.refresh_due:
             pieces.append(grad.reshape(-1))
             plan.append((offset, grad, None, p.shape))
-        else:
-            low = project(grad, view.side, view.left, view.right)
+        else:  # a kernel (more than 2-D) is projected as its out × rest unfolding
+            low = project(as_matrix(grad), view.side, view.left, view.right)
             pieces.append(low.reshape(-1))
             plan.append((offset, grad, view, low.shape))
         offset += numel
@@ -98,7 +99,8 @@ def lowrank_allreduce_hook(
                 grad.copy_(chunk)
             else:
                 # G' = P·R̄ (or R̄·Qᵀ, P·R̄·Qᵀ): the optimizer's projection of it is R̄ again
-                grad.copy_(project_back(chunk, view.side, view.left, view.right))
+                full = project_back(chunk, view.side, view.left, view.right)
+                grad.copy_(full.view(grad.shape))
             start += n
         return buffer
 

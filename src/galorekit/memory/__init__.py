@@ -2,7 +2,7 @@
 
 >>> from galorekit.memory import TrainingSetup, estimate
 >>> est = estimate("llama_7b", TrainingSetup(method="galore_adamw8bit", rank=1024,
-...                layerwise=True, precision="bf16"))          # doctest: +SKIP
+...                layerwise=True, precision="bf16-true"))          # doctest: +SKIP
 >>> est.as_dict()["total"] / 1e9                               # doctest: +SKIP
 21.0
 

@@ -3,10 +3,10 @@
 Examples::
 
     galore memory --model llama_7b --method galore_adamw8bit --layerwise --rank 1024 \\
-        --batch-size 1 --seq-len 256 --dtype bf16          # breakdown table
+        --batch-size 1 --seq-len 256 --precision bf16-true   # breakdown table
     galore memory --model llama_7b --compare --plot fig1.png  # every method, stacked bars
     galore memory --model llama_7b --budget 24GB              # what fits in 24 GB
-    galore memory --model llama_20m --method adamw --dtype fp32 --measure
+    galore memory --model llama_20m --method adamw --precision fp32 --measure
 
 This module builds the parser without torch (``galore --help`` imports it); ``run`` loads
 ``galorekit.memory.commands``, which does the work.
@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 
-from galorekit.extras import report_missing_extra
-
 # torch-free: ``galore --help`` builds this parser
+from galorekit.config import add_renamed
+from galorekit.extras import report_missing_extra
 from galorekit.memory.names import ATTN_IMPLEMENTATIONS, METHODS, PRECISION_NAMES, PROJ_TYPES
+from galorekit.names import STATE_DTYPES
 from galorekit.units import DISPLAY_UNITS
 
 
@@ -32,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " activations (tensors saved for backward), read from the real model built on the meta"
         " device and from the optimizers' state layout."
     )
+    add_renamed(p, {"--dtype": "use --precision (bf16 is now bf16-true; bfloat16 is bf16-mixed)"})
     _model_arguments(p.add_argument_group("model and method"))
     _step_arguments(p.add_argument_group("training step"))
     _output_arguments(p.add_argument_group("output and modes"))
@@ -92,13 +94,19 @@ def _step_arguments(t: argparse._ArgumentGroup) -> None:
     t.add_argument("--batch-size", type=int, default=1, help="sequences per micro-batch (1)")
     t.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (256)")
     t.add_argument(
-        "--dtype",
-        default="bf16",
+        "--precision",
+        default="bf16-true",
         choices=PRECISION_NAMES,
-        metavar="DTYPE",
-        help="bf16/fp16: pure 16-bit training, weights, gradients and states in 16 bit (the "
-        "paper's setting; default); fp32; bf16-mixed/fp16-mixed: float32 weights with autocast. "
-        "galore pretrain's --dtype float32/bfloat16 are accepted (bfloat16 = bf16-mixed)",
+        help="bf16-true/fp16-true: pure 16-bit training, weights, gradients and states in 16 bit "
+        "(the paper's setting; default); fp32; bf16-mixed/fp16-mixed: float32 weights with "
+        "autocast (what galore pretrain --precision bf16-mixed trains)",
+    )
+    t.add_argument(
+        "--state-dtype",
+        default=None,
+        choices=STATE_DTYPES,
+        help="dtype of the optimizer's moments (default: the parameters'), as the optimizers' "
+        "state_dtype: float32 keeps bf16 weights' second moment decaying, at 2 more bytes each",
     )
     t.add_argument(
         "--activation-checkpointing",

@@ -47,12 +47,13 @@ def _setup(args: argparse.Namespace, method: str):
         layerwise=bool(_get(args, "layerwise", False)),
         batch_size=_get(args, "batch_size", 1),
         seq_len=_get(args, "seq_len", 256),
-        precision=_get(args, "dtype", "bf16"),
+        precision=_get(args, "precision", "bf16-true"),
         activation_checkpointing=bool(_get(args, "activation_checkpointing", False)),
         proj_type=_get(args, "proj_type", "std"),
         target_modules=parse_target_modules(_get(args, "target_modules")),
         attn_implementation=_get(args, "attn_implementation", "sdpa"),
         accumulation_steps=_get(args, "accumulation_steps", 1),
+        state_dtype=_get(args, "state_dtype"),
     )
 
 
@@ -239,7 +240,7 @@ def _measure(args, setup) -> int:
     device = _resolve_device(_get(args, "device", "auto"))
     if device.type == "cpu" and est.setup.param_dtype != torch.float32 and not args.json:
         print(
-            "note: 16-bit matmuls are slow on most CPUs; --dtype fp32 measures faster",
+            "note: 16-bit matmuls are slow on most CPUs; --precision fp32 measures faster",
             file=sys.stderr,
         )
     meas = measuring.measure(  # through the module: tests replace it

@@ -138,7 +138,7 @@ def estimate(
     anything ``galorekit.models.build_model`` accepts) under ``setup``.
 
     >>> est = estimate("llama_7b", TrainingSetup(method="galore_adamw8bit", rank=1024,
-    ...                layerwise=True, precision="bf16"))          # doctest: +SKIP
+    ...                layerwise=True, precision="bf16-true"))          # doctest: +SKIP
     >>> est.total / 1e9                                            # doctest: +SKIP
     21.0
     """

@@ -99,6 +99,7 @@ def method_config(setup: TrainingSetup, *, layerwise: bool | None = None) -> met
         accumulation_steps=setup.accumulation_steps,
         max_grad_norm=None,
         lora_alpha=setup.lora_alpha,
+        state_dtype=setup.state_dtype,
     )
 
 

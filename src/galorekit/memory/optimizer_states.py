@@ -34,6 +34,7 @@ from torch import Tensor
 
 from galorekit.analysis import state_bytes as held_state_bytes  # noqa: F401  (re-exported)
 from galorekit.extras import needs_extra
+from galorekit.optim.base import matrix_shape, state_dtype
 from galorekit.projection import Side, choose_side, low_rank_shape
 
 
@@ -77,7 +78,7 @@ def total_bytes(tensors: list[StateTensor]) -> int:
 # ---- GaLore projection ---------------------------------------------------------------------------
 def _projected(p: Tensor, group: dict[str, Any], name: str) -> tuple[tuple[int, int], list]:
     """(shape of the projected gradient, projector tensors) for a parameter of a GaLore group."""
-    shape = (int(p.shape[0]), int(p.shape[1]))
+    shape = matrix_shape(p.shape)  # a kernel is projected as its out × rest unfolding
     side = choose_side(group["proj_type"], shape)
     rank = min(group["rank"], min(shape))  # GaLoreOptimizer._effective_rank
     projectors = []
@@ -102,8 +103,8 @@ def _adamw(opt: Any, p: Tensor, group: dict[str, Any], name: str) -> list[StateT
     shape, tensors = _grad_like(p, group, name)
     return [
         *tensors,
-        StateTensor(name, "exp_avg", shape, p.dtype),
-        StateTensor(name, "exp_avg_sq", shape, p.dtype),
+        StateTensor(name, "exp_avg", shape, state_dtype(group, p)),
+        StateTensor(name, "exp_avg_sq", shape, state_dtype(group, p)),
     ]
 
 
@@ -143,7 +144,8 @@ def _qmap_len(signed: bool) -> int:
 
 def _adafactor(opt: Any, p: Tensor, group: dict[str, Any], name: str) -> list[StateTensor]:
     shape, tensors = _grad_like(p, group, name)
-    f32 = torch.float32  # statistics kept in float32 whatever the parameter's dtype
+    # statistics kept in float32 whatever the parameter's dtype, unless the group says otherwise
+    f32 = getattr(torch, group.get("state_dtype") or "float32")
     if len(shape) >= 2:
         tensors += [
             StateTensor(name, "exp_avg_sq_row", shape[:-1], f32),

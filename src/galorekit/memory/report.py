@@ -32,6 +32,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | Non
 def describe_setup(model: str, est: MemoryEstimate) -> str:
     s = est.setup
     parts = [f"model {model}", f"method {s.label()}", f"precision {s.precision}"]
+    if s.state_dtype is not None:
+        parts.append(f"{s.state_dtype} optimizer states")
     parts.append(f"batch {s.batch_size} × {s.seq_len} tokens")
     if s.accumulation_steps > 1:
         parts.append(f"accumulation {s.accumulation_steps}")

@@ -9,8 +9,8 @@ import torch
 
 from galorekit.memory.names import (
     ATTN_IMPLEMENTATIONS,
-    PRECISION_ALIASES,
     PRECISION_DTYPES,
+    RENAMED_PRECISIONS,
     resolve_precision,
 )
 from galorekit.names import BASELINES, METHODS, PROJ_TYPES, method_info
@@ -21,7 +21,7 @@ __all__ = [
     "BASELINE_METHODS",
     "METHODS",
     "PRECISIONS",
-    "PRECISION_ALIASES",
+    "RENAMED_PRECISIONS",
     "TrainingSetup",
     "check_method",
     "optimizer_name",
@@ -75,13 +75,14 @@ class TrainingSetup:
     layerwise: bool = False
     batch_size: int = 1
     seq_len: int = 256
-    precision: str = "bf16"
+    precision: str = "bf16-true"
     activation_checkpointing: bool = False
     proj_type: str = "std"
     target_modules: str | tuple[str, ...] | None = None
     attn_implementation: str = "sdpa"
     accumulation_steps: int = 1
     lora_alpha: float = 32.0
+    state_dtype: str | None = None
 
     def __post_init__(self) -> None:
         check_method(self.method)

@@ -138,6 +138,8 @@ def build_optimizer(
         extra["max_grad_norm"] = cfg.max_grad_norm  # clipped in the hooks (previous-step norm)
     if info.is_galore:
         extra.update(cfg.galore_group(rank), target_modules=targets)
+    if cfg.state_dtype is not None:
+        extra["state_dtype"] = cfg.state_dtype
     return create_optimizer(
         model,
         info.optimizer,

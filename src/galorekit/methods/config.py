@@ -11,8 +11,10 @@ from galorekit.names import (
     ALL_METHODS,
     DEFAULT_LR,
     GALORE_DEFAULTS,
+    MOMENT_POLICIES,
     OPTIMIZER_NAMES,
     REFERENCE_METHODS,
+    STATE_DTYPES,
     method_info,
 )
 
@@ -35,6 +37,16 @@ class MethodConfig:
     scale: float = _opt(GALORE_DEFAULTS["scale"], "alpha: scale of GaLore's update")
     proj_type: str = _opt(GALORE_DEFAULTS["proj_type"], "which side GaLore projects")
     svd: str | None = _opt(None, "subspace refresh method (default: galorekit's)")
+    moments: str = _opt(
+        GALORE_DEFAULTS["moments"],
+        "what a subspace refresh does with Adam's moments: project them into the new basis, "
+        "align the basis and keep them, keep them as they are (galore-torch), or reset them",
+    )
+    state_dtype: str | None = _opt(
+        None,
+        "dtype of the optimizer's moments (default: the parameter's; float32 for bf16 "
+        "weights whose bf16 second moment cannot decay)",
+    )
     layerwise: bool = _opt(False, "update each parameter during backward (layer-wise)")
     accumulation_steps: int = _opt(1, "micro-batches per optimizer step")
     max_grad_norm: float | None = _opt(1.0, "gradient clipping norm (None: no clipping)")
@@ -51,6 +63,14 @@ class MethodConfig:
             raise ValueError(
                 f"--layerwise applies to the optimizer methods ({', '.join(OPTIMIZER_NAMES)}), "
                 f"not to {self.method}"
+            )
+        if self.moments not in MOMENT_POLICIES:
+            raise ValueError(
+                f"unknown moments policy {self.moments!r}; valid: {', '.join(MOMENT_POLICIES)}"
+            )
+        if self.state_dtype not in (None, *STATE_DTYPES):
+            raise ValueError(
+                f"unknown state dtype {self.state_dtype!r}; valid: {', '.join(STATE_DTYPES)}"
             )
         if self.method in REFERENCE_METHODS and self.svd not in (None, "exact"):
             raise ValueError(
@@ -69,6 +89,7 @@ class MethodConfig:
             "update_proj_gap": self.update_proj_gap,
             "scale": self.scale,
             "proj_type": self.proj_type,
+            "moments": self.moments,
         }
         if self.svd is not None:
             group["svd"] = self.svd

@@ -217,7 +217,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         for key in group:
             if key not in known:
                 close = difflib.get_close_matches(str(key), sorted(known), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = f"; did you mean {close[0]!r}?" if close else "."
                 raise ValueError(
                     f"unknown param group key {key!r} for {type(self).__name__}{hint} Valid: "
                     f"{', '.join(sorted(known - {'params', 'initial_lr'}))}"
@@ -442,12 +442,14 @@ class GaLoreOptimizer(torch.optim.Optimizer):
             if self._has_moments(state):
                 if policy == "project":
                     moved = transitions(side, left, right, previous_left, previous_right)
-                    if moved is None:  # no previous projector of this shape: nothing to carry
-                        self._reset_moments(state)
-                    else:
-                        self._rotate_moments(state, side, *moved)
+                    if moved is not None:
+                        self._rotate_moments(state, group, *moved)
                 elif policy == "reset":
                     self._reset_moments(state)
+            if self._moments_misfit(left, right, previous_left, previous_right):
+                # the rank changed (a group edited mid-run): the moments are of the old shape
+                # and cannot be carried over; they start again at the new one
+                self._drop_moments(state)
             if left is not None:
                 state["proj_left"] = left
             if right is not None:
@@ -456,8 +458,18 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         if low_rank is None:  # a refresh may have computed R on the way (warm, randomized)
             side = Side(state["proj_side"])
             low_rank = project(grad, side, state.get("proj_left"), state.get("proj_right"))
-        # a NaN that appears between refreshes is caught on the small projected gradient
-        if self._nonfinite(low_rank, p, group, state):
+        # a NaN that appears between refreshes is caught on the small projected gradient; under
+        # step() every full gradient was checked first, but a finite fp16 one can still overflow
+        # in its projection
+        if self._prechecked and low_rank.dtype == torch.float16:
+            self._prechecked = False
+            try:
+                skip = self._nonfinite(low_rank, p, group, state)
+            finally:
+                self._prechecked = True
+            if skip:
+                return None
+        elif self._nonfinite(low_rank, p, group, state):
             return None
         return low_rank
 
@@ -467,11 +479,43 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         return any(key in state for key in self._moment_keys)
 
     def _rotate_moments(
-        self, state: dict[str, Any], side: Side, c_left: Tensor | None, c_right: Tensor | None
+        self,
+        state: dict[str, Any],
+        group: dict[str, Any],
+        c_left: Tensor | None,
+        c_right: Tensor | None,
     ) -> None:
         """Carry the low-rank moments into the new basis, in place
         (``galorekit.projection.alignment.rotate_first``/``rotate_second``)."""
         raise NotImplementedError
+
+    def _mean_weight(self, state: dict[str, Any], group: dict[str, Any]) -> float:
+        """(1−β₂ᵗ)/(1−β₁ᵗ)²: the weight of M² in V when both carry Adam's bias (m̂² = M²/(1−β₁ᵗ)²,
+        v̂ = V/(1−β₂ᵗ)); 1 without bias correction."""
+        if not group.get("correct_bias", True) or "betas" not in group:
+            return 1.0
+        beta1, beta2 = group["betas"]
+        t = max(1, self._moment_step(state))
+        return (1.0 - beta2**t) / (1.0 - beta1**t) ** 2
+
+    @staticmethod
+    def _moments_misfit(
+        left: Tensor | None,
+        right: Tensor | None,
+        previous_left: Tensor | None,
+        previous_right: Tensor | None,
+    ) -> bool:
+        """Whether a refresh changed the projector's shape (the rank), so that the moments no
+        longer fit the projected gradient."""
+        return any(
+            new is not None and old is not None and new.shape != old.shape
+            for new, old in ((left, previous_left), (right, previous_right))
+        )
+
+    def _drop_moments(self, state: dict[str, Any]) -> None:
+        for key in self._moment_keys:
+            state.pop(key, None)
+        state["moment_origin"] = state["step"]
 
     def _reset_moments(self, state: dict[str, Any]) -> None:
         """Zero the moments in place and restart their bias correction (``moment_origin``)."""
@@ -575,6 +619,8 @@ class GaLoreOptimizer(torch.optim.Optimizer):
             )
         for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
             self._check_group(index, saved, group, state_dict["state"])
+            if "rank" in saved:  # e.g. an svd method not registered in this process
+                validate_galore_group({**saved, "params": group["params"]})
 
     def _check_group(
         self, index: int, saved: dict[str, Any], group: dict[str, Any], state: dict

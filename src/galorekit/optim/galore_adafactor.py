@@ -11,7 +11,6 @@ from torch import Tensor
 from galorekit.optim.base import GaLoreOptimizer, normalize_state_dtype, validate_lr
 from galorekit.optim.functional import adafactor_beta2, adafactor_lr, adafactor_update, rms
 from galorekit.optim.sharding import is_sharded
-from galorekit.projection import Side
 from galorekit.projection.alignment import rotate_first, rotate_second
 
 
@@ -132,11 +131,16 @@ class GaLoreAdafactor(GaLoreOptimizer):
         self._apply_update(p, update.to(p.dtype), group, state, -1.0)
 
     def _rotate_moments(
-        self, state: dict, side: Side, c_left: Tensor | None, c_right: Tensor | None
+        self,
+        state: dict,
+        group: dict[str, Any],
+        c_left: Tensor | None,
+        c_right: Tensor | None,
     ) -> None:
         # the factored statistics are R²'s row and column means: a basis change on the left
         # mixes R's rows (the row statistics rotate, the column means keep their sum of
-        # squares), one on the right mixes its columns
+        # squares), one on the right mixes its columns. There is no first moment of the
+        # gradient to centre them with (``exp_avg`` averages clipped updates): (C∘C)·V
         if "exp_avg_sq_row" in state and c_left is not None:
             row = state["exp_avg_sq_row"]
             row.copy_(rotate_second(row.unsqueeze(-1), c_left, None).squeeze(-1))

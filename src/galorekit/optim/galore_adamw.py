@@ -16,7 +16,6 @@ from galorekit.optim.base import (
 )
 from galorekit.optim.functional import adam_step_size, adam_update, adam_update_foreach
 from galorekit.optim.sharding import local
-from galorekit.projection import Side
 from galorekit.projection.alignment import rotate_first, rotate_second
 
 
@@ -119,10 +118,18 @@ class GaLoreAdamW(GaLoreOptimizer):
         return state, grad
 
     def _rotate_moments(
-        self, state: dict, side: Side, c_left: Tensor | None, c_right: Tensor | None
+        self,
+        state: dict,
+        group: dict[str, Any],
+        c_left: Tensor | None,
+        c_right: Tensor | None,
     ) -> None:
-        state["exp_avg"].copy_(rotate_first(state["exp_avg"], c_left, c_right))
-        state["exp_avg_sq"].copy_(rotate_second(state["exp_avg_sq"], c_left, c_right))
+        first = state["exp_avg"]
+        weight = self._mean_weight(state, group)
+        state["exp_avg_sq"].copy_(
+            rotate_second(state["exp_avg_sq"], c_left, c_right, first=first, mean_weight=weight)
+        )
+        first.copy_(rotate_first(first, c_left, c_right))
 
     def _state_shapes(self, shape: tuple[int, ...], group: dict[str, Any]) -> dict[str, tuple]:
         return {"exp_avg": shape, "exp_avg_sq": shape}

@@ -19,7 +19,6 @@ from torch import Tensor
 
 from galorekit.optim.base import GaLoreOptimizer, validate_betas
 from galorekit.optim.sharding import local
-from galorekit.projection import Side
 from galorekit.projection.alignment import rotate_first, rotate_second
 
 BLOCK_SIZE = 256  # bitsandbytes' block size for 8-bit optimizer states
@@ -69,7 +68,7 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         self._qmap_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
         super().__init__(
             params,
-            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, state_dtype=None),
             on_nonfinite=on_nonfinite,
         )
 
@@ -167,25 +166,52 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
             )
 
     def _rotate_moments(
-        self, state: dict, side: Side, c_left: Tensor | None, c_right: Tensor | None
+        self,
+        state: dict,
+        group: dict[str, Any],
+        c_left: Tensor | None,
+        c_right: Tensor | None,
     ) -> None:
         # de-quantized, carried into the new basis and quantized again (the codes of a rotated
-        # block are not a rotation of the codes)
-        for index, rotate in ((1, rotate_first), (2, rotate_second)):
-            codes = state[f"state{index}"]
-            if codes.dtype != torch.uint8:
-                codes.copy_(rotate(codes, c_left, c_right))
-                continue
-            qmap, absmax = state[f"qmap{index}"], state[f"absmax{index}"]
-            values = bnbf.dequantize_blockwise(
-                codes, absmax=absmax, code=qmap, blocksize=BLOCK_SIZE
-            )
-            rotated = rotate(values.view(codes.shape), c_left, c_right).contiguous()
-            if index == 2:
-                rotated.clamp_(min=0.0)  # the unsigned map has no negative codes
-            new_codes, quant = bnbf.quantize_blockwise(rotated, code=qmap, blocksize=BLOCK_SIZE)
-            codes.copy_(new_codes.view(codes.shape))
-            absmax.copy_(quant.absmax)
+        # block are not a rotation of the codes); an unchanged basis is left alone, since a
+        # de-quantize/quantize round trip is not exact (a block whose largest entry is negative
+        # shrinks by the signed map's 0.7% each time)
+        unchanged = all(
+            c is None or torch.allclose(c, torch.eye(c.shape[0], device=c.device), atol=1e-6)
+            for c in (c_left, c_right)
+        )
+        if unchanged:
+            return
+        first, second = self._moment(state, 1), self._moment(state, 2)
+        weight = self._mean_weight(state, group)
+        self._store(state, 1, rotate_first(first, c_left, c_right))
+        self._store(
+            state, 2, rotate_second(second, c_left, c_right, first=first, mean_weight=weight)
+        )
+
+    @staticmethod
+    def _moment(state: dict, index: int) -> Tensor:
+        """Moment ``index`` (1 or 2) as float32 values (de-quantized from 8-bit codes)."""
+        codes = state[f"state{index}"]
+        if codes.dtype != torch.uint8:
+            return codes.clone()
+        values = bnbf.dequantize_blockwise(
+            codes, absmax=state[f"absmax{index}"], code=state[f"qmap{index}"], blocksize=BLOCK_SIZE
+        )
+        return values.view(codes.shape)
+
+    @staticmethod
+    def _store(state: dict, index: int, values: Tensor) -> None:
+        """Write float32 ``values`` into moment ``index`` (quantized again for 8-bit codes)."""
+        codes = state[f"state{index}"]
+        if codes.dtype != torch.uint8:
+            codes.copy_(values)
+            return
+        new_codes, quant = bnbf.quantize_blockwise(
+            values.contiguous(), code=state[f"qmap{index}"], blocksize=BLOCK_SIZE
+        )
+        codes.copy_(new_codes.view(codes.shape))
+        state[f"absmax{index}"].copy_(quant.absmax)
 
     def _state_shapes(self, shape: tuple[int, ...], group: dict[str, Any]) -> dict[str, tuple]:
         return {"state1": shape, "state2": shape}

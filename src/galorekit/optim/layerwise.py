@@ -158,6 +158,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._sq_norm: Tensor | None = None
         self._pending: dict[int, int] = {}  # param index -> backward passes since its update
         self._updated: set[int] = set()  # param indices updated in the current step
+        self._passes = 0  # backward passes of the current step, counted once per backward
+        self._graph_task: int | None = None  # the autograd graph task of the last pass counted
         self._backwards = 0  # backward passes seen since the last step (max over parameters)
         self._mode = "update"  # "update" | "measure" (first pass of exact clipping)
         self._clip_coef = 1.0
@@ -203,6 +205,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                     p.grad.detach_().zero_()
         self._pending.clear()
         self._backwards = 0
+        self._reset_passes()
 
     def _param_name(self, index: int) -> str:
         group = self.param_groups[self._group_index[index]]
@@ -232,7 +235,15 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def _make_hook(self, index: int) -> Callable[[Tensor], None]:
         def hook(param: Tensor) -> None:
-            if index in self._updated:
+            if self._count_pass() > self.accumulation_steps:
+                # raised by the pass's first hook, before any parameter is updated on it
+                raise RuntimeError(
+                    f"LayerwiseOptimizer(accumulation_steps={self.accumulation_steps}): backward "
+                    f"pass {self._passes} of this optimizer step reached {self._param_name(index)}"
+                    f"; call step() and zero_grad() after every {self.accumulation_steps} "
+                    "backward pass(es). Nothing of this pass was applied."
+                )
+            if index in self._updated:  # without graph task ids (older torch): per parameter
                 # one backward too many: updating again would apply this step twice (or on a
                 # partial accumulation at step())
                 raise RuntimeError(
@@ -249,6 +260,22 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 self._finish(index)
 
         return hook
+
+    def _count_pass(self) -> int:
+        """Backward passes of this step so far, this one included: each autograd graph task
+        (one ``backward()``) counts once, whichever parameters it reaches (0 when torch has no
+        graph task ids; the per-parameter check then applies)."""
+        current = getattr(torch._C, "_current_graph_task_id", None)
+        task = current() if current is not None else -1
+        if task >= 0 and task != self._graph_task:
+            self._graph_task = task
+            self._passes += 1
+        return self._passes
+
+    def _reset_passes(self) -> None:
+        self._passes = 0
+        self._graph_task = None
+        self._updated.clear()
 
     def remove_hooks(self) -> None:
         """Detach from the parameters (the optimizer is unusable afterwards)."""
@@ -360,6 +387,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self._mode = "update"
         norm = self._global_norm()
         self._backwards = 0
+        self._reset_passes()  # the closure's passes run again, now updating
         torch.set_rng_state(rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
@@ -374,7 +402,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def _end_step(self) -> None:
         self._flush()
-        self._updated.clear()
+        self._reset_passes()
         if self._backwards not in (0, self.accumulation_steps):
             seen = self._backwards
             self._backwards = 0
@@ -397,6 +425,34 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         return math.sqrt(float(sq.sum()))
 
     # ---- checkpoints -------------------------------------------------------------------------
+    #: the param-shaped state keys of torch's and bitsandbytes' optimizers (others, such as
+    #: 8-bit quantization maps and block scales, have shapes of their own)
+    _PARAM_SHAPED_KEYS = frozenset(
+        {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "state1",
+         "state2", "acc_delta", "sum", "exp_inf"}
+    )  # fmt: skip
+
+    def _check_per_param(self, per_param: dict[int, dict[str, Any]]) -> None:
+        """Refuse per-parameter states (a non-galorekit ``optimizer_cls``) that do not fit these
+        parameters, before anything is loaded."""
+        for index, sd in per_param.items():
+            if not 0 <= index < len(self._params):
+                raise ValueError(
+                    f"cannot load the optimizer state: it holds parameter index {index}, this "
+                    f"optimizer has {len(self._params)} parameters; nothing was loaded"
+                )
+            p = self._params[index]
+            for pstate in sd.get("state", {}).values():
+                for key, value in pstate.items():
+                    shaped = key in self._PARAM_SHAPED_KEYS and isinstance(value, Tensor)
+                    if shaped and tuple(value.shape) != tuple(local(p).shape):
+                        raise ValueError(
+                            f"cannot load the optimizer state: {self._param_name(index)} (shape "
+                            f"{tuple(p.shape)}) has state {key!r} of shape "
+                            f"{tuple(value.shape)} — it was saved for another model; nothing "
+                            "was loaded"
+                        )
+
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         layerwise = {
             "steps": self.steps,
@@ -418,16 +474,24 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 "not a LayerwiseOptimizer state dict (expected keys 'inner' and 'layerwise'); "
                 "an ordinary optimizer's state dict cannot be loaded here"
             )
+        meta = state_dict["layerwise"]
+        saved_accumulation = meta.get("accumulation_steps", self.accumulation_steps)
+        if saved_accumulation != self.accumulation_steps:
+            raise ValueError(
+                f"cannot load the optimizer state: it was saved with accumulation_steps="
+                f"{saved_accumulation}, this LayerwiseOptimizer has {self.accumulation_steps} "
+                "(the pass counting of a step in progress would not match); nothing was loaded"
+            )
+        per_param = {int(i): sd for i, sd in state_dict.get("per_param", {}).items()}
+        self._check_per_param(per_param)
         self.inner.load_state_dict(state_dict["inner"])
-        for index, sd in state_dict.get("per_param", {}).items():
-            index = int(index)
+        for index, sd in per_param.items():
             p = self._params[index]
             group = self.param_groups[self._group_index[index]]
             hyper = {k: v for k, v in group.items() if k not in ("params", "param_names")}
             opt = self.optimizer_cls([{"params": [p], **hyper}], **self.optimizer_kwargs)
             opt.load_state_dict(sd)
             self._per_param[index] = opt
-        meta = state_dict["layerwise"]
         self.steps = int(meta["steps"])
         self._prev_grad_norm = meta["prev_grad_norm"]
         self.grad_norm = self._prev_grad_norm

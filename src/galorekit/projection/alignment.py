@@ -14,8 +14,9 @@ which reverses the first moment in those coordinates.
   with it. The subspace is unchanged, so is every projection's span: only the coordinates move.
 - ``transition`` is C = B_newᵀ·B_old (r×r) for one side's bases; ``rotate_first`` and
   ``rotate_second`` carry low-rank moments into the new coordinates, as LDAdam does:
-  M ← C·M (first moment) and V ← (C∘C)·V (second moment: the variance of a rotated coordinate
-  under independent coordinates; it stays ≥ 0). On the right side the moments' columns rotate.
+  M ← C·M (first moment) and V ← |(C∘C)(V − M²) + (C·M)²| (second moment of a rotated
+  coordinate under independent coordinates; ≥ 0, and |M| ≤ √V is kept). On the right side the
+  moments' columns rotate.
 
 Every function is deterministic in its inputs: on a row-sharded (FSDP2) matrix the projectors are
 replicated, so every process makes the same choice without communicating.
@@ -144,10 +145,27 @@ def rotate_first(moment: Tensor, c_left: Tensor | None, c_right: Tensor | None) 
     return _rotate(moment, c_left, c_right)
 
 
-def rotate_second(moment: Tensor, c_left: Tensor | None, c_right: Tensor | None) -> Tensor:
-    """V in the new coordinates with the squared transition (C∘C): non-negative, float32."""
-    return _rotate(
-        moment,
+def rotate_second(
+    moment: Tensor,
+    c_left: Tensor | None,
+    c_right: Tensor | None,
+    first: Tensor | None = None,
+    mean_weight: float = 1.0,
+) -> Tensor:
+    """V in the new coordinates, float32. With the first moment ``first`` (M, before rotation),
+    LDAdam's transfer: the second moment of a rotated coordinate of a gradient with independent
+    coordinates of mean m and second moment v is Σ_j C_ij²(v_j − m_j²) + (Σ_j C_ij m_j)², so
+    V ← |(C∘C)(V − w·M²) + w·(C M)²| with w = ``mean_weight`` (w·M² is m̂²'s share of V when the
+    moments carry different bias corrections: w = (1−β₂ᵗ)/(1−β₁ᵗ)²). It keeps Adam's
+    |m̂| ≤ √v̂ bound through the refresh, where (C∘C)·V alone lets a direction combining
+    consistent old momenta get |m̂|/√v̂ up to √r. Without ``first``: (C∘C)·V (zero-mean
+    coordinates), which is all a factored or momentum-free statistic allows."""
+    squared = (
         c_left.square() if c_left is not None else None,
         c_right.square() if c_right is not None else None,
     )
+    if first is None:
+        return _rotate(moment, *squared)
+    mean_sq = first.float().square().mul_(mean_weight)
+    centred = _rotate(moment.float() - mean_sq, *squared)
+    return centred.add_(_rotate(first, c_left, c_right).square_().mul_(mean_weight)).abs_()

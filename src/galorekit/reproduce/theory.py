@@ -33,12 +33,12 @@ import torch
 from torch import Tensor
 
 from galorekit.data import build_tokenizer, load_pretraining_data
+from galorekit.methods import setup_method
 from galorekit.models import build_model, default_target_modules
 from galorekit.projection import Side, effective_rank
 from galorekit.reproduce.configs import Job, data_config, pretrain_config
 from galorekit.reproduce.results import RunResult
 from galorekit.train.loop import Loop, StopFlag, due, lm_loss, resolve_device, seed_everything
-from galorekit.train.methods import setup_method
 from galorekit.train.pretrain import evaluate_sums
 from galorekit.train.schedule import pretrain_schedule
 

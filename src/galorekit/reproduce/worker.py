@@ -51,7 +51,7 @@ def memory_row(job: Job, vocab_size: int) -> dict[str, int]:
     cfg, spec = job.config, job.spec
     method = "galore_adamw" if spec.method == "galore_torch_adamw" else spec.method
     row: dict[str, int] = {}
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16-true"):
         setup = TrainingSetup(
             method=method,
             rank=spec.rank,

@@ -47,6 +47,7 @@ from galorekit.distributed.context import (
     shutdown,
 )
 from galorekit.distributed.data_parallel import setup_data_parallel
+from galorekit.methods import setup_method
 from galorekit.models import build_model, count_parameters
 from galorekit.train import pretrain_state
 from galorekit.train.logging import MetricsLogger, summary_table
@@ -62,7 +63,6 @@ from galorekit.train.loop import (
     resolve_device,
     seed_everything,
 )
-from galorekit.train.methods import setup_method
 from galorekit.train.pretrain_config import (  # noqa: F401  (re-exported)
     GALORE_METHODS,
     RESUME_KEYS,

@@ -3,7 +3,7 @@ texts, from which the flags, ``--config`` files and the run's ``config.json`` ar
 (``galorekit.config``). Torch-free: ``galore --help`` imports it.
 
 The nested ``DataConfig`` (``galorekit.data.config``) and ``MethodConfig``
-(``galorekit.train.methods``) are not declared with ``option``: their help texts are here
+(``galorekit.methods``) are not declared with ``option``: their help texts are here
 (``_DATA_HELP``, ``_METHOD``). ``MethodConfig`` imports torch, so its flags' defaults are restated in
 ``_METHOD`` (from ``names.GALORE_DEFAULTS`` where GaLore's); ``tests/test_config.py`` checks them
 against ``MethodConfig()`` until the methods layer's configuration is torch-free.
@@ -33,7 +33,9 @@ from galorekit.names import (
     DISTRIBUTED_STRATEGIES,
     GALORE_DEFAULTS,
     METHODS,
+    MOMENT_POLICIES,
     PROJ_TYPES,
+    STATE_DTYPES,
     SVD_METHOD_NAMES,
 )
 
@@ -59,7 +61,7 @@ RENAMED = {
 
 
 def _method_config() -> Any:
-    from galorekit.train.methods import MethodConfig  # imports torch: not at --help time
+    from galorekit.methods import MethodConfig
 
     return MethodConfig()
 
@@ -371,6 +373,22 @@ _METHOD: dict[str, tuple[str, Any, str, str, dict[str, Any]]] = {
         f"galorekit.projection.SVD_METHODS (default: {GALORE_DEFAULTS['svd']})",
         {},
     ),
+    "moments": (
+        "str",
+        GALORE_DEFAULTS["moments"],
+        "galore",
+        "what a subspace refresh does with Adam's moments: project (into the new basis), align "
+        "(match the basis, keep them), keep (galore-torch), reset",
+        {"choices": MOMENT_POLICIES},
+    ),
+    "state_dtype": (
+        "str",
+        None,
+        "model",
+        "dtype of the optimizer's moments (default: the parameters'; float32 keeps bf16 "
+        "weights' second moment decaying)",
+        {"choices": STATE_DTYPES},
+    ),
     "lora_alpha": ("float", 32.0, "baselines", "LoRA/ReLoRA alpha", {}),
     "lora_dropout": ("float", 0.0, "baselines", "LoRA/ReLoRA dropout", {}),
     "relora_reset_every": (
@@ -420,7 +438,7 @@ _STREAMING = {"auto": None, "yes": True, "no": False}
 
 def build_config(values: dict[str, Any]) -> PretrainConfig:
     """The ``PretrainConfig`` of flat ``values`` (missing settings: the defaults)."""
-    from galorekit.train.methods import MethodConfig  # torch, as in _method_config
+    from galorekit.methods import MethodConfig
 
     parts: dict[str, dict[str, Any]] = {"": {}, "data": {}, "method": {}}
     for fl in FLAGS:
