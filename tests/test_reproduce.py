@@ -556,7 +556,7 @@ def with_spectrum(singular: list[float], m: int = 12, n: int = 9, seed: int = 0)
 
 
 def test_energy_fraction_and_stable_rank_of_known_spectra():
-    from galorekit.reproduce.theory import energy_fraction, spectrum_metrics, stable_rank
+    from galorekit.analysis import energy_fraction, spectrum_metrics, stable_rank
 
     g = with_spectrum([3.0, 2.0, 1.0])
     assert energy_fraction(g, 1) == pytest.approx(9 / 14)
@@ -570,7 +570,7 @@ def test_energy_fraction_and_stable_rank_of_known_spectra():
 
 
 def test_subspace_overlap_same_orthogonal_and_partial():
-    from galorekit.reproduce.theory import random_overlap, subspace_overlap
+    from galorekit.analysis import random_overlap, subspace_overlap
 
     q, _ = torch.linalg.qr(torch.randn(10, 10, generator=torch.Generator().manual_seed(1)))
     a = q[:, :3]
@@ -596,8 +596,8 @@ def test_subspace_overlap_same_orthogonal_and_partial():
 
 
 def test_captured_energy_of_the_top_subspace_equals_the_energy_fraction():
+    from galorekit.analysis import captured_energy, energy_fraction, projector_overlap
     from galorekit.projection import Side
-    from galorekit.reproduce.theory import captured_energy, energy_fraction, projector_overlap
 
     g = with_spectrum([4.0, 2.0, 1.0, 0.5])
     u, _, vh = torch.linalg.svd(g)

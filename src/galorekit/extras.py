@@ -13,6 +13,7 @@ bare ``ModuleNotFoundError``::
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -72,6 +73,27 @@ def needs_extra(extra: str) -> Iterator[None]:
         if name.startswith("galorekit"):
             raise
         raise MissingExtraError(missing_extra_message(name, extra), name=err.name) from err
+
+
+class _DropUnusedKernelNotice(logging.Filter):
+    """bitsandbytes' CPU backend logs, at import, that it could not load a *4-bit* matmul kernel
+    from the Hub (nothing galorekit uses: its 8-bit optimizer states need no such kernel); to a
+    user it reads like an error of the command they ran."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "gemm_4bit_forward" not in record.getMessage()
+
+
+def import_bitsandbytes_functional() -> ModuleType:
+    """``bitsandbytes.functional`` (the [8bit] extra), imported without that notice."""
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    notice = _DropUnusedKernelNotice()
+    logger.addFilter(notice)
+    try:
+        with needs_extra("8bit"):
+            return importlib.import_module("bitsandbytes.functional")
+    finally:
+        logger.removeFilter(notice)
 
 
 def import_extra(module: str, extra: str) -> ModuleType:

@@ -21,6 +21,7 @@ from galorekit.extras import needs_extra
 from galorekit.optim.galore_adamw import GaLoreAdamW
 from galorekit.optim.param_groups import param_groups
 from galorekit.projection import Side, choose_side, compute_projector
+from galorekit.train.loop import Loop, lm_loss
 
 
 def method_quality(
@@ -37,8 +38,16 @@ def method_quality(
         best = exact_energy(after, r)
         for method in methods:
             prev = compute_projector(before, r, side, method=method)
+            # aligned with the previous one, as the optimizers refresh (every moments policy but
+            # "keep"): the alignment column measures what Adam's moments see
             new = compute_projector(
-                after, r, side, method=method, previous_left=prev[0], previous_right=prev[1]
+                after,
+                r,
+                side,
+                method=method,
+                previous_left=prev[0],
+                previous_right=prev[1],
+                align=True,
             )
             e = captured_energy(after, side, *new)
             aligned = column_alignment(_basis(prev, side), _basis(new, side))
@@ -117,18 +126,25 @@ def collect_real_gradients(cfg: RealGradConfig) -> dict[int, dict[str, Tensor]]:
     )
     optimizer = GaLoreAdamW(groups, lr=cfg.lr)
     collected: dict[int, dict[str, Tensor]] = {}
-    for step in range(1, cfg.steps + 1):
+
+    def next_batch() -> Tensor:
         starts = torch.randint(0, len(data) - cfg.seq_len - 1, (cfg.batch,), generator=gen)
-        batch = torch.stack([data[s : s + cfg.seq_len] for s in starts.tolist()])
-        model(input_ids=batch, labels=batch).loss.backward()
+        return torch.stack([data[s : s + cfg.seq_len] for s in starts.tolist()])
+
+    def record(loop: Loop) -> None:  # the gradients the optimizer is about to consume
+        step = loop.step + 1
         if step % cfg.every == 0:
             collected[step] = {
                 name: p.grad.detach().clone()
                 for name, p in model.named_parameters()
                 if p.grad is not None and any(t in name for t in TARGET_MODULES)
             }
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+
+    # the training-loop core at a constant LR, without clipping (its norm is measured only)
+    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    loop = Loop(model, optimizer, constant, next_batch, lm_loss, before_update=record)
+    for _ in loop.steps(cfg.steps):
+        pass
     return collected
 
 

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from galorekit.analysis import state_bytes as held_state_bytes  # noqa: F401  (re-exported)
-from galorekit.extras import needs_extra
+from galorekit.extras import import_bitsandbytes_functional, needs_extra
 from galorekit.optim.base import matrix_shape, state_dtype
 from galorekit.projection import Side, choose_side, low_rank_shape
 
@@ -135,9 +135,7 @@ def _adamw8bit(opt: Any, p: Tensor, group: dict[str, Any], name: str) -> list[St
 
 
 def _qmap_len(signed: bool) -> int:
-    with needs_extra("8bit"):  # see _adamw8bit
-        import bitsandbytes.functional as bnbf
-
+    bnbf = import_bitsandbytes_functional()  # see _adamw8bit
     # the very maps GaLoreAdamW8bit._qmaps creates (256 entries each)
     return bnbf.create_dynamic_map(signed=signed).numel()
 

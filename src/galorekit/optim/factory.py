@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from galorekit.names import GALORE_DEFAULTS, OPTIMIZER_NAMES
+from galorekit.names import GALORE_DEFAULTS, OPTIMIZER_NAMES, is_galore
 from galorekit.optim.param_groups import DEFAULT_TARGET_MODULES, param_groups
 
 
@@ -60,7 +60,7 @@ def create_optimizer(
     goes to the optimizer's constructor.
     """
     cls = optimizer_class(name)
-    if name.startswith("galore_"):
+    if is_galore(name):
         groups: list[dict[str, Any]] = param_groups(
             model,
             rank=rank,

@@ -13,13 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import bitsandbytes.functional as bnbf
 import torch
 from torch import Tensor
 
+from galorekit.extras import import_bitsandbytes_functional
 from galorekit.optim.base import GaLoreOptimizer, validate_betas
 from galorekit.optim.sharding import local
 from galorekit.projection.alignment import rotate_first, rotate_second
+
+# the [8bit] extra: a missing bitsandbytes says which extra to install
+bnbf = import_bitsandbytes_functional()
 
 BLOCK_SIZE = 256  # bitsandbytes' block size for 8-bit optimizer states
 

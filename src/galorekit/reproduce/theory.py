@@ -32,9 +32,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from galorekit.analysis import (
+    captured_energy,
+    projector_overlap,
+    random_overlap,
+    spectrum_metrics,
+)
 from galorekit.data import build_tokenizer, load_pretraining_data
 from galorekit.methods import setup_method
 from galorekit.models import build_model, default_target_modules
+from galorekit.names import method_info
 from galorekit.projection import Side, effective_rank
 from galorekit.reproduce.configs import Job, data_config, pretrain_config
 from galorekit.reproduce.results import RunResult
@@ -47,78 +54,6 @@ LAYER_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 
 
 # ------------------------------------------------------------------------------------ metrics
-def _squared_singular_values(matrix: Tensor) -> Tensor:
-    return torch.linalg.svdvals(matrix.detach().to(torch.float64)) ** 2
-
-
-def energy_fraction(matrix: Tensor, rank: int) -> float:
-    """Σ_{i≤r} σ_i² / Σ σ_i² of ``matrix`` (NaN for a zero matrix)."""
-    s2 = _squared_singular_values(matrix)
-    total = float(s2.sum())
-    return float(s2[:rank].sum()) / total if total > 0 else math.nan
-
-
-def stable_rank(matrix: Tensor) -> float:
-    """‖A‖_F² / ‖A‖_2² (NaN for a zero matrix)."""
-    s2 = _squared_singular_values(matrix)
-    return float(s2.sum() / s2[0]) if float(s2[0]) > 0 else math.nan
-
-
-def spectrum_metrics(matrix: Tensor, rank: int) -> tuple[float, float]:
-    """``(energy_fraction, stable_rank)`` from one SVD."""
-    s2 = _squared_singular_values(matrix)
-    total = float(s2.sum())
-    if total <= 0:
-        return math.nan, math.nan
-    return float(s2[:rank].sum()) / total, total / float(s2[0])
-
-
-def subspace_overlap(a: Tensor, b: Tensor, *, rows: bool = False) -> float:
-    """‖AᵀB‖_F² / r for two orthonormal column bases A, B (m×r), or ‖A Bᵀ‖_F² / r for row bases
-    (r×n, ``rows=True``, GaLore's right projectors Qᵀ): 1 for the same subspace, 0 for orthogonal
-    ones."""
-    a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
-    if rows:
-        a64, b64 = a64.T, b64.T
-    if a64.shape != b64.shape:
-        raise ValueError(f"bases of different shapes: {tuple(a.shape)} vs {tuple(b.shape)}")
-    r = a64.shape[1]
-    return float((a64.T @ b64).pow(2).sum()) / r
-
-
-def random_overlap(dim: int, rank: int) -> float:
-    """Expected overlap of two independent uniformly random r-dimensional subspaces of ℝ^dim."""
-    return min(rank, dim) / dim
-
-
-def projector_overlap(old: dict[str, Any], new: dict[str, Any]) -> float:
-    """Overlap of two projectors of one matrix (``side``/``left``/``right`` dicts); for a two-sided
-    projector the mean of both sides'."""
-    values = []
-    if old["left"] is not None and new["left"] is not None:
-        values.append(subspace_overlap(old["left"], new["left"]))
-    if old["right"] is not None and new["right"] is not None:
-        values.append(subspace_overlap(old["right"], new["right"], rows=True))
-    if not values:
-        raise ValueError("the projectors have no common side")
-    return sum(values) / len(values)
-
-
-def captured_energy(matrix: Tensor, side: Side, left: Tensor | None, right: Tensor | None) -> float:
-    """Fraction of ‖G‖_F² that the projector keeps: ‖PᵀG‖², ‖G Qᵀ‖² (Qᵀ stored r×n) or both."""
-    g = matrix.detach().to(torch.float64)
-    total = float(g.pow(2).sum())
-    if total <= 0:
-        return math.nan
-    if side in (Side.LEFT, Side.FULL):
-        assert left is not None
-        g = left.detach().to(torch.float64).T @ g
-    if side in (Side.RIGHT, Side.FULL):
-        assert right is not None
-        g = g @ right.detach().to(torch.float64).T
-    return float(g.pow(2).sum()) / total
-
-
 def layer_type(name: str) -> str:
     """``model.layers.3.self_attn.q_proj`` → ``q_proj``."""
     return name.rsplit(".", 1)[-1]
@@ -204,7 +139,8 @@ def run_theory(job: Job) -> RunResult:
     """Train ``job`` (a GaLore method) with the measurements of the module docstring: the
     training-loop core of ``galore pretrain`` plus a per-step callback (``_Recorder``)."""
     cfg, spec = job.config, job.spec
-    if not spec.method.startswith("galore_") or spec.method == "galore_torch_adamw":
+    info = method_info(spec.method)
+    if not info.is_galore or info.reference:
         raise ValueError(
             f"the theory run needs a galorekit GaLore method (its projectors are read through "
             f"optimizer.projection), not {spec.method}"
