@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from galorekit.analysis import state_bytes
 from galorekit.data.classification import ClassificationData, TaskSpec, tokenize_split
 from galorekit.data.sources import epoch_seed
 from galorekit.models import count_parameters
@@ -132,7 +133,7 @@ class RunResult:
     steps: int
     trainable_params: int
     total_params: int
-    #: bytes of the tensors the optimizer holds (``memory.optimizer_states.held_state_bytes``)
+    #: bytes of the tensors the optimizer holds (``galorekit.analysis.state_bytes``)
     optimizer_state_bytes: int
     train_seconds: float
     #: model loading, training, evaluation and checkpoints (tokenization is shared: not included)
@@ -220,9 +221,6 @@ def train_and_evaluate(
     """
     from transformers import DataCollatorWithPadding, set_seed
 
-    # train → memory: imported here until the one state-bytes counter lives below both (optim)
-    from galorekit.memory.optimizer_states import held_state_bytes
-
     started, cpu_started = time.perf_counter(), time.process_time()
     set_seed(cfg.seed)  # same head initialisation and batch order for every method
     model = load_model(location, data.task, inputs.tokenizer)
@@ -306,7 +304,7 @@ def train_and_evaluate(
         steps=loop.step,
         trainable_params=trainable,
         total_params=total_params,
-        optimizer_state_bytes=held_state_bytes(optimizer),
+        optimizer_state_bytes=state_bytes(optimizer),
         train_seconds=train_seconds,
         total_seconds=time.perf_counter() - started,
         cpu_seconds=time.process_time() - cpu_started,

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from galorekit.names import RENAMED_METHODS, method_info
+from galorekit.methods.config import MethodConfig
+from galorekit.names import method_info
 from galorekit.train.finetune_config import ConfigError, FinetuneConfig
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from galorekit.methods import MethodConfig
 
 # galorekit.methods and galorekit.models import torch: they are imported in the functions below,
 # because ``galore --help`` imports this module (through finetune_loop) and must stay torch-free
@@ -36,21 +35,17 @@ def target_modules(model: nn.Module) -> list[str]:
 
 
 def method_name(cfg: FinetuneConfig) -> str:
-    """``cfg.method`` in the method table. ``full`` (the former name of ``adamw``) is still mapped
-    here while ``galore finetune``'s own choices offer it; the command refuses it with
-    ``names.method_info``'s pointer once its choices say ``adamw``."""
-    method = RENAMED_METHODS.get(cfg.method, cfg.method)
+    """``cfg.method``, checked against the method table (a former name such as ``full`` is
+    refused with a pointer to its new one)."""
     try:
-        method_info(method)
+        method_info(cfg.method)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    return method
+    return cfg.method
 
 
 def method_config(cfg: FinetuneConfig, method: str) -> MethodConfig:
     """The :class:`MethodConfig` of a (resolved) finetune configuration, for ``method``."""
-    from galorekit.methods import MethodConfig  # torch (see the top)
-
     return MethodConfig(
         method=method,
         lr=cfg.lr,
