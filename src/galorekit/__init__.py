@@ -6,6 +6,7 @@ CLI's ``--help``) does not pay for importing bitsandbytes and friends.
 
 from __future__ import annotations
 
+from galorekit import extras as _extras  # noqa: F401  (silences one bitsandbytes notice: see there)
 from galorekit.lazy import lazy_exports
 
 __version__ = "0.1.0"

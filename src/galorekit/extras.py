@@ -76,24 +76,24 @@ def needs_extra(extra: str) -> Iterator[None]:
 
 
 class _DropUnusedKernelNotice(logging.Filter):
-    """bitsandbytes' CPU backend logs, at import, that it could not load a *4-bit* matmul kernel
-    from the Hub (nothing galorekit uses: its 8-bit optimizer states need no such kernel); to a
-    user it reads like an error of the command they ran."""
+    """bitsandbytes' CPU backend logs, when it is imported, that it could not load a *4-bit*
+    matmul kernel from the Hub — nothing galorekit uses (its 8-bit optimizer states need no such
+    kernel; galore-torch imports bitsandbytes too), and to a user it reads like an error of the
+    command they ran. Only that notice is dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "gemm_4bit_forward" not in record.getMessage()
 
 
+# installed once when galorekit is imported (the package ``__init__`` imports this module); a
+# filter on that one logger, which exists before bitsandbytes does
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropUnusedKernelNotice())
+
+
 def import_bitsandbytes_functional() -> ModuleType:
-    """``bitsandbytes.functional`` (the [8bit] extra), imported without that notice."""
-    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    notice = _DropUnusedKernelNotice()
-    logger.addFilter(notice)
-    try:
-        with needs_extra("8bit"):
-            return importlib.import_module("bitsandbytes.functional")
-    finally:
-        logger.removeFilter(notice)
+    """``bitsandbytes.functional`` (the [8bit] extra: a missing package names it)."""
+    with needs_extra("8bit"):
+        return importlib.import_module("bitsandbytes.functional")
 
 
 def import_extra(module: str, extra: str) -> ModuleType:
