@@ -44,11 +44,15 @@ def test_every_flag_has_help_and_one_default(command):
 
 
 def test_method_flag_defaults_are_method_configs():
-    from galorekit.methods import MethodConfig
+    """Each method flag's default and help are MethodConfig's own (one place for both)."""
+    from galorekit.methods import MethodConfig, field_help
 
-    cfg = MethodConfig()
-    for name, (_, default, *_rest) in _METHOD.items():
-        assert getattr(cfg, name) == default, name
+    cfg, helps = MethodConfig(), field_help()
+    flags = {fl.name: fl for fl in FLAGS if fl.path[0] == "method"}
+    assert set(flags) == set(_METHOD)
+    for name, fl in flags.items():
+        assert fl.default == getattr(cfg, name), name
+        assert fl.help == helps[name] and fl.help, name
 
 
 def test_defaults_are_the_dataclass_defaults():

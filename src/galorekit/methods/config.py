@@ -15,6 +15,7 @@ from galorekit.names import (
     OPTIMIZER_NAMES,
     REFERENCE_METHODS,
     STATE_DTYPES,
+    SVD_METHOD_NAMES,
     method_info,
 )
 
@@ -27,33 +28,56 @@ def _opt(default: Any, help: str) -> Any:
 class MethodConfig:
     """What :func:`galorekit.methods.setup` needs; the commands fill it from their flags."""
 
-    method: str = _opt("galore_adamw", "training method (optimizer or adapter baseline)")
-    lr: float | None = _opt(None, "peak learning rate (default: the method's, names.DEFAULT_LR)")
+    method: str = _opt("galore_adamw", "training method")
+    lr: float | None = _opt(
+        None,
+        "peak learning rate (default per method: "
+        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+        + ")",
+    )
     weight_decay: float = _opt(0.0, "decoupled weight decay")
-    rank: int | None = _opt(None, "GaLore/adapter rank (default: hidden_size // 4)")
+    rank: int | None = _opt(
+        None,
+        "projection rank (GaLore) or adapter rank (LoRA, ReLoRA, Low-Rank); default "
+        "hidden_size // 4 as in the paper",
+    )
     update_proj_gap: int = _opt(
         GALORE_DEFAULTS["update_proj_gap"], "T: optimizer steps between subspace refreshes"
     )
-    scale: float = _opt(GALORE_DEFAULTS["scale"], "alpha: scale of GaLore's update")
-    proj_type: str = _opt(GALORE_DEFAULTS["proj_type"], "which side GaLore projects")
-    svd: str | None = _opt(None, "subspace refresh method (default: galorekit's)")
+    scale: float = _opt(GALORE_DEFAULTS["scale"], "alpha: scale of the update")
+    proj_type: str = _opt(GALORE_DEFAULTS["proj_type"], "projection side")
+    svd: str | None = _opt(
+        None,
+        f"subspace refresh method: {', '.join(SVD_METHOD_NAMES)}, or a name registered in "
+        f"galorekit.projection.SVD_METHODS (default: {GALORE_DEFAULTS['svd']})",
+    )
     moments: str = _opt(
         GALORE_DEFAULTS["moments"],
-        "what a subspace refresh does with Adam's moments: project them into the new basis, "
-        "align the basis and keep them, keep them as they are (galore-torch), or reset them",
+        "what a subspace refresh does with Adam's moments: project (into the new basis), align "
+        "(match the basis, keep them), keep (galore-torch), reset",
     )
     state_dtype: str | None = _opt(
         None,
-        "dtype of the optimizer's moments (default: the parameter's; float32 for bf16 "
-        "weights whose bf16 second moment cannot decay)",
+        "dtype of the optimizer's moments (default: the parameters'; float32 keeps bf16 "
+        "weights' second moment decaying)",
     )
-    layerwise: bool = _opt(False, "update each parameter during backward (layer-wise)")
+    layerwise: bool = _opt(
+        False, "update each parameter during backward and free its gradient (optimizer methods)"
+    )
     accumulation_steps: int = _opt(1, "micro-batches per optimizer step")
-    max_grad_norm: float | None = _opt(1.0, "gradient clipping norm (None: no clipping)")
-    lora_alpha: float = _opt(32.0, "LoRA scaling numerator (alpha / rank)")
-    lora_dropout: float = _opt(0.0, "dropout on the LoRA adapters' input")
-    relora_reset_every: int | None = _opt(None, "ReLoRA merge period (default: total steps / 4)")
-    relora_prune: float = _opt(0.99, "fraction of optimizer state ReLoRA prunes at a merge")
+    max_grad_norm: float | None = _opt(
+        1.0,
+        "global gradient-norm clip (0 or None: off); layer-wise runs clip by the previous "
+        "step's norm",
+    )
+    lora_alpha: float = _opt(32.0, "LoRA/ReLoRA alpha")
+    lora_dropout: float = _opt(0.0, "LoRA/ReLoRA dropout")
+    relora_reset_every: int | None = _opt(
+        None, "ReLoRA: steps between merge-and-reinit (default max_steps // 4)"
+    )
+    relora_prune: float = _opt(
+        0.99, "ReLoRA: fraction of the adapters' optimizer states pruned at each reset"
+    )
 
     def __post_init__(self) -> None:
         if self.method not in ALL_METHODS:

@@ -3,10 +3,9 @@ texts, from which the flags, ``--config`` files and the run's ``config.json`` ar
 (``galorekit.config``). Torch-free: ``galore --help`` imports it.
 
 The nested ``DataConfig`` (``galorekit.data.config``) and ``MethodConfig``
-(``galorekit.methods``) are not declared with ``option``: their help texts are here
-(``_DATA_HELP``, ``_METHOD``). ``MethodConfig`` imports torch, so its flags' defaults are restated in
-``_METHOD`` (from ``names.GALORE_DEFAULTS`` where GaLore's); ``tests/test_config.py`` checks them
-against ``MethodConfig()`` until the methods layer's configuration is torch-free.
+(``galorekit.methods.config``, torch-free) are not declared with ``option``: ``DataConfig``'s help
+texts are here (``_DATA_HELP``); ``MethodConfig``'s defaults and help texts are its own, and
+``_METHOD`` adds only each flag's kind, group and choices.
 """
 
 from __future__ import annotations
@@ -27,16 +26,14 @@ from galorekit.config import (
     read_config_file,
 )
 from galorekit.data.config import DataConfig
+from galorekit.methods.config import MethodConfig, field_help
 from galorekit.names import (
     ALL_METHODS,
-    DEFAULT_LR,
     DISTRIBUTED_STRATEGIES,
-    GALORE_DEFAULTS,
     METHODS,
     MOMENT_POLICIES,
     PROJ_TYPES,
     STATE_DTYPES,
-    SVD_METHOD_NAMES,
 )
 
 #: fields that must match between a checkpoint and the run resuming from it
@@ -60,12 +57,6 @@ RENAMED = {
 }
 
 
-def _method_config() -> Any:
-    from galorekit.methods import MethodConfig
-
-    return MethodConfig()
-
-
 @dataclass
 class PretrainConfig:
     """One pre-training run. ``galore pretrain --help`` documents each field."""
@@ -78,7 +69,7 @@ class PretrainConfig:
         trajectory=True,
     )
     data: DataConfig = field(default_factory=DataConfig)
-    method: Any = field(default_factory=_method_config)  # MethodConfig
+    method: MethodConfig = field(default_factory=MethodConfig)
     # not a trajectory setting: a resumed run may be extended (its cosine tail then stretches)
     max_steps: int = option(200, "optimizer steps", group="loop")
     batch_size: int = option(
@@ -308,119 +299,43 @@ _DATA_HELP["data.cache_dir"]["trajectory"] = False
 _DATA_HELP["data.streaming"]["trajectory"] = False  # the same token order either way
 
 
-#: MethodConfig's flags: (kind, default, group, help, extra metadata). Defaults restated
-#: (MethodConfig imports torch); tests/test_config.py holds them equal to MethodConfig()'s.
-_METHOD: dict[str, tuple[str, Any, str, str, dict[str, Any]]] = {
-    "method": (
-        "str",
-        "galore_adamw",
-        "model",
-        "training method",
-        {"choices": ALL_METHODS, "aliases": ("--optimizer",)},
-    ),
-    "layerwise": (
-        "bool",
-        False,
-        "model",
-        "update each parameter during backward and free its gradient (optimizer methods)",
-        {},
-    ),
-    "lr": (
-        "float",
-        None,
-        "model",
-        "peak learning rate (default per method: "
-        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
-        + ")",
-        {},
-    ),
-    "weight_decay": ("float", 0.0, "model", "decoupled weight decay", {}),
-    "max_grad_norm": (
-        "float",
-        1.0,
-        "model",
-        "global gradient-norm clip (0: off); layer-wise runs clip by the previous step's norm",
-        {},
-    ),
-    "rank": (
-        "int",
-        None,
-        "galore",
-        "projection rank (GaLore) or adapter rank (LoRA, ReLoRA, Low-Rank); default "
-        "hidden_size // 4 as in the paper",
-        {},
-    ),
-    "update_proj_gap": (
-        "int",
-        GALORE_DEFAULTS["update_proj_gap"],
-        "galore",
-        "T: optimizer steps between subspace refreshes",
-        {},
-    ),
-    "scale": ("float", GALORE_DEFAULTS["scale"], "galore", "alpha: scale of the update", {}),
-    "proj_type": (
-        "str",
-        GALORE_DEFAULTS["proj_type"],
-        "galore",
-        "projection side",
-        {"choices": PROJ_TYPES},
-    ),
-    "svd": (
-        "str",
-        None,
-        "galore",
-        f"subspace refresh method: {', '.join(SVD_METHOD_NAMES)}, or a name registered in "
-        f"galorekit.projection.SVD_METHODS (default: {GALORE_DEFAULTS['svd']})",
-        {},
-    ),
-    "moments": (
-        "str",
-        GALORE_DEFAULTS["moments"],
-        "galore",
-        "what a subspace refresh does with Adam's moments: project (into the new basis), align "
-        "(match the basis, keep them), keep (galore-torch), reset",
-        {"choices": MOMENT_POLICIES},
-    ),
-    "state_dtype": (
-        "str",
-        None,
-        "model",
-        "dtype of the optimizer's moments (default: the parameters'; float32 keeps bf16 "
-        "weights' second moment decaying)",
-        {"choices": STATE_DTYPES},
-    ),
-    "lora_alpha": ("float", 32.0, "baselines", "LoRA/ReLoRA alpha", {}),
-    "lora_dropout": ("float", 0.0, "baselines", "LoRA/ReLoRA dropout", {}),
-    "relora_reset_every": (
-        "int",
-        None,
-        "baselines",
-        "ReLoRA: steps between merge-and-reinit (default max_steps // 4)",
-        {},
-    ),
-    "relora_prune": (
-        "float",
-        0.99,
-        "baselines",
-        "ReLoRA: fraction of the adapters' optimizer states pruned at each reset",
-        {},
-    ),
+#: MethodConfig's flags: (kind, group, extra metadata); each default and help text is
+#: MethodConfig's own (``galorekit.methods.config``, torch-free)
+_METHOD: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "method": ("str", "model", {"choices": ALL_METHODS, "aliases": ("--optimizer",)}),
+    "layerwise": ("bool", "model", {}),
+    "lr": ("float", "model", {}),
+    "weight_decay": ("float", "model", {}),
+    "max_grad_norm": ("float", "model", {}),
+    "state_dtype": ("str", "model", {"choices": STATE_DTYPES}),
+    "rank": ("int", "galore", {}),
+    "update_proj_gap": ("int", "galore", {}),
+    "scale": ("float", "galore", {}),
+    "proj_type": ("str", "galore", {"choices": PROJ_TYPES}),
+    "svd": ("str", "galore", {}),
+    "moments": ("str", "galore", {"choices": MOMENT_POLICIES}),
+    "lora_alpha": ("float", "baselines", {}),
+    "lora_dropout": ("float", "baselines", {}),
+    "relora_reset_every": ("int", "baselines", {}),
+    "relora_prune": ("float", "baselines", {}),
 }
+_METHOD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MethodConfig)}
 
 
 def _method_flags() -> list[Flag]:
+    helps = field_help(MethodConfig)
     return [
         Flag(
             path=("method", name),
-            default=default,
-            help=help_text,
+            default=_METHOD_DEFAULTS[name],
+            help=helps[name],
             kind=kind,
             group=group,
-            optional=default is None,
+            optional=_METHOD_DEFAULTS[name] is None,
             trajectory=True,
             **extra,
         )
-        for name, (kind, default, group, help_text, extra) in _METHOD.items()
+        for name, (kind, group, extra) in _METHOD.items()
     ]
 
 
@@ -438,8 +353,6 @@ _STREAMING = {"auto": None, "yes": True, "no": False}
 
 def build_config(values: dict[str, Any]) -> PretrainConfig:
     """The ``PretrainConfig`` of flat ``values`` (missing settings: the defaults)."""
-    from galorekit.methods import MethodConfig
-
     parts: dict[str, dict[str, Any]] = {"": {}, "data": {}, "method": {}}
     for fl in FLAGS:
         if fl.name in values:
