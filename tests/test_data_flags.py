@@ -157,3 +157,22 @@ def test_dataset_flag_selects_the_corpus(tok_dir, tmp_path, monkeypatch):
     _, local = _load(tok_dir, tmp_path, "--dataset", str(root), "--streaming", "no")
     assert "@@100@@" in local.tokenizer.decode(local.val[0])
     assert asked == ["kjv", "shakespeare", "default"]  # not asked for the directory
+
+
+def test_bad_data_files_are_named_in_one_line_errors(tok_dir, tmp_path):
+    """A file that is not UTF-8 names itself and the byte offset; an empty file says it holds no
+    text; a missing column is bad input (a ValueError) listing the columns found."""
+    good = "a line of text\n" * 50
+    broken = tmp_path / "broken.txt"
+    broken.write_bytes(good.encode() + b"\xff\xfe" + good.encode())
+    with pytest.raises(
+        ValueError, match=r"broken\.txt' is not UTF-8 text: byte 0xff at offset 750"
+    ):
+        _load(tok_dir, tmp_path, "--data-files", str(broken))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(ValueError, match=r"'empty\.txt' holds no text"):
+        _load(tok_dir, tmp_path, "--data-files", str(empty))
+    files = str(write_jsonl(tmp_path / "b.jsonl", small_docs(40), column="body"))
+    with pytest.raises(ValueError, match=r"'text' not in .*\['body', 'id'\].*--text-column"):
+        _load(tok_dir, tmp_path, "--data-files", files)

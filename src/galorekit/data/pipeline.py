@@ -31,7 +31,12 @@ from galorekit.data.cache import content_key, load_tokens, save_tokens
 from galorekit.data.config import OFFLINE_DATASETS, DataConfig
 from galorekit.data.loader import MemoryTrainLoader, StreamingTrainLoader
 from galorekit.data.packing import DocumentEncoder, as_sequences, encode_corpus, pack_head
-from galorekit.data.sources import DocumentSource, open_source
+from galorekit.data.sources import (
+    DocumentSource,
+    locate_decode_error,
+    open_source,
+    resolve_data_files,
+)
 from galorekit.data.tokenizer import build_tokenizer, tokenizer_fingerprint
 
 if TYPE_CHECKING:
@@ -117,13 +122,28 @@ def load_pretraining_data(
 ) -> PretrainingData:
     """Open, tokenise (or load from cache), split and pack the dataset ``cfg`` names."""
     start = time.perf_counter()
-    tok = tokenizer if tokenizer is not None else build_tokenizer(cfg)
-    encoder = DocumentEncoder(tok)
-    source = open_source(cfg)
-    build = _streaming if cfg.use_streaming else _materialised
-    data = build(cfg, tok, encoder, source)
+    try:
+        tok = tokenizer if tokenizer is not None else build_tokenizer(cfg)
+        encoder = DocumentEncoder(tok)
+        source = open_source(cfg)
+        build = _streaming if cfg.use_streaming else _materialised
+        data = build(cfg, tok, encoder, source)
+    except UnicodeDecodeError as err:  # say which file and where, not only the codec's words
+        where = locate_decode_error(resolve_data_files(cfg.data_files or []))
+        raise ValueError(where or f"the data is not UTF-8 text: {err}") from err
     logger.info("data ready in %.2fs: %s", time.perf_counter() - start, data.description)
     return data
+
+
+def _has_text(tokens: np.ndarray, tok: PreTrainedTokenizerBase) -> bool:
+    """Whether ``tokens`` hold anything but the special tokens (end of document, …) that the
+    encoder adds around each document."""
+    special = np.asarray(sorted(set(tok.all_special_ids)), dtype=np.int64)
+    ids = np.asarray(tokens, dtype=np.int64)
+    ids = ids[~np.isin(ids, special)]
+    if len(ids) > 4096:  # plenty: no need to look at them
+        return True
+    return bool(tok.decode(ids.tolist()).strip())  # blank lines tokenise to whitespace
 
 
 # ------------------------------------------------------------------------- materialised
@@ -139,6 +159,11 @@ def _materialised(
         _warn_short_val(len(val), cfg.val_sequences, "validation split")
         train_index = np.arange(n, dtype=np.int64)
     else:
+        if not _has_text(tokens, tok):
+            raise ValueError(
+                f"{source.name!r} holds no text (an empty file, or only blank lines): nothing to "
+                "train on"
+            )
         if cfg.val_sequences >= n:
             raise ValueError(
                 f"{source.name!r} packs into only {n} sequences of {cfg.seq_len} tokens "

@@ -8,6 +8,7 @@ validation split.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import os
 from collections.abc import Iterable, Iterator
@@ -250,6 +251,34 @@ def _texts(rows: Iterable[dict[str, Any]], column: str) -> Iterator[str]:
             yield text if isinstance(text, str) else str(text)
 
 
+class MissingColumnError(KeyError, ValueError):
+    """A dataset without the text column asked for: bad input (``ValueError``, as the commands
+    report it) that is still a ``KeyError`` for code that looks the column up."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+def locate_decode_error(paths: Iterable[Path]) -> str | None:
+    """``"'FILE' is not UTF-8 text: byte 0x.. at offset N"`` for the first of ``paths`` that does
+    not decode, None when all do (read in 1 MiB blocks with an incremental decoder)."""
+    for path in paths:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset = 0
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError as err:
+                    bad = block[err.start : err.start + 1].hex()
+                    return (
+                        f"{str(path)!r} is not UTF-8 text: byte 0x{bad} at offset "
+                        f"{offset + err.start} ({err.reason}); convert it to UTF-8"
+                    )
+                offset += len(block)
+    return None
+
+
 def _check_column(ds: Any, column: str, name: str) -> None:
     """Fail early, listing the columns that exist, when ``column`` is not one of them."""
     columns = getattr(ds, "column_names", None)
@@ -257,6 +286,7 @@ def _check_column(ds: Any, column: str, name: str) -> None:
         first = next(iter(ds), None)
         columns = list(first) if first is not None else None
     if columns is not None and column not in columns:
-        raise KeyError(
-            f"text column {column!r} not in dataset {name!r}; its columns are {list(columns)} (set text_column)"
+        raise MissingColumnError(
+            f"text column {column!r} not in dataset {name!r}; its columns are {list(columns)} "
+            "(set --text-column / text_column)"
         )
