@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import signal
 import sys
 import time
@@ -49,7 +51,7 @@ from galorekit.distributed.context import (
 from galorekit.distributed.data_parallel import setup_data_parallel
 from galorekit.models import build_model, count_parameters
 from galorekit.train import pretrain_state
-from galorekit.train.logging import MetricsLogger, summary_table
+from galorekit.train.logging import MetricsLogger, read_metrics, summary_table
 from galorekit.train.loop import (
     Loop,
     NonFiniteError,
@@ -75,9 +77,11 @@ from galorekit.train.run_dir import (  # noqa: F401  (re-exported)
     RUN_FILES,
     check_output_dir,
     default_output_dir,
+    finished_step,
     prepare_output_dir,
     truncate_metrics,
 )
+from galorekit.train.run_lock import LOCK_FILE, RunLock
 from galorekit.train.schedule import pretrain_schedule
 
 #: the hint of the divergence error: how to go on from the last good checkpoint
@@ -179,6 +183,17 @@ class _Run:
     logger: Any = None
 
 
+def _enable_activation_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing through transformers' current API
+    (``activation_checkpointing_enable``; ``gradient_checkpointing_enable`` before it, now
+    deprecated with a FutureWarning)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Path) -> _Run:
     """Data, model, method, data parallelism and schedule — in the order that fixes the RNG
     draws (a resumed run rebuilds exactly the same)."""
@@ -196,7 +211,7 @@ def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         device=device,
     )
     if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_activation_checkpointing(model)
         model.config.use_cache = False
     fsdp = ctx.enabled and cfg.distributed == "fsdp"
     if fsdp:  # before the optimizer: it must hold the sharded parameters
@@ -273,8 +288,49 @@ def _evaluate(run: _Run) -> float:
 
 
 # ---------------------------------------------------------------------------- the run
+class RunFinished(Exception):
+    """``--resume`` of a run that already trained its ``--max-steps``: nothing to do."""
+
+
 def _pretrain(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> PretrainResult:
-    out = Path(run_on_main(ctx, lambda: str(prepare_output_dir(cfg))))
+    with contextlib.ExitStack() as held:
+        target = default_output_dir(cfg) if cfg.output_dir is None else Path(cfg.output_dir)
+        created = not target.exists()
+        try:
+            out = Path(run_on_main(ctx, lambda: str(_open_run_dir(cfg, held))))
+            return _start(cfg, ctx, device, out)
+        except BaseException:
+            # a run refused before it wrote anything leaves no folder behind (only the lock's
+            # holder may remove it: a process refused by the lock leaves its holder's alone)
+            locked = (target / LOCK_FILE).exists() and _holds_lock(target)
+            if locked and created and {p.name for p in target.glob("*")} <= {LOCK_FILE}:
+                held.close()
+                shutil.rmtree(target, ignore_errors=True)
+            raise
+
+
+def _holds_lock(out: Path) -> bool:
+    """Whether this process wrote the lock file of ``out`` (it holds the run's lock)."""
+    text = (out / LOCK_FILE).read_text(encoding="utf-8") if (out / LOCK_FILE).exists() else ""
+    return text.startswith(f"pid {os.getpid()} ")
+
+
+def _open_run_dir(cfg: PretrainConfig, held: contextlib.ExitStack) -> Path:
+    """Rank 0: the run directory, locked for this process's lifetime (``run_lock``), crash
+    leftovers removed; a finished run is refused with ``RunFinished`` before anything is
+    written."""
+    out = prepare_output_dir(cfg, lock=lambda path: held.enter_context(RunLock(path)))
+    if cfg.resume == "latest":
+        at = finished_step(out, cfg.max_steps)
+        if at is not None:
+            raise RunFinished(
+                f"{out} is a finished run ({at} of --max-steps {cfg.max_steps} steps; see its "
+                "summary.md): nothing to do; pass a larger --max-steps to train it further"
+            )
+    return out
+
+
+def _start(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Path):
     changes = pretrain_state.check_config_changes(cfg, out)
     run = _build(cfg, ctx, device, out)
     step = 0
@@ -390,6 +446,8 @@ def _train(run: _Run, step: int) -> PretrainResult:
             if out.stopping:
                 _stop(run, stop.signal or signal.SIGTERM, step, bar)  # another rank's signal
     bar.close()
+    if math.isnan(eval_loss):  # resumed at the end (a kill after the final checkpoint)
+        eval_loss, train_loss = _final_values(run, step, eval_loss, train_loss)
     seconds = time.perf_counter() - started
     end = {"event": "end", "step": step, "seconds": seconds}
     if ctx.enabled:
@@ -401,6 +459,20 @@ def _train(run: _Run, step: int) -> PretrainResult:
         return PretrainResult(run.out, step, eval_loss, eval_ppl, train_loss, seconds, "")
     summary = _summary(run, step, n_params, n_trainable, train_loss, eval_loss, eval_ppl, seconds)
     return PretrainResult(run.out, step, eval_loss, eval_ppl, train_loss, seconds, summary)
+
+
+def _final_values(run: _Run, step: int, eval_loss: float, train_loss: float):
+    """The evaluation and training loss of ``step`` as metrics.jsonl logged them (a run resumed
+    from its final checkpoint trains nothing); evaluated again when the log lacks them."""
+    logged = read_metrics(run.out) if (run.out / "metrics.jsonl").exists() else []
+    for event in logged:
+        if event.get("step") == step and event.get("event") == "eval":
+            eval_loss = float(event["eval_loss"])
+        if event.get("event") == "train" and isinstance(event.get("loss"), float):
+            train_loss = event["loss"]
+    if math.isnan(eval_loss) and run.val_batches:
+        eval_loss = _evaluate(run)
+    return eval_loss, train_loss
 
 
 def _log_train(run: _Run, out: StepOutput, tokens_per_step: int, comm_bytes: int, bar) -> None:
