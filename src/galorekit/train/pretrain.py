@@ -30,9 +30,9 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from tqdm.auto import tqdm
@@ -83,12 +83,7 @@ from galorekit.train.run_dir import (  # noqa: F401  (re-exported)
 )
 from galorekit.train.run_lock import LOCK_FILE, RunLock
 from galorekit.train.schedule import pretrain_schedule
-
-#: the hint of the divergence error: how to go on from the last good checkpoint
-DIVERGED_HINT = (
-    "lower --lr (and resume the last checkpoint with --resume --allow-config-change) or use "
-    "--precision fp32"
-)
+from galorekit.train.watch import LossWatch
 
 
 @dataclass
@@ -181,6 +176,8 @@ class _Run:
     fsdp: bool
     autocast: Callable[[], Any]
     logger: Any = None
+    vocab_size: int = 2
+    warnings: list[str] = field(default_factory=list)  # LossWatch's, for the summary
 
 
 def _enable_activation_checkpointing(model) -> None:
@@ -253,7 +250,7 @@ def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         "data_fingerprint": data.fingerprint,
         "world_size": ctx.world_size,
     }
-    return _Run(
+    run = _Run(
         cfg,
         ctx,
         device,
@@ -270,6 +267,8 @@ def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         fsdp,
         autocast_for(cfg.precision, device),
     )
+    run.vocab_size = data.vocab_size
+    return run
 
 
 def _evaluate(run: _Run) -> float:
@@ -386,6 +385,7 @@ def _train(run: _Run, step: int) -> PretrainResult:
     run.parallel.module.train()
     counter = CommCounter() if ctx.enabled else contextlib.nullcontext()
     traffic: list[int] = []  # per step: the bytes this rank communicated
+    watch = LossWatch(run.vocab_size, settle_step=int(cfg.warmup_ratio * cfg.max_steps))
     with StopFlag() as stop, counter:
         loop = Loop(
             run.parallel.module,
@@ -402,7 +402,7 @@ def _train(run: _Run, step: int) -> PretrainResult:
             sync=_sync(run, counter, traffic),
             stop=stop,
             check_loss_locally=not ctx.enabled,
-            hint=DIVERGED_HINT,
+            hint=pretrain_state.run_hint(run),
             step=step,
         )
         if step == 0:
@@ -421,10 +421,13 @@ def _train(run: _Run, step: int) -> PretrainResult:
             try:
                 out = loop.train_step()
             except NonFiniteError as err:  # nothing applied: the last checkpoint stays good
-                bar.close()
-                logger.log({"event": "diverged", "step": loop.step + 1, "error": str(err)})
-                logger.close()
-                raise
+                _diverged(run, bar, loop.step + 1, err)
+            warning = watch.check(out.step, out.loss)
+            if warning is not None:
+                run.warnings.append(warning)
+                logger.log({"event": "warning", "step": out.step, "message": warning})
+                if ctx.is_main:
+                    tqdm.write(f"galore pretrain: warning: {warning}", file=sys.stderr)
             comm_bytes = traffic.pop() if ctx.enabled else 0
             comm_total += comm_bytes
             step, train_loss = out.step, out.loss
@@ -442,7 +445,10 @@ def _train(run: _Run, step: int) -> PretrainResult:
                 ppl = math.exp(min(eval_loss, 50.0))
                 logger.log({"event": "eval", "step": step, "eval_loss": eval_loss, "eval_ppl": ppl})
             if due(step, cfg.save_every, cfg.max_steps):
-                pretrain_state.save(run, step)
+                try:
+                    pretrain_state.save(run, step)
+                except NonFiniteError as err:  # a non-finite state is never checkpointed
+                    _diverged(run, bar, step, err)
             if out.stopping:
                 _stop(run, stop.signal or signal.SIGTERM, step, bar)  # another rank's signal
     bar.close()
@@ -459,6 +465,13 @@ def _train(run: _Run, step: int) -> PretrainResult:
         return PretrainResult(run.out, step, eval_loss, eval_ppl, train_loss, seconds, "")
     summary = _summary(run, step, n_params, n_trainable, train_loss, eval_loss, eval_ppl, seconds)
     return PretrainResult(run.out, step, eval_loss, eval_ppl, train_loss, seconds, summary)
+
+
+def _diverged(run: _Run, bar, step: int, err: NonFiniteError) -> NoReturn:
+    bar.close()
+    run.logger.log({"event": "diverged", "step": step, "error": str(err)})
+    run.logger.close()
+    raise err
 
 
 def _final_values(run: _Run, step: int, eval_loss: float, train_loss: float):
@@ -545,6 +558,8 @@ def _summary(
         ],
         title=f"galore pretrain — {run.out}",
     )
+    if run.warnings:
+        summary += "\n\n" + "\n".join(f"warning: {w}" for w in run.warnings)
     atomic_write_text(run.out / "summary.md", f"```\n{summary}\n```\n")
     if cfg.plot:
         from galorekit.train.plots import plot_run  # matplotlib: only when a plot is drawn

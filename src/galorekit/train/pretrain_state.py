@@ -93,6 +93,9 @@ def resume(run: _Run) -> tuple[int, dict[str, tuple[Any, Any]]]:
         load_module_state(run.model, ckpt["model"], what="model")
         run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
+    saved_lr = (ckpt.get("config") or {}).get("lr")
+    if isinstance(saved_lr, int | float) and saved_lr > 0 and saved_lr != cfg.method.peak_lr:
+        _rescale_lr(run, cfg.method.peak_lr / saved_lr)  # an accepted --lr change (recorded)
     run.loader.load_state_dict(ckpt["loader"])
     if run.relora is not None:
         run.relora.load_state_dict(ckpt["relora"])
@@ -103,6 +106,43 @@ def resume(run: _Run) -> tuple[int, dict[str, tuple[Any, Any]]]:
     if ctx.is_main:
         truncate_metrics(run.out / "metrics.jsonl", step)
     return step, changes
+
+
+def _rescale_lr(run: _Run, ratio: float) -> None:
+    """Scale the learning rate the checkpoint restored (the scheduler's base rates and every
+    group's current rate) by ``ratio``: ``--resume --lr X --allow-config-change`` continues at
+    X on the same schedule (the checkpoint's rate would otherwise win)."""
+    run.scheduler.base_lrs = [lr * ratio for lr in run.scheduler.base_lrs]
+    for group in run.optimizer.param_groups:
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+    run.scheduler._last_lr = [group["lr"] for group in run.optimizer.param_groups]
+
+
+def nonfinite_state(run: _Run) -> str | None:
+    """The name of a non-finite model weight or optimizer state of this run (any rank), or
+    None: what ``save`` refuses to write."""
+    import torch
+
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if hasattr(t, "to_local") else t  # FSDP2: this rank's shard
+
+    tensors = [(f"model weight {name}", p.detach()) for name, p in run.model.named_parameters()]
+    tensors += [
+        (f"optimizer state {key!r} of a {tuple(param.shape)} parameter", value)
+        for param, state in run.optimizer.state.items()
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point()
+    ]
+    bad = next((name for name, t in tensors if not bool(torch.isfinite(local(t)).all())), None)
+    if run.ctx.enabled:  # every rank must take the same decision (sharded states differ)
+        from galorekit.distributed.context import all_reduce_sum
+
+        (count,) = all_reduce_sum(run.ctx, [float(bad is not None)], run.device)
+        if count > 0 and bad is None:
+            bad = "a state on another rank"
+    return bad
 
 
 def write_config(run: _Run, step: int, changes: dict[str, tuple[Any, Any]]) -> None:
@@ -124,10 +164,28 @@ def write_config(run: _Run, step: int, changes: dict[str, tuple[Any, Any]]) -> N
     write_run_config(run.out, record)
 
 
+def run_hint(run: _Run) -> str:
+    """How to go on after a divergence: from the last good checkpoint, at a lower rate."""
+    return (
+        f"resume from the last good checkpoint at a lower rate: galore pretrain --resume "
+        f"--output-dir {run.out} --lr {run.cfg.method.peak_lr / 10:g} --allow-config-change"
+    )
+
+
 def save(run: _Run, at_step: int) -> Path:
     """Rank 0 writes (the states are the same on every rank; under FSDP every rank writes its
     shards too); every rank's RNG is kept."""
     ctx, cfg = run.ctx, run.cfg
+    bad = nonfinite_state(run)
+    if bad is not None:  # a diverged state is never checkpointed: the latest stays the last good
+        from galorekit.train.checkpoint import find_latest_checkpoint
+        from galorekit.train.loop import NonFiniteError
+
+        latest = find_latest_checkpoint(run.out / "checkpoints")
+        raise NonFiniteError(
+            f"training diverged at step {at_step}: {bad} is not finite; no checkpoint was "
+            f"written (the last good one: {latest or 'none'}); " + run_hint(run)
+        )
     rngs = gather_objects(ctx, rng_state())
     path = run.out / "checkpoints" / checkpoint_name(at_step)
     state = {
