@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 from galorekit.config import describe
 from galorekit.distributed.context import barrier, gather_objects
 from galorekit.train.checkpoint import (
+    STATE_FILE,
     CheckpointError,
     checkpoint_name,
+    checkpoint_step,
     load_checkpoint,
     load_module_state,
     resolve_checkpoint,
@@ -59,17 +61,12 @@ def resume(run: _Run) -> tuple[int, dict[str, tuple[Any, Any]]]:
     and the trajectory settings that differ from the ones it was trained with (refused unless
     ``cfg.allow_config_change``: a checkpoint passed as ``--resume PATH`` is checked too)."""
     cfg, ctx = run.cfg, run.ctx
-    where = resolve_checkpoint(run.out / "checkpoints" if cfg.resume == "latest" else cfg.resume)
-    sharded = is_sharded_checkpoint(where)
-    if sharded != run.fsdp:
-        raise CheckpointError(
-            f"checkpoint {where} was written by "
-            + ("an FSDP run" if sharded else "a run without FSDP")
-            + "; resume it with "
-            + ("--distributed fsdp" if sharded else "--distributed ddp or one process")
-        )
-    required = () if run.fsdp else ("model", "optimizer")
-    ckpt = load_checkpoint(where, map_location=run.device, required_keys=required)
+    try:
+        where, ckpt = _load(run)
+    except CheckpointError as err:
+        if cfg.resume != "latest":
+            raise
+        raise CheckpointError(f"{err}; {intact_hint(run.out)}") from None
     mismatched = [
         f"{k}: checkpoint {ckpt['identity'].get(k)!r} vs now {run.identity[k]!r}"
         for k in RESUME_KEYS
@@ -105,7 +102,65 @@ def resume(run: _Run) -> tuple[int, dict[str, tuple[Any, Any]]]:
     step = int(ckpt["step"])
     if ctx.is_main:
         truncate_metrics(run.out / "metrics.jsonl", step)
+        _set_aside_later(run.out / "checkpoints", step)
     return step, changes
+
+
+def _load(run: _Run) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint ``--resume`` names and its state. The latest of the run is its
+    highest-step ``step-*`` directory: one that is incomplete or corrupt is an error (never a
+    silent fall-back to an older one)."""
+    cfg = run.cfg
+    root = run.out / "checkpoints"
+    where = resolve_checkpoint(root if cfg.resume == "latest" else cfg.resume)
+    if cfg.resume == "latest":
+        newest = max((p for p in root.glob("step-*") if p.is_dir()), default=where)
+        if newest.name > where.name:  # has meta.json (leftovers are gone) but no state.pt
+            raise CheckpointError(f"{newest / STATE_FILE} is missing: the checkpoint is incomplete")
+    sharded = is_sharded_checkpoint(where)
+    if sharded != run.fsdp:
+        raise CheckpointError(
+            f"checkpoint {where} was written by "
+            + ("an FSDP run" if sharded else "a run without FSDP")
+            + "; resume it with "
+            + ("--distributed fsdp" if sharded else "--distributed ddp or one process")
+        )
+    required = () if run.fsdp else ("model", "optimizer")
+    return where, load_checkpoint(where, map_location=run.device, required_keys=required)
+
+
+def intact_hint(out: Path) -> str:
+    """Which earlier checkpoint of the run is intact (size and SHA-256 as recorded) and how to
+    resume from it; the broken one is set aside then (``_set_aside_later``)."""
+    from galorekit.train.checkpoint import list_checkpoints, verify_file
+
+    for info in reversed(list_checkpoints(out / "checkpoints")):
+        try:
+            verify_file(info.path, STATE_FILE)
+        except CheckpointError:
+            continue
+        return (
+            f"the earlier checkpoint {info.path} (step {info.step}) is intact: resume from it with "
+            f"galore pretrain --resume {info.path} --output-dir {out}"
+        )
+    return f"no intact checkpoint is left: start again with galore pretrain --overwrite --output-dir {out}"
+
+
+def _set_aside_later(root: Path, step: int) -> None:
+    """Resuming from an earlier checkpoint of the run: its later ``step-*`` checkpoints (another
+    trajectory, or broken) are renamed ``abandoned-step-*`` — kept, but never resumed or pruned."""
+    for path in sorted(root.glob("step-*")) if root.is_dir() else []:
+        at = checkpoint_step(path)
+        if at is not None and at > step:
+            target = root / f"abandoned-{path.name}"
+            n = 1
+            while target.exists():
+                n += 1
+                target = root / f"abandoned-{path.name}-{n}"
+            path.rename(target)
+            print(
+                f"galore pretrain: resuming from step {step}: set {path.name} aside as {target.name}"
+            )
 
 
 def _rescale_lr(run: _Run, ratio: float) -> None:

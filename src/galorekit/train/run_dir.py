@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from galorekit.atomic import atomic_write_text
-from galorekit.train.checkpoint import META_FILE, find_latest_checkpoint, list_checkpoints
+from galorekit.train.checkpoint import (
+    META_FILE,
+    checkpoint_step,
+    find_latest_checkpoint,
+    list_checkpoints,
+)
 from galorekit.train.logging import metrics_lines
 
 RUN_FILES = ("metrics.jsonl", "config.json", "checkpoints", "tensorboard", "summary.md")
@@ -39,7 +44,8 @@ def default_output_dir(cfg: Any) -> Path:
 
 
 def _checkpoint_steps(out: Path) -> list[int]:
-    return [c.step for c in list_checkpoints(out / "checkpoints") if c.step is not None]
+    found = list_checkpoints(out / "checkpoints")
+    return [c.step for c in found if c.step is not None and checkpoint_step(c.path) is not None]
 
 
 def check_output_dir(cfg: Any, out: Path) -> list[str]:
