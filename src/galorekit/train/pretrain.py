@@ -385,6 +385,7 @@ def _train(run: _Run, step: int) -> PretrainResult:
     run.parallel.module.train()
     counter = CommCounter() if ctx.enabled else contextlib.nullcontext()
     traffic: list[int] = []  # per step: the bytes this rank communicated
+    last_save = time.monotonic()
     watch = LossWatch(run.vocab_size, settle_step=int(cfg.warmup_ratio * cfg.max_steps))
     with StopFlag() as stop, counter:
         loop = Loop(
@@ -444,7 +445,8 @@ def _train(run: _Run, step: int) -> PretrainResult:
                 eval_loss = _evaluate(run)
                 ppl = math.exp(min(eval_loss, 50.0))
                 logger.log({"event": "eval", "step": step, "eval_loss": eval_loss, "eval_ppl": ppl})
-            if due(step, cfg.save_every, cfg.max_steps):
+            if due(step, cfg.save_every, cfg.max_steps) or _save_time(run, step, last_save):
+                last_save = time.monotonic()
                 try:
                     pretrain_state.save(run, step)
                 except NonFiniteError as err:  # a non-finite state is never checkpointed
@@ -465,6 +467,21 @@ def _train(run: _Run, step: int) -> PretrainResult:
         return PretrainResult(run.out, step, eval_loss, eval_ppl, train_loss, seconds, "")
     summary = _summary(run, step, n_params, n_trainable, train_loss, eval_loss, eval_ppl, seconds)
     return PretrainResult(run.out, step, eval_loss, eval_ppl, train_loss, seconds, summary)
+
+
+def _save_time(run: _Run, step: int, last_save: float) -> bool:
+    """``--save-every-minutes``: whether that long passed since the last checkpoint (under
+    torchrun rank 0's clock decides, every 10 steps: all ranks must save together)."""
+    minutes = run.cfg.save_every_minutes
+    if minutes <= 0:
+        return False
+    late = time.monotonic() - last_save >= 60.0 * minutes
+    if not run.ctx.enabled:
+        return late
+    if step % 10:
+        return False
+    (flag,) = all_reduce_sum(run.ctx, [float(late and run.ctx.is_main)], run.device)
+    return flag > 0
 
 
 def _diverged(run: _Run, bar, step: int, err: NonFiniteError) -> NoReturn:
