@@ -581,5 +581,5 @@ def _summary(
     if cfg.plot:
         from galorekit.train.plots import plot_run  # matplotlib: only when a plot is drawn
 
-        plot_run(run.out)
+        plot_run(run.out, title=f"{cfg.model} · {method_name} · {step} steps")
     return summary

@@ -111,8 +111,9 @@ def prepare_output_dir(cfg: Any, lock: Any = None) -> Path:
     ``lock`` (a ``RunLock`` factory: ``lock(out)``), takes the run's lock first, then checks
     again under it and removes crash leftovers (saying so)."""
     out = default_output_dir(cfg) if cfg.output_dir is None else Path(cfg.output_dir)
-    check_output_dir(cfg, out)  # before anything is created
-    if lock is not None:
+    if lock is None or not out.exists():
+        check_output_dir(cfg, out)  # before anything is created
+    if lock is not None:  # a live holder is named before what its run left so far
         held = lock(out)
         if held.stale:
             print(f"galore: took over the lock of a process that died ({held.stale})")
