@@ -113,6 +113,32 @@ def test_a_non_finite_weight_is_never_checkpointed(corpus, tmp_path, capsys, mon
     assert events(out, "diverged")[0]["step"] == 3
 
 
+@pytest.mark.parametrize(
+    "method",
+    [("--method", "adamw"), ("--method", "galore_adamw", "--layerwise"), ("--method", "lora")],
+)
+def test_every_method_stops_on_a_nan_loss_with_its_last_good_checkpoint(
+    corpus, tmp_path, capsys, monkeypatch, method
+):
+    """A NaN loss at step 3, for full-rank, layer-wise (its update runs inside backward) and
+    adapter methods alike: exit 1, no checkpoint of step 3, step 2's is finite."""
+    calls = []
+
+    def nan_at_step_3(model, batch):
+        calls.append(1)
+        loss = lm_loss(model, batch)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(pretrain_module, "lm_loss", nan_at_step_3)
+    out = tmp_path / "run"
+    argv = pretrain_argv(corpus, out, "--max-steps", "4", "--save-every", "1", *method)
+    assert main(argv) == 1
+    assert "training diverged at step 3" in _error(capsys)
+    assert _steps(out) == ["step-00000001", "step-00000002"]
+    state = torch.load(out / "checkpoints" / "step-00000002" / "state.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
 def test_resume_at_a_lower_lr_trains_at_that_lr(corpus, tmp_path, capsys, monkeypatch):
     """The documented way on after a divergence: `--resume --lr X --allow-config-change` from the
     last good checkpoint; the rate used is X on the same schedule (the checkpoint's used to win)."""

@@ -423,6 +423,17 @@ def _train(run: _Run, step: int) -> PretrainResult:
                 out = loop.train_step()
             except NonFiniteError as err:  # nothing applied: the last checkpoint stays good
                 _diverged(run, bar, loop.step + 1, err)
+            except FloatingPointError as err:  # the optimizer's own check (layer-wise: in backward)
+                reason = str(err).split(". ")[0]
+                _diverged(
+                    run,
+                    bar,
+                    loop.step + 1,
+                    NonFiniteError(
+                        f"training diverged at step {loop.step + 1}: {reason}; no checkpoint of "
+                        f"this step was written; {pretrain_state.run_hint(run)}"
+                    ),
+                )
             warning = watch.check(out.step, out.loss)
             if warning is not None:
                 run.warnings.append(warning)
