@@ -207,6 +207,7 @@ def test_resuming_a_finished_run_changes_nothing(corpus, tmp_path, capsys):
     # a larger --max-steps trains further
     assert main(["pretrain", "--resume", "--output-dir", str(out), "--max-steps", "4"]) == 0
     assert [e["step"] for e in events(out, "train")] == [1, 2, 3, 4]
+    assert [e["step"] for e in events(out, "end")] == [4]  # one end event: the run's
 
 
 def test_a_kill_between_the_final_checkpoint_and_the_summary(corpus, tmp_path, capsys):

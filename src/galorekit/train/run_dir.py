@@ -126,11 +126,15 @@ def prepare_output_dir(cfg: Any, lock: Any = None) -> Path:
 
 
 def truncate_metrics(path: Path, after_step: int) -> None:
-    """On resume, drop the events logged after the checkpoint (they will be logged again) and a
-    line torn by a crash."""
+    """On resume, drop the events logged after the checkpoint (they will be logged again), a
+    line torn by a crash, and an ``end`` event (a finished run trained further ends once)."""
     if not path.exists():
         return
-    kept = [line for line, event in metrics_lines(path) if event.get("step", 0) <= after_step]
+    kept = [
+        line
+        for line, event in metrics_lines(path)
+        if event.get("step", 0) <= after_step and event.get("event") != "end"
+    ]
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
