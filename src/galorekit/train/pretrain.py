@@ -294,9 +294,9 @@ class RunFinished(Exception):
 def _pretrain(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> PretrainResult:
     with contextlib.ExitStack() as held:
         target = default_output_dir(cfg) if cfg.output_dir is None else Path(cfg.output_dir)
-        created = not target.exists()
+        created = [p for p in (target, *target.parents) if not p.exists()]  # ours to remove
         try:
-            out = Path(run_on_main(ctx, lambda: str(_open_run_dir(cfg, held))))
+            out = Path(run_on_main(ctx, lambda: str(_open_run_dir(cfg, held, target))))
             return _start(cfg, ctx, device, out)
         except BaseException:
             # a run refused before it wrote anything leaves no folder behind (only the lock's
@@ -305,6 +305,9 @@ def _pretrain(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> Pr
             if locked and created and {p.name for p in target.glob("*")} <= {LOCK_FILE}:
                 held.close()
                 shutil.rmtree(target, ignore_errors=True)
+                for parent in created[1:]:  # e.g. runs/ of the default directory
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()  # only when empty
             raise
 
 
@@ -314,11 +317,11 @@ def _holds_lock(out: Path) -> bool:
     return text.startswith(f"pid {os.getpid()} ")
 
 
-def _open_run_dir(cfg: PretrainConfig, held: contextlib.ExitStack) -> Path:
+def _open_run_dir(cfg: PretrainConfig, held: contextlib.ExitStack, target: Path) -> Path:
     """Rank 0: the run directory, locked for this process's lifetime (``run_lock``), crash
     leftovers removed; a finished run is refused with ``RunFinished`` before anything is
     written."""
-    out = prepare_output_dir(cfg, lock=lambda path: held.enter_context(RunLock(path)))
+    out = prepare_output_dir(cfg, lock=lambda path: held.enter_context(RunLock(path)), out=target)
     if cfg.resume == "latest":
         at = finished_step(out, cfg.max_steps)
         if at is not None:

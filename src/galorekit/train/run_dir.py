@@ -106,11 +106,13 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
-def prepare_output_dir(cfg: Any, lock: Any = None) -> Path:
+def prepare_output_dir(cfg: Any, lock: Any = None, out: Path | None = None) -> Path:
     """The run directory; refuses one that holds a run unless resuming or overwriting. With
     ``lock`` (a ``RunLock`` factory: ``lock(out)``), takes the run's lock first, then checks
-    again under it and removes crash leftovers (saying so)."""
-    out = default_output_dir(cfg) if cfg.output_dir is None else Path(cfg.output_dir)
+    again under it and removes crash leftovers (saying so). ``out``: the directory, when the
+    caller already chose it (default: ``--output-dir`` or a new name from the clock)."""
+    if out is None:
+        out = default_output_dir(cfg) if cfg.output_dir is None else Path(cfg.output_dir)
     if lock is None or not out.exists():
         check_output_dir(cfg, out)  # before anything is created
     if lock is not None:  # a live holder is named before what its run left so far
