@@ -354,6 +354,22 @@ def test_run_end_to_end_refuses_to_overwrite(models, files, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_a_run_directory_in_use_is_refused_naming_the_holder(models, files, tmp_path, capsys):
+    import os
+
+    from galorekit.train.run_lock import LOCK_FILE, RunLock
+
+    out = tmp_path / "locked"
+    argv = tiny_args(models["bert"], files, out, "--method", "adamw", "--epochs", "1")
+    with RunLock(out):  # as another process would hold it
+        assert ft.run(parse(*argv)) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by another run (pid {os.getpid()} " in err and len(err.splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == [LOCK_FILE]  # nothing was written
+    assert ft.run(parse(*argv)) == 0  # released: the run goes ahead
+
+
+@pytest.mark.slow
 def test_compare_prints_one_table_for_three_methods(models, files, tmp_path, capsys, monkeypatch):
     optimizers, tokenized = {}, []
     tokenize = fl.tokenize_split

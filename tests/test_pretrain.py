@@ -150,6 +150,7 @@ def test_rank_larger_than_matrices_is_clamped_with_a_warning(corpus, tmp_path, m
         assert main(argv) == 0
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")  # transformers' current API: no deprecation
 def test_activation_checkpointing_and_bf16_autocast(corpus, tmp_path):
     out = tmp_path / "run"
     rc = main(

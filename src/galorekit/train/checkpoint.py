@@ -61,6 +61,12 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
+    """The step of a ``step-<n>`` checkpoint directory's name (None for any other name)."""
+    m = _STEP_DIR.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
 # --------------------------------------------------------------------------- atomic directories
 
 
@@ -398,7 +404,10 @@ def load_checkpoint(
     try:
         state = torch.load(state_path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"cannot load {state_path}: {err}") from err
+        raise CheckpointError(
+            f"cannot load {state_path}: it is corrupt or not a galorekit checkpoint "
+            f"({_load_reason(err)})"
+        ) from err
     if not isinstance(state, dict):
         raise CheckpointError(f"{state_path} holds a {type(state).__name__}, expected a dict")
     missing = [k for k in required_keys if k not in state]
@@ -408,6 +417,17 @@ def load_checkpoint(
             f"{', '.join(map(repr, sorted(map(str, state))))}"
         )
     return state
+
+
+def _load_reason(err: BaseException) -> str:
+    """torch.load's reason, without its advice to retry with ``weights_only=False`` (which would
+    run whatever code the file holds, and cannot repair a corrupt file anyway)."""
+    text = " ".join(str(err).split())
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+        text = text.split("Check the documentation", 1)[0]
+        return f"unpickling: {text.strip() or type(err).__name__}"
+    return text.split(". ")[0] if "weights_only" in text else text or type(err).__name__
 
 
 def load_module_state(

@@ -61,6 +61,7 @@ from galorekit.train.logging import (
     write_run_config,
 )
 from galorekit.train.run_dir import clear_run, run_files
+from galorekit.train.run_lock import RunLock
 
 RESULTS_FILE = "results.json"
 COMPARISON_FILE = "comparison.json"
@@ -194,9 +195,10 @@ def finetune(cfg: FinetuneConfig) -> list[RunResult]:
         + f" examples; model {cfg.model}; output {out}"
     )
     inputs = tokenize_data(data, location, resolved.max_length)  # once, for every method
-    prepare_output_dir(out, cfg.overwrite)
-    with _torch_threads(cfg):
-        return _run_all(cfg, data, inputs, location)
+    with RunLock(out):  # one process per run directory, for the run's lifetime
+        prepare_output_dir(out, cfg.overwrite)  # checked again under the lock
+        with _torch_threads(cfg):
+            return _run_all(cfg, data, inputs, location)
 
 
 def _run_all(

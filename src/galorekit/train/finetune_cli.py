@@ -13,6 +13,7 @@ from typing import Any
 from galorekit.config import UNSET, add_flags, file_values, given, read_config_file
 from galorekit.data.classification import DataError
 from galorekit.train.checkpoint import CheckpointError
+from galorekit.train.failures import failure
 from galorekit.train.finetune_config import (
     FLAGS,
     GROUPS,
@@ -24,6 +25,7 @@ from galorekit.train.finetune_config import (
     build_config,
     resolve_presets,
 )
+from galorekit.train.run_lock import RunLockedError
 
 
 def _method(value: str) -> str:
@@ -68,10 +70,16 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         finetune(resolve_config(args))
-    except (ConfigError, DataError, CheckpointError, ValueError) as err:
+    except (ConfigError, DataError, CheckpointError, ValueError, RunLockedError) as err:
         print(f"galore finetune: error: {err}", file=sys.stderr)
         return 2
     except (TrainingError, FloatingPointError) as err:  # diverged: the run failed, not the input
         print(f"galore finetune: error: training failed: {err}", file=sys.stderr)
         return 1
+    except Exception as err:  # a full or read-only disk, torch.save's writer: one line, exit 1
+        code, message = failure(err)
+        if code is None:
+            raise
+        print(f"galore finetune: error: {message}", file=sys.stderr)
+        return code
     return 0

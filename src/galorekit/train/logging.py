@@ -126,8 +126,24 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     p = Path(path)
     if p.is_dir():
         p = p / METRICS_FILE
-    with open(p, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [event for _, event in metrics_lines(p)]
+
+
+def metrics_lines(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Each line of a ``metrics.jsonl`` file with its event. A torn last line (a crash in the
+    middle of a write) is skipped; an unreadable line before it is an error naming the file."""
+    p = Path(path)
+    lines = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    parsed = []
+    for i, line in enumerate(lines):
+        try:
+            event = json.loads(line)
+        except ValueError as err:
+            if i == len(lines) - 1:  # torn by a crash: the event was never complete
+                break
+            raise ValueError(f"{p}: line {i + 1} is not a JSON event ({err})") from None
+        parsed.append((line, event))
+    return parsed
 
 
 def write_run_config(output_dir: str | os.PathLike[str], config: Mapping[str, Any] | Any) -> Path:

@@ -10,8 +10,11 @@ from galorekit.atomic import atomic_path
 from galorekit.train.logging import read_metrics
 
 
-def plot_run(output_dir: str | os.PathLike[str], path: str | None = None) -> Path:
-    """Training loss and evaluation perplexity against the step, as ``OUTPUT_DIR/curves.png``."""
+def plot_run(
+    output_dir: str | os.PathLike[str], path: str | None = None, title: str | None = None
+) -> Path:
+    """Training loss and evaluation perplexity against the step, as ``OUTPUT_DIR/curves.png``;
+    ``title`` (e.g. model and method) heads the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,10 +35,24 @@ def plot_run(output_dir: str | os.PathLike[str], path: str | None = None) -> Pat
     if finite:
         ax2.plot(*zip(*finite), marker="o", color="tab:orange")
         ax2.set_yscale("log")
+        # a log axis spanning less than a decade gets one or two labels by default: label the
+        # minor ticks too, in plain numbers
+        from matplotlib.ticker import LogLocator, ScalarFormatter
+
+        ax2.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax2.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+        ax2.yaxis.set_major_formatter(ScalarFormatter())
+        ax2.yaxis.get_major_formatter().set_scientific(False)
+        ppl = [p for _, p in finite]
+        if max(ppl) < 20 * min(ppl):  # a narrow range: the minor ticks need labels as well
+            ax2.yaxis.set_minor_formatter(ScalarFormatter())
+            ax2.yaxis.get_minor_formatter().set_scientific(False)
     ax2.set_xlabel("step")
     ax2.set_ylabel("perplexity")
     ax2.set_title("validation perplexity")
     ax2.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     target = Path(path) if path else out / "curves.png"
     try:

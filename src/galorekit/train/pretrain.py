@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from tqdm.auto import tqdm
@@ -50,7 +52,7 @@ from galorekit.distributed.data_parallel import setup_data_parallel
 from galorekit.methods import setup_method
 from galorekit.models import build_model, count_parameters
 from galorekit.train import pretrain_state
-from galorekit.train.logging import MetricsLogger, summary_table
+from galorekit.train.logging import MetricsLogger, read_metrics, summary_table
 from galorekit.train.loop import (
     Loop,
     NonFiniteError,
@@ -75,16 +77,13 @@ from galorekit.train.run_dir import (  # noqa: F401  (re-exported)
     RUN_FILES,
     check_output_dir,
     default_output_dir,
+    finished_step,
     prepare_output_dir,
     truncate_metrics,
 )
+from galorekit.train.run_lock import LOCK_FILE, RunLock
 from galorekit.train.schedule import pretrain_schedule
-
-#: the hint of the divergence error: how to go on from the last good checkpoint
-DIVERGED_HINT = (
-    "lower --lr (and resume the last checkpoint with --resume --allow-config-change) or use "
-    "--precision fp32"
-)
+from galorekit.train.watch import LossWatch
 
 
 @dataclass
@@ -177,6 +176,19 @@ class _Run:
     fsdp: bool
     autocast: Callable[[], Any]
     logger: Any = None
+    vocab_size: int = 2
+    warnings: list[str] = field(default_factory=list)  # LossWatch's, for the summary
+
+
+def _enable_activation_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing through transformers' current API
+    (``activation_checkpointing_enable``; ``gradient_checkpointing_enable`` before it, now
+    deprecated with a FutureWarning)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Path) -> _Run:
@@ -196,7 +208,7 @@ def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         device=device,
     )
     if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_activation_checkpointing(model)
         model.config.use_cache = False
     fsdp = ctx.enabled and cfg.distributed == "fsdp"
     if fsdp:  # before the optimizer: it must hold the sharded parameters
@@ -238,7 +250,7 @@ def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         "data_fingerprint": data.fingerprint,
         "world_size": ctx.world_size,
     }
-    return _Run(
+    run = _Run(
         cfg,
         ctx,
         device,
@@ -255,6 +267,8 @@ def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         fsdp,
         autocast_for(cfg.precision, device),
     )
+    run.vocab_size = data.vocab_size
+    return run
 
 
 def _evaluate(run: _Run) -> float:
@@ -273,8 +287,52 @@ def _evaluate(run: _Run) -> float:
 
 
 # ---------------------------------------------------------------------------- the run
+class RunFinished(Exception):
+    """``--resume`` of a run that already trained its ``--max-steps``: nothing to do."""
+
+
 def _pretrain(cfg: PretrainConfig, ctx: DistContext, device: torch.device) -> PretrainResult:
-    out = Path(run_on_main(ctx, lambda: str(prepare_output_dir(cfg))))
+    with contextlib.ExitStack() as held:
+        target = default_output_dir(cfg) if cfg.output_dir is None else Path(cfg.output_dir)
+        created = [p for p in (target, *target.parents) if not p.exists()]  # ours to remove
+        try:
+            out = Path(run_on_main(ctx, lambda: str(_open_run_dir(cfg, held, target))))
+            return _start(cfg, ctx, device, out)
+        except BaseException:
+            # a run refused before it wrote anything leaves no folder behind (only the lock's
+            # holder may remove it: a process refused by the lock leaves its holder's alone)
+            locked = (target / LOCK_FILE).exists() and _holds_lock(target)
+            if locked and created and {p.name for p in target.glob("*")} <= {LOCK_FILE}:
+                held.close()
+                shutil.rmtree(target, ignore_errors=True)
+                for parent in created[1:]:  # e.g. runs/ of the default directory
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()  # only when empty
+            raise
+
+
+def _holds_lock(out: Path) -> bool:
+    """Whether this process wrote the lock file of ``out`` (it holds the run's lock)."""
+    text = (out / LOCK_FILE).read_text(encoding="utf-8") if (out / LOCK_FILE).exists() else ""
+    return text.startswith(f"pid {os.getpid()} ")
+
+
+def _open_run_dir(cfg: PretrainConfig, held: contextlib.ExitStack, target: Path) -> Path:
+    """Rank 0: the run directory, locked for this process's lifetime (``run_lock``), crash
+    leftovers removed; a finished run is refused with ``RunFinished`` before anything is
+    written."""
+    out = prepare_output_dir(cfg, lock=lambda path: held.enter_context(RunLock(path)), out=target)
+    if cfg.resume == "latest":
+        at = finished_step(out, cfg.max_steps)
+        if at is not None:
+            raise RunFinished(
+                f"{out} is a finished run ({at} of --max-steps {cfg.max_steps} steps; see its "
+                "summary.md): nothing to do; pass a larger --max-steps to train it further"
+            )
+    return out
+
+
+def _start(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Path):
     changes = pretrain_state.check_config_changes(cfg, out)
     run = _build(cfg, ctx, device, out)
     step = 0
@@ -330,6 +388,8 @@ def _train(run: _Run, step: int) -> PretrainResult:
     run.parallel.module.train()
     counter = CommCounter() if ctx.enabled else contextlib.nullcontext()
     traffic: list[int] = []  # per step: the bytes this rank communicated
+    last_save = time.monotonic()
+    watch = LossWatch(run.vocab_size, settle_step=int(cfg.warmup_ratio * cfg.max_steps))
     with StopFlag() as stop, counter:
         loop = Loop(
             run.parallel.module,
@@ -346,7 +406,7 @@ def _train(run: _Run, step: int) -> PretrainResult:
             sync=_sync(run, counter, traffic),
             stop=stop,
             check_loss_locally=not ctx.enabled,
-            hint=DIVERGED_HINT,
+            hint=pretrain_state.run_hint(run),
             step=step,
         )
         if step == 0:
@@ -365,10 +425,24 @@ def _train(run: _Run, step: int) -> PretrainResult:
             try:
                 out = loop.train_step()
             except NonFiniteError as err:  # nothing applied: the last checkpoint stays good
-                bar.close()
-                logger.log({"event": "diverged", "step": loop.step + 1, "error": str(err)})
-                logger.close()
-                raise
+                _diverged(run, bar, loop.step + 1, err)
+            except FloatingPointError as err:  # the optimizer's own check (layer-wise: in backward)
+                reason = str(err).split(". ")[0]
+                _diverged(
+                    run,
+                    bar,
+                    loop.step + 1,
+                    NonFiniteError(
+                        f"training diverged at step {loop.step + 1}: {reason}; no checkpoint of "
+                        f"this step was written; {pretrain_state.run_hint(run)}"
+                    ),
+                )
+            warning = watch.check(out.step, out.loss)
+            if warning is not None:
+                run.warnings.append(warning)
+                logger.log({"event": "warning", "step": out.step, "message": warning})
+                if ctx.is_main:
+                    tqdm.write(f"galore pretrain: warning: {warning}", file=sys.stderr)
             comm_bytes = traffic.pop() if ctx.enabled else 0
             comm_total += comm_bytes
             step, train_loss = out.step, out.loss
@@ -385,11 +459,17 @@ def _train(run: _Run, step: int) -> PretrainResult:
                 eval_loss = _evaluate(run)
                 ppl = math.exp(min(eval_loss, 50.0))
                 logger.log({"event": "eval", "step": step, "eval_loss": eval_loss, "eval_ppl": ppl})
-            if due(step, cfg.save_every, cfg.max_steps):
-                pretrain_state.save(run, step)
+            if due(step, cfg.save_every, cfg.max_steps) or _save_time(run, step, last_save):
+                last_save = time.monotonic()
+                try:
+                    pretrain_state.save(run, step)
+                except NonFiniteError as err:  # a non-finite state is never checkpointed
+                    _diverged(run, bar, step, err)
             if out.stopping:
                 _stop(run, stop.signal or signal.SIGTERM, step, bar)  # another rank's signal
     bar.close()
+    if math.isnan(eval_loss):  # resumed at the end (a kill after the final checkpoint)
+        eval_loss, train_loss = _final_values(run, step, eval_loss, train_loss)
     seconds = time.perf_counter() - started
     end = {"event": "end", "step": step, "seconds": seconds}
     if ctx.enabled:
@@ -401,6 +481,42 @@ def _train(run: _Run, step: int) -> PretrainResult:
         return PretrainResult(run.out, step, eval_loss, eval_ppl, train_loss, seconds, "")
     summary = _summary(run, step, n_params, n_trainable, train_loss, eval_loss, eval_ppl, seconds)
     return PretrainResult(run.out, step, eval_loss, eval_ppl, train_loss, seconds, summary)
+
+
+def _save_time(run: _Run, step: int, last_save: float) -> bool:
+    """``--save-every-minutes``: whether that long passed since the last checkpoint (under
+    torchrun rank 0's clock decides, every 10 steps: all ranks must save together)."""
+    minutes = run.cfg.save_every_minutes
+    if minutes <= 0:
+        return False
+    late = time.monotonic() - last_save >= 60.0 * minutes
+    if not run.ctx.enabled:
+        return late
+    if step % 10:
+        return False
+    (flag,) = all_reduce_sum(run.ctx, [float(late and run.ctx.is_main)], run.device)
+    return flag > 0
+
+
+def _diverged(run: _Run, bar, step: int, err: NonFiniteError) -> NoReturn:
+    bar.close()
+    run.logger.log({"event": "diverged", "step": step, "error": str(err)})
+    run.logger.close()
+    raise err
+
+
+def _final_values(run: _Run, step: int, eval_loss: float, train_loss: float):
+    """The evaluation and training loss of ``step`` as metrics.jsonl logged them (a run resumed
+    from its final checkpoint trains nothing); evaluated again when the log lacks them."""
+    logged = read_metrics(run.out) if (run.out / "metrics.jsonl").exists() else []
+    for event in logged:
+        if event.get("step") == step and event.get("event") == "eval":
+            eval_loss = float(event["eval_loss"])
+        if event.get("event") == "train" and isinstance(event.get("loss"), float):
+            train_loss = event["loss"]
+    if math.isnan(eval_loss) and run.val_batches:
+        eval_loss = _evaluate(run)
+    return eval_loss, train_loss
 
 
 def _log_train(run: _Run, out: StepOutput, tokens_per_step: int, comm_bytes: int, bar) -> None:
@@ -473,9 +589,11 @@ def _summary(
         ],
         title=f"galore pretrain — {run.out}",
     )
+    if run.warnings:
+        summary += "\n\n" + "\n".join(f"warning: {w}" for w in run.warnings)
     atomic_write_text(run.out / "summary.md", f"```\n{summary}\n```\n")
     if cfg.plot:
         from galorekit.train.plots import plot_run  # matplotlib: only when a plot is drawn
 
-        plot_run(run.out)
+        plot_run(run.out, title=f"{cfg.model} · {method_name} · {step} steps")
     return summary

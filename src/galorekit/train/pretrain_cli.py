@@ -24,7 +24,7 @@ from galorekit.config import (
     given,
     read_config_file,
 )
-from galorekit.train.checkpoint import CheckpointError
+from galorekit.train.failures import failure
 from galorekit.train.pretrain_config import (
     FLAGS,
     GROUPS,
@@ -104,8 +104,7 @@ def _relaunch(args: argparse.Namespace, cfg: PretrainConfig) -> int:
 def run(args: argparse.Namespace) -> int:
     # torch: imported when a job runs, not at --help time
     from galorekit.distributed.context import env_world_size, inside_torchrun
-    from galorekit.train.loop import NonFiniteError
-    from galorekit.train.pretrain import pretrain
+    from galorekit.train.pretrain import RunFinished, pretrain
 
     try:
         nproc = args.nproc_per_node
@@ -120,18 +119,15 @@ def run(args: argparse.Namespace) -> int:
         if cfg.nproc_per_node > 1 and not inside_torchrun():
             return _relaunch(args, cfg)
         result = pretrain(cfg)
-    except (
-        ValueError,
-        FileExistsError,
-        FileNotFoundError,
-        NotADirectoryError,
-        CheckpointError,
-    ) as err:
-        print(f"galore pretrain: error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteError as err:  # a failure of the run, not of its input
-        print(f"galore pretrain: error: {err}", file=sys.stderr)
-        return 1
+    except RunFinished as done:
+        print(f"galore pretrain: {done}", file=sys.stderr)
+        return 0
+    except Exception as err:
+        code, message = failure(err)
+        if code is None:
+            raise
+        print(f"galore pretrain: error: {message}", file=sys.stderr)
+        return code
     if not result.summary:  # not rank 0 of a torchrun job: rank 0 reports
         return 0
     print(result.summary)

@@ -97,6 +97,12 @@ class PretrainConfig:
     save_every: int = option(
         1000, "optimizer steps between checkpoints (0: only at the end)", group="loop"
     )
+    save_every_minutes: float = option(
+        30.0,
+        "also checkpoint when this many minutes passed since the last checkpoint, so that a crash "
+        "loses at most that much training (0: off)",
+        group="loop",
+    )
     keep_checkpoints: int = option(2, "checkpoints kept (older ones are pruned)", group="loop")
     log_every: int = option(10, "optimizer steps between train-loss events", group="loop")
     output_dir: str | None = option(
@@ -186,6 +192,8 @@ def _errors(cfg: PretrainConfig) -> list[str]:
     for name in ("eval_every", "save_every"):
         if getattr(cfg, name) < 0:
             errors.append(f"{name} must be ≥ 0 (0: only at the end), got {getattr(cfg, name)}")
+    if not cfg.save_every_minutes >= 0:
+        errors.append(f"save_every_minutes must be ≥ 0 (0: off), got {cfg.save_every_minutes}")
     if cfg.keep_checkpoints < 1:
         errors.append(f"keep_checkpoints must be ≥ 1, got {cfg.keep_checkpoints}")
     if not 0.0 <= cfg.warmup_ratio < 1.0:

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 from galorekit.config import describe
 from galorekit.distributed.context import barrier, gather_objects
 from galorekit.train.checkpoint import (
+    STATE_FILE,
     CheckpointError,
     checkpoint_name,
+    checkpoint_step,
     load_checkpoint,
     load_module_state,
     resolve_checkpoint,
@@ -59,17 +61,12 @@ def resume(run: _Run) -> tuple[int, dict[str, tuple[Any, Any]]]:
     and the trajectory settings that differ from the ones it was trained with (refused unless
     ``cfg.allow_config_change``: a checkpoint passed as ``--resume PATH`` is checked too)."""
     cfg, ctx = run.cfg, run.ctx
-    where = resolve_checkpoint(run.out / "checkpoints" if cfg.resume == "latest" else cfg.resume)
-    sharded = is_sharded_checkpoint(where)
-    if sharded != run.fsdp:
-        raise CheckpointError(
-            f"checkpoint {where} was written by "
-            + ("an FSDP run" if sharded else "a run without FSDP")
-            + "; resume it with "
-            + ("--distributed fsdp" if sharded else "--distributed ddp or one process")
-        )
-    required = () if run.fsdp else ("model", "optimizer")
-    ckpt = load_checkpoint(where, map_location=run.device, required_keys=required)
+    try:
+        where, ckpt = _load(run)
+    except CheckpointError as err:
+        if cfg.resume != "latest":
+            raise
+        raise CheckpointError(f"{err}; {intact_hint(run.out)}") from None
     mismatched = [
         f"{k}: checkpoint {ckpt['identity'].get(k)!r} vs now {run.identity[k]!r}"
         for k in RESUME_KEYS
@@ -93,6 +90,9 @@ def resume(run: _Run) -> tuple[int, dict[str, tuple[Any, Any]]]:
         load_module_state(run.model, ckpt["model"], what="model")
         run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
+    saved_lr = (ckpt.get("config") or {}).get("lr")
+    if isinstance(saved_lr, int | float) and saved_lr > 0 and saved_lr != cfg.method.peak_lr:
+        _rescale_lr(run, cfg.method.peak_lr / saved_lr)  # an accepted --lr change (recorded)
     run.loader.load_state_dict(ckpt["loader"])
     if run.relora is not None:
         run.relora.load_state_dict(ckpt["relora"])
@@ -102,7 +102,102 @@ def resume(run: _Run) -> tuple[int, dict[str, tuple[Any, Any]]]:
     step = int(ckpt["step"])
     if ctx.is_main:
         truncate_metrics(run.out / "metrics.jsonl", step)
+        _set_aside_later(run.out / "checkpoints", step)
     return step, changes
+
+
+def _load(run: _Run) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint ``--resume`` names and its state. The latest of the run is its
+    highest-step ``step-*`` directory: one that is incomplete or corrupt is an error (never a
+    silent fall-back to an older one)."""
+    cfg = run.cfg
+    root = run.out / "checkpoints"
+    where = resolve_checkpoint(root if cfg.resume == "latest" else cfg.resume)
+    if cfg.resume == "latest":
+        newest = max((p for p in root.glob("step-*") if p.is_dir()), default=where)
+        if newest.name > where.name:  # has meta.json (leftovers are gone) but no state.pt
+            raise CheckpointError(f"{newest / STATE_FILE} is missing: the checkpoint is incomplete")
+    sharded = is_sharded_checkpoint(where)
+    if sharded != run.fsdp:
+        raise CheckpointError(
+            f"checkpoint {where} was written by "
+            + ("an FSDP run" if sharded else "a run without FSDP")
+            + "; resume it with "
+            + ("--distributed fsdp" if sharded else "--distributed ddp or one process")
+        )
+    required = () if run.fsdp else ("model", "optimizer")
+    return where, load_checkpoint(where, map_location=run.device, required_keys=required)
+
+
+def intact_hint(out: Path) -> str:
+    """Which earlier checkpoint of the run is intact (size and SHA-256 as recorded) and how to
+    resume from it; the broken one is set aside then (``_set_aside_later``)."""
+    from galorekit.train.checkpoint import list_checkpoints, verify_file
+
+    for info in reversed(list_checkpoints(out / "checkpoints")):
+        try:
+            verify_file(info.path, STATE_FILE)
+        except CheckpointError:
+            continue
+        return (
+            f"the earlier checkpoint {info.path} (step {info.step}) is intact: resume from it with "
+            f"galore pretrain --resume {info.path} --output-dir {out}"
+        )
+    return f"no intact checkpoint is left: start again with galore pretrain --overwrite --output-dir {out}"
+
+
+def _set_aside_later(root: Path, step: int) -> None:
+    """Resuming from an earlier checkpoint of the run: its later ``step-*`` checkpoints (another
+    trajectory, or broken) are renamed ``abandoned-step-*`` — kept, but never resumed or pruned."""
+    for path in sorted(root.glob("step-*")) if root.is_dir() else []:
+        at = checkpoint_step(path)
+        if at is not None and at > step:
+            target = root / f"abandoned-{path.name}"
+            n = 1
+            while target.exists():
+                n += 1
+                target = root / f"abandoned-{path.name}-{n}"
+            path.rename(target)
+            print(
+                f"galore pretrain: resuming from step {step}: set {path.name} aside as {target.name}"
+            )
+
+
+def _rescale_lr(run: _Run, ratio: float) -> None:
+    """Scale the learning rate the checkpoint restored (the scheduler's base rates and every
+    group's current rate) by ``ratio``: ``--resume --lr X --allow-config-change`` continues at
+    X on the same schedule (the checkpoint's rate would otherwise win)."""
+    run.scheduler.base_lrs = [lr * ratio for lr in run.scheduler.base_lrs]
+    for group in run.optimizer.param_groups:
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+    run.scheduler._last_lr = [group["lr"] for group in run.optimizer.param_groups]
+
+
+def nonfinite_state(run: _Run) -> str | None:
+    """The name of a non-finite model weight or optimizer state of this run (any rank), or
+    None: what ``save`` refuses to write."""
+    import torch
+
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if hasattr(t, "to_local") else t  # FSDP2: this rank's shard
+
+    tensors = [(f"model weight {name}", p.detach()) for name, p in run.model.named_parameters()]
+    tensors += [
+        (f"optimizer state {key!r} of a {tuple(param.shape)} parameter", value)
+        for param, state in run.optimizer.state.items()
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point()
+    ]
+    bad = next((name for name, t in tensors if not bool(torch.isfinite(local(t)).all())), None)
+    if run.ctx.enabled:  # every rank must take the same decision (sharded states differ)
+        from galorekit.distributed.context import all_reduce_sum
+
+        (count,) = all_reduce_sum(run.ctx, [float(bad is not None)], run.device)
+        if count > 0 and bad is None:
+            bad = "a state on another rank"
+    return bad
 
 
 def write_config(run: _Run, step: int, changes: dict[str, tuple[Any, Any]]) -> None:
@@ -124,10 +219,28 @@ def write_config(run: _Run, step: int, changes: dict[str, tuple[Any, Any]]) -> N
     write_run_config(run.out, record)
 
 
+def run_hint(run: _Run) -> str:
+    """How to go on after a divergence: from the last good checkpoint, at a lower rate."""
+    return (
+        f"resume from the last good checkpoint at a lower rate: galore pretrain --resume "
+        f"--output-dir {run.out} --lr {run.cfg.method.peak_lr / 10:g} --allow-config-change"
+    )
+
+
 def save(run: _Run, at_step: int) -> Path:
     """Rank 0 writes (the states are the same on every rank; under FSDP every rank writes its
     shards too); every rank's RNG is kept."""
     ctx, cfg = run.ctx, run.cfg
+    bad = nonfinite_state(run)
+    if bad is not None:  # a diverged state is never checkpointed: the latest stays the last good
+        from galorekit.train.checkpoint import find_latest_checkpoint
+        from galorekit.train.loop import NonFiniteError
+
+        latest = find_latest_checkpoint(run.out / "checkpoints")
+        raise NonFiniteError(
+            f"training diverged at step {at_step}: {bad} is not finite; no checkpoint was "
+            f"written (the last good one: {latest or 'none'}); " + run_hint(run)
+        )
     rngs = gather_objects(ctx, rng_state())
     path = run.out / "checkpoints" / checkpoint_name(at_step)
     state = {
