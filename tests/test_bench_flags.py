@@ -188,22 +188,8 @@ def _config(*argv: str) -> bench.BenchConfig:
     return bench.config_from_args(parser.parse_args(list(argv)))
 
 
-def test_every_flag_has_help_and_one_default():
-    from galorekit.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    cmd = sub.choices["bench"]
-    for action in cmd._actions:
-        if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
-            continue
-        assert action.help and action.help.strip(), action.option_strings
-        assert action.help.count("default") <= 1, (action.option_strings, action.help)
-    text = cmd.format_help()
-    assert "UNSET" not in text and "(default: None)" not in text
-    assert {fl.name for fl in bench_config.FLAGS} >= {"model", "update_proj_gap", "svd", "seed"}
-
-
 def test_defaults_are_the_dataclass_defaults():
+    assert {fl.name for fl in bench_config.FLAGS} >= {"model", "update_proj_gap", "svd", "seed"}
     assert _config() == bench.BenchConfig()
     assert _config("--no-reference", "--no-adamw") == bench.BenchConfig(
         reference=False, adamw=False
@@ -227,19 +213,3 @@ def test_config_file_under_the_command_line(tmp_path, suffix):
         model="tiny", T=7, svd=("warm",), reference=False, noise=1.0, seed=5
     )
     assert _config("--config", str(path)).svd == ("exact", "warm")
-
-
-def test_config_file_with_an_unknown_key_is_one_line_with_a_pointer(tmp_path, capsys):
-    from galorekit.cli import main
-
-    path = tmp_path / "bench.toml"
-    path.write_text("update_proj_gp = 7\n")
-    assert main(["bench", "--config", str(path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        f"galore bench: error: --config {path}: unknown setting 'update_proj_gp' "
-        "(did you mean update_proj_gap?)"
-    ]
-    path.write_text('steady_steps = "four"\n')
-    assert main(["bench", "--config", str(path)]) == 2
-    assert "steady_steps must be int" in capsys.readouterr().err
