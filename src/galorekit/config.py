@@ -233,10 +233,13 @@ def add_renamed(parser: argparse.ArgumentParser, renamed: Mapping[str, str]) -> 
 
 
 def add_flags(
-    parser: argparse.ArgumentParser, flags: Sequence[Flag], groups: Mapping[str, str]
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flags: Sequence[Flag],
+    groups: Mapping[str, str],
 ) -> dict[str, Any]:
-    """Add ``flags`` to ``parser`` in the argument groups ``groups`` (key → title), every default
-    ``UNSET`` and printed once, by the help text; returns the groups (key → group)."""
+    """Add ``flags`` to ``parser`` (or an argument group) in the argument groups ``groups`` (key →
+    title), every default ``UNSET`` and printed once, by the help text; returns the groups (key →
+    group)."""
     made = {key: parser.add_argument_group(title) for key, title in groups.items()}
     for fl in flags:
         target = made.get(fl.group, parser)

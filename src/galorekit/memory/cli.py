@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_option(groups["output"], example='precision = "fp32"')
     measurement = p.add_argument_group("measurement")
     _measure_arguments(measurement)
-    add_flags(measurement, _MEASURE_FLAGS, {})  # type: ignore[arg-type]  # a group adds alike
+    add_flags(measurement, _MEASURE_FLAGS, {})
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
