@@ -13,6 +13,7 @@ import torch
 
 from galorekit import bench
 from galorekit.bench import benchmark as bench_run
+from galorekit.bench import config as bench_config
 
 #: one layer of llama_tiny (64×64 attention, 176×64 MLP), rank 4, one measured cycle
 FAST = (
@@ -50,7 +51,7 @@ def test_old_T_flag_is_refused_with_a_pointer(capsys):
         parser.parse_args(["--T", "7"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == "galore bench: error: --T is now --update-proj-gap"
+    assert err == "galore bench: error: --T is no longer accepted: use --update-proj-gap"
 
 
 def test_json_dash_prints_the_json_instead_of_the_table(tmp_path, capsys):
@@ -178,3 +179,37 @@ def test_foreach_adds_a_batched_row_per_method(tmp_path, capsys, monkeypatch):
             batched["refresh_s"] > 0 and "steady_vs_adamw" in result["ratios"][batched["optimizer"]]
         )
     assert result["config"]["foreach"] is True
+
+
+# ------------------------------------------------------------------ flags from BenchConfig
+def _config(*argv: str) -> bench.BenchConfig:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return bench.config_from_args(parser.parse_args(list(argv)))
+
+
+def test_defaults_are_the_dataclass_defaults():
+    assert {fl.name for fl in bench_config.FLAGS} >= {"model", "update_proj_gap", "svd", "seed"}
+    assert _config() == bench.BenchConfig()
+    assert _config("--no-reference", "--no-adamw") == bench.BenchConfig(
+        reference=False, adamw=False
+    )
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_config_file_under_the_command_line(tmp_path, suffix):
+    values = {"model": "tiny", "update_proj_gap": 7, "svd": "exact,warm", "reference": False}
+    values |= {"noise": 1, "seed": 3}
+    path = tmp_path / f"bench{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(values))
+    else:
+        path.write_text(
+            'model = "tiny"\nupdate-proj-gap = 7\nsvd = ["exact", "warm"]\nreference = false\n'
+            "noise = 1\nseed = 3\n"
+        )
+    cfg = _config("--config", str(path), "--seed", "5", "--svd", "warm")
+    assert cfg == bench.BenchConfig(
+        model="tiny", T=7, svd=("warm",), reference=False, noise=1.0, seed=5
+    )
+    assert _config("--config", str(path)).svd == ("exact", "warm")

@@ -188,3 +188,47 @@ def test_json_path_writes_the_same_json_as_stdout(capsys, tmp_path):
     assert memory_cli.run(_args(*TINY, *BASE, "--json", str(path))) == 0
     assert capsys.readouterr().out == ""
     assert json.loads(path.read_text()) == on_stdout
+
+
+# ------------------------------------------------------------ flags from the setup's fields
+def test_setup_flags_are_the_training_setups_fields():
+    from dataclasses import fields
+
+    from galorekit.memory.names import SetupFields
+
+    named = {fl.name for fl in memory_cli.SETUP_FLAGS}
+    assert named == {f.name for f in fields(TrainingSetup)} - {"lora_alpha"}
+    assert [f.name for f in fields(TrainingSetup)] == [f.name for f in fields(SetupFields)]
+    args = memory_cli.resolve(_args())
+    resolved = {fl.name: getattr(args, fl.name) for fl in memory_cli.SETUP_FLAGS}
+    setup = TrainingSetup(**{k: v for k, v in resolved.items() if k != "method"})
+    assert setup == TrainingSetup() and args.method is None  # no --method: --budget tries all
+    assert (args.model, args.vocab_size, args.seed, args.measure_steps) == ("llama_7b", None, 0, 3)
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_config_file_under_the_command_line(tmp_path, capsys, suffix):
+    values = {"model": "llama_tiny", "vocab_size": VOCAB, "method": "galore_adamw8bit", "rank": 16}
+    values |= {"precision": "fp32", "seq_len": 64, "target_modules": "q_proj,v_proj"}
+    path = tmp_path / f"memory{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(values))
+    else:
+        path.write_text(
+            "\n".join(f"{k.replace('_', '-')} = {json.dumps(v)}" for k, v in values.items())
+        )
+    args = memory_cli.resolve(_args("--config", str(path), "--seq-len", "32", "--layerwise"))
+    assert (args.model, args.vocab_size, args.seq_len) == ("llama_tiny", VOCAB, 32)
+    assert args.method == "galore_adamw8bit" and args.layerwise is True
+    assert memory_cli.run(_args("--config", str(path), "--seq-len", "32", "--json")) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got == _expected(method="galore_adamw8bit", target_modules=("q_proj", "v_proj"))
+    assert got != _expected(method="galore_adamw8bit")  # the file's target modules counted
+
+
+def test_config_file_precision_is_checked(tmp_path, capsys):
+    path = tmp_path / "memory.json"
+    path.write_text(json.dumps({"model": "llama_tiny", "precision": "bf16"}))
+    assert memory_cli.run(_args("--config", str(path))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("galore memory: error: --config") and "bf16-true" in err

@@ -60,12 +60,15 @@ def option(
     trajectory: bool = False,
     cli: bool = True,
     show_default: bool = True,
+    key: str | None = None,
 ) -> Any:
     """A dataclass field with its command-line metadata.
 
     ``trajectory``: changing it changes what training computes (refused on ``--resume`` without
     ``--allow-config-change``); ``cli=False``: not a flag (derived or library-only);
-    ``show_default=False``: the help text says what the default means itself.
+    ``show_default=False``: the help text says what the default means itself; ``key``: the
+    setting's name in config files and its flag when it differs from the field's (bench's ``T``
+    is ``update_proj_gap``).
     """
     metadata = {
         "help": help,
@@ -77,6 +80,7 @@ def option(
         "trajectory": trajectory,
         "cli": cli,
         "show_default": show_default,
+        "key": key,
     }
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
@@ -99,11 +103,12 @@ class Flag:
     trajectory: bool = False
     show_default: bool = True
     optional: bool = False  # None is a valid value
+    key: str | None = None  # the config-file name when it is not the field's
 
     @property
     def name(self) -> str:
-        """The config-file / config.json key."""
-        return self.path[-1]
+        """The config-file / config.json key (and the parser's dest)."""
+        return self.key or self.path[-1]
 
     @property
     def option_string(self) -> str:
@@ -199,6 +204,7 @@ def flags_of(
                 trajectory=meta.get("trajectory", False),
                 show_default=meta.get("show_default", True),
                 optional=optional,
+                key=meta.get("key"),
             )
         )
     names = [fl.name for fl in flags]
@@ -227,10 +233,13 @@ def add_renamed(parser: argparse.ArgumentParser, renamed: Mapping[str, str]) -> 
 
 
 def add_flags(
-    parser: argparse.ArgumentParser, flags: Sequence[Flag], groups: Mapping[str, str]
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flags: Sequence[Flag],
+    groups: Mapping[str, str],
 ) -> dict[str, Any]:
-    """Add ``flags`` to ``parser`` in the argument groups ``groups`` (key → title), every default
-    ``UNSET`` and printed once, by the help text; returns the groups (key → group)."""
+    """Add ``flags`` to ``parser`` (or an argument group) in the argument groups ``groups`` (key →
+    title), every default ``UNSET`` and printed once, by the help text; returns the groups (key →
+    group)."""
     made = {key: parser.add_argument_group(title) for key, title in groups.items()}
     for fl in flags:
         target = made.get(fl.group, parser)
@@ -362,3 +371,27 @@ def describe(changes: Mapping[str, tuple[Any, Any]], flags: Sequence[Flag]) -> s
     """``--lr 0.01 → 0.5, --rank 16 → 4``."""
     spelled = {fl.name: fl.flag or "--" + fl.name.replace("_", "-") for fl in flags}
     return ", ".join(f"{spelled.get(k, k)} {a} → {b}" for k, (a, b) in changes.items())
+
+
+# ------------------------------------------------------------------------------ commands
+def add_config_option(parser: argparse.ArgumentParser | Any, example: str = "seed = 1") -> None:
+    """``--config FILE`` on ``parser`` (or an argument group): settings read by
+    :func:`requested`, under the flags given on the command line."""
+    parser.add_argument(
+        "--config",
+        default=UNSET,
+        metavar="FILE",
+        help=f"settings from a .toml, .yaml or .json file (keys: the flags' names, e.g. {example}); "
+        "flags on the command line win",
+    )
+
+
+def requested(args: argparse.Namespace, flags: Sequence[Flag]) -> dict[str, Any]:
+    """The settings asked for (flat name → value): a ``--config`` file's, under the flags given on
+    the command line. Raises :class:`ConfigFileError` for a file that cannot be read or names an
+    unknown setting."""
+    values: dict[str, Any] = {}
+    config = getattr(args, "config", UNSET)
+    if config != UNSET:
+        values = file_values(read_config_file(config), flags, f"--config {config}")
+    return {**values, **given(args, flags)}

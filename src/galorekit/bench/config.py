@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from galorekit.config import Flag, flags_of, option
 from galorekit.names import GALORE_DEFAULTS, SVD_METHOD_NAMES
 
 if TYPE_CHECKING:
@@ -47,29 +48,67 @@ def ours(svd: str, foreach: bool = False) -> str:
     return f"galorekit (svd={svd}, foreach)" if foreach else f"galorekit (svd={svd})"
 
 
+def _paper_ranks() -> str:
+    return ", ".join(f"{r} for {m.removeprefix('llama_')}" for m, r in PAPER_RANKS.items())
+
+
 @dataclass
 class BenchConfig:
-    """What ``galore bench`` measures (see ``add_arguments`` for the meaning of each field)."""
+    """What ``galore bench`` measures. Each ``option`` field is one flag of ``galore bench`` (its
+    default and help text are here only) and one key of a ``--config`` file."""
 
-    model: str = "130m"
-    layers: int | None = None
-    rank: int | None = None
-    T: int = GALORE_DEFAULTS["update_proj_gap"]  # --update-proj-gap: the amortized step's T
-    svd: tuple[str, ...] = SVD_METHOD_NAMES
-    steady_steps: int = 4
-    cycles: int = 3
-    reference: bool = True
-    adamw: bool = True
-    noise: float = 0.5
-    drift: float = 0.3
-    quality_layers: int = 1
-    threads: int | None = None
-    seed: int = 0
-    lr: float = 1e-3
-    real_grads: bool = False
-    profile: bool = False
-    foreach: bool = False
-    real: RealGradConfig | None = None
+    model: str = option(
+        "130m",
+        "LLaMA size: a named model of galorekit.models without its llama_ prefix, e.g. 60m, "
+        "130m, 1b (an unknown name lists them all)",
+    )
+    layers: int | None = option(
+        None, "time only this many layers (default: all); 350m/1b need it on small machines"
+    )
+    rank: int | None = option(
+        None, f"GaLore rank (default: the paper's, {_paper_ranks()}; hidden/4 for other sizes)"
+    )
+    T: int = option(
+        GALORE_DEFAULTS["update_proj_gap"],
+        "T, the refresh period of GaLore, for the amortized step (refresh + (T-1)·steady) / T",
+        key="update_proj_gap",
+        metavar="T",
+    )
+    svd: tuple[str, ...] = option(
+        SVD_METHOD_NAMES,
+        "galorekit refresh methods to time, comma- or space-separated (default: the built-in ones, "
+        f"{','.join(SVD_METHOD_NAMES)}; names registered in galorekit.projection.SVD_METHODS too)",
+        metavar="NAME",
+        show_default=False,
+    )
+    steady_steps: int = option(4, "steady steps between refreshes")
+    cycles: int = option(3, "measured refresh cycles per optimizer, after one warm-up cycle")
+    reference: bool = option(True, "skip galore-torch (config files: reference = false)")
+    adamw: bool = option(True, "skip torch AdamW (config files: adamw = false)")
+    noise: float = option(0.5, "gradient noise, Frobenius norm relative to the low-rank signal")
+    drift: float = option(
+        0.3, "relative perturbation of the gradient's singular vectors between refreshes"
+    )
+    quality_layers: int = option(
+        1, "layers whose matrices the subspace quality is measured on (0: skip)"
+    )
+    threads: int | None = option(None, "torch threads (default: torch's)")
+    seed: int = option(0, "seed of the synthetic gradients and weights")
+    lr: float = 1e-3  # the timed optimizers' learning rate: not a flag
+    real_grads: bool = option(
+        False, "also measure quality on real gradients of a small LLaMA trained on KJV bytes"
+    )
+    profile: bool = option(
+        False,
+        "also run one more refresh step of each optimizer under torch.profiler and report where "
+        "its time goes (matmuls, QR, eigh, SVD, copies and casts, the rest)",
+    )
+    foreach: bool = option(
+        False,
+        "also time each galorekit method with foreach=True (the moment updates batched over the "
+        "tensors; the optimizer's default only when every parameter is on a GPU)",
+    )
+    real: RealGradConfig | None = None  # --real-grads' model (None: RealGradConfig())
 
     def __post_init__(self) -> None:
         # torch: the registry of refresh methods (names registered at run time included)
@@ -120,6 +159,20 @@ class RealGradConfig:
     train_svd: str = "exact"
     ranks: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
     seed: int = 0
+
+
+#: ``galore bench``'s configuration flags (``--json`` and ``--md`` are output, not settings)
+FLAGS: list[Flag] = flags_of(BenchConfig)
+
+
+def build_config(values: dict[str, Any]) -> BenchConfig:
+    """The ``BenchConfig`` of flat ``values`` (flag names; missing settings: the defaults),
+    checked; ``svd`` may be comma-separated names."""
+    fields = {fl.path[-1]: values[fl.name] for fl in FLAGS if fl.name in values}
+    if "svd" in fields:
+        svd = [fields["svd"]] if isinstance(fields["svd"], str) else fields["svd"]
+        fields["svd"] = tuple(s.strip() for item in svd for s in item.split(",") if s.strip())
+    return BenchConfig(**fields)
 
 
 #: torch.profiler op names by category (self times: an op's children are not counted twice)

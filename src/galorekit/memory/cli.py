@@ -15,13 +15,58 @@ This module builds the parser without torch (``galore --help`` imports it); ``ru
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Any
 
 # torch-free: ``galore --help`` builds this parser
-from galorekit.config import add_renamed
+from galorekit.config import (
+    Flag,
+    add_config_option,
+    add_flags,
+    add_renamed,
+    flags_of,
+    option,
+    requested,
+)
 from galorekit.extras import report_missing_extra
-from galorekit.memory.names import ATTN_IMPLEMENTATIONS, METHODS, PRECISION_NAMES, PROJ_TYPES
-from galorekit.names import STATE_DTYPES
+from galorekit.memory.names import SetupFields
 from galorekit.units import DISPLAY_UNITS
+
+
+@dataclass(frozen=True)
+class RunFields:
+    """What ``galore memory`` estimates and measures besides the training setup: one flag and
+    one ``--config`` key per field (default and help text here only)."""
+
+    model: str = option(
+        "llama_7b",
+        "named config (llama_tiny, llama_9m, llama_20m, llama_60m, llama_130m, llama_350m, "
+        "llama_1b, llama_3b, llama_7b), a JSON config file, or a Hugging Face config name/path",
+        group="model",
+    )
+    vocab_size: int | None = option(
+        None,
+        "override the vocabulary (the named configs have 32000; galore pretrain's offline default "
+        "trains an 8192-token BPE)",
+        group="model",
+    )
+    measure_steps: int = option(3, "optimizer steps measured", group="measure")
+    device: str = option("auto", "measurement device: auto, cpu, cuda, cuda:1", group="measure")
+    seed: int = option(0, "seed of the measured run's init and data", group="measure")
+
+
+_RUN_FLAGS = flags_of(RunFields)
+#: the flags generated from ``TrainingSetup``'s fields (``SetupFields``)
+SETUP_FLAGS: list[Flag] = flags_of(SetupFields)
+_MEASURE_FLAGS = [fl for fl in _RUN_FLAGS if fl.group == "measure"]
+#: every configuration flag of ``galore memory``; the modes and outputs are written by hand
+FLAGS: list[Flag] = [
+    *(fl for fl in _RUN_FLAGS if fl.group == "model"),
+    *SETUP_FLAGS,
+    *_MEASURE_FLAGS,
+]
+GROUPS = {"model": "model and method", "step": "training step", "output": "output and modes"}
+RENAMED = {"--dtype": "use --precision (bf16 is now bf16-true; bfloat16 is bf16-mixed)"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,99 +78,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " activations (tensors saved for backward), read from the real model built on the meta"
         " device and from the optimizers' state layout."
     )
-    add_renamed(p, {"--dtype": "use --precision (bf16 is now bf16-true; bfloat16 is bf16-mixed)"})
-    _model_arguments(p.add_argument_group("model and method"))
-    _step_arguments(p.add_argument_group("training step"))
-    _output_arguments(p.add_argument_group("output and modes"))
-    _measure_arguments(p.add_argument_group("measurement"))
+    add_renamed(p, RENAMED)
+    groups = add_flags(p, [fl for fl in FLAGS if fl.group != "measure"], GROUPS)
+    _output_arguments(groups["output"])
+    add_config_option(groups["output"], example='precision = "fp32"')
+    measurement = p.add_argument_group("measurement")
+    _measure_arguments(measurement)
+    add_flags(measurement, _MEASURE_FLAGS, {})
 
 
-def _model_arguments(m: argparse._ArgumentGroup) -> None:
-    m.add_argument(
-        "--model",
-        default="llama_7b",
-        help="named config (llama_tiny, llama_9m, llama_20m, llama_60m, llama_130m, llama_350m, "
-        "llama_1b, llama_3b, llama_7b), a JSON config file, or a Hugging Face config name/path "
-        "(default: llama_7b)",
-    )
-    m.add_argument(
-        "--vocab-size",
-        type=int,
-        default=None,
-        help="override the vocabulary (the named configs have 32000; galore pretrain's offline "
-        "default trains an 8192-token BPE)",
-    )
-    m.add_argument(
-        "--method",
-        "--optimizer",
-        dest="method",
-        default=None,
-        metavar="METHOD",
-        help=f"one of: {', '.join(METHODS)} (default galore_adamw; with --budget: all)",
-    )
-    m.add_argument(
-        "--layerwise",
-        action="store_true",
-        help="layer-wise updates: each gradient freed right after its parameter's update, so at "
-        "most one exists at a time (optimizer methods)",
-    )
-    m.add_argument(
-        "--rank",
-        type=int,
-        default=None,
-        help="GaLore projection rank or LoRA/ReLoRA/Low-Rank rank (default hidden_size // 4, "
-        "as galore pretrain)",
-    )
-    m.add_argument(
-        "--proj-type",
-        default="std",
-        choices=PROJ_TYPES,
-        help="GaLore projection side; decides the projector and moment shapes (default std)",
-    )
-    m.add_argument(
-        "--target-modules",
-        default=None,
-        help="matrices GaLore / the baselines act on: comma-separated name substrings "
-        "(q_proj,v_proj), 'all-linear', or re:REGEX (default: attention and MLP projections)",
-    )
-
-
-def _step_arguments(t: argparse._ArgumentGroup) -> None:
-    t.add_argument("--batch-size", type=int, default=1, help="sequences per micro-batch (1)")
-    t.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (256)")
-    t.add_argument(
-        "--precision",
-        default="bf16-true",
-        choices=PRECISION_NAMES,
-        help="bf16-true/fp16-true: pure 16-bit training, weights, gradients and states in 16 bit "
-        "(the paper's setting; default); fp32; bf16-mixed/fp16-mixed: float32 weights with "
-        "autocast (what galore pretrain --precision bf16-mixed trains)",
-    )
-    t.add_argument(
-        "--state-dtype",
-        default=None,
-        choices=STATE_DTYPES,
-        help="dtype of the optimizer's moments (default: the parameters'), as the optimizers' "
-        "state_dtype: float32 keeps bf16 weights' second moment decaying, at 2 more bytes each",
-    )
-    t.add_argument(
-        "--activation-checkpointing",
-        action="store_true",
-        help="checkpoint every decoder layer (keep layer inputs, recompute in backward)",
-    )
-    t.add_argument(
-        "--attn-implementation",
-        default="sdpa",
-        choices=ATTN_IMPLEMENTATIONS,
-        help="attention kernel whose saved tensors are counted (default sdpa)",
-    )
-    t.add_argument(
-        "--accumulation-steps",
-        type=int,
-        default=1,
-        help="micro-batches per optimizer step; with --layerwise the accumulated gradients are "
-        "held between micro-batches (default 1)",
-    )
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with every configuration flag's value: the command line's, else a ``--config``
+    file's, else the default; ``method`` stays None when not asked for (``--budget`` tries every
+    method). Raises ``ConfigFileError`` (a ``ValueError``) for a bad config file."""
+    values: dict[str, Any] = requested(args, FLAGS)
+    for fl in FLAGS:
+        setattr(args, fl.name, values.get(fl.name, None if fl.name == "method" else fl.default))
+    return args
 
 
 def _output_arguments(o: argparse._ArgumentGroup) -> None:
@@ -181,9 +150,6 @@ def _measure_arguments(x: argparse._ArgumentGroup) -> None:
         help="also run a few real training steps here and report measured memory beside the "
         "estimate (small models on CPU; refused when the estimate exceeds the free memory)",
     )
-    x.add_argument("--measure-steps", type=int, default=3, help="optimizer steps measured (3)")
-    x.add_argument("--device", default="auto", help="measurement device: auto, cpu, cuda, cuda:1")
-    x.add_argument("--seed", type=int, default=0, help="seed of the measured run's init and data")
 
 
 def run(args: argparse.Namespace) -> int:

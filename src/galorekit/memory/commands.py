@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 import torch
 
 import galorekit.memory.measure as measuring
 from galorekit.atomic import write_json_output
+from galorekit.memory.cli import SETUP_FLAGS, resolve
 from galorekit.memory.estimator import estimate
 from galorekit.memory.fit import DEFAULT_RANKS, fit_budget
 from galorekit.memory.measure import InsufficientMemoryError
-from galorekit.memory.names import METHODS
+from galorekit.memory.names import DEFAULT_METHOD, METHODS
 from galorekit.memory.plot import plot_estimates
 from galorekit.memory.report import (
     breakdown_table,
@@ -36,25 +36,11 @@ class _UsageError(ValueError):
     pass
 
 
-def _get(args: argparse.Namespace, name: str, default: Any = None) -> Any:
-    return getattr(args, name, default)
-
-
-def _setup(args: argparse.Namespace, method: str):
-    return TrainingSetup(
-        method=method,
-        rank=_get(args, "rank"),
-        layerwise=bool(_get(args, "layerwise", False)),
-        batch_size=_get(args, "batch_size", 1),
-        seq_len=_get(args, "seq_len", 256),
-        precision=_get(args, "precision", "bf16-true"),
-        activation_checkpointing=bool(_get(args, "activation_checkpointing", False)),
-        proj_type=_get(args, "proj_type", "std"),
-        target_modules=parse_target_modules(_get(args, "target_modules")),
-        attn_implementation=_get(args, "attn_implementation", "sdpa"),
-        accumulation_steps=_get(args, "accumulation_steps", 1),
-        state_dtype=_get(args, "state_dtype"),
-    )
+def _setup(args: argparse.Namespace, method: str) -> TrainingSetup:
+    """The ``TrainingSetup`` of the resolved flags (``cli.resolve``) for ``method``."""
+    values = {fl.name: getattr(args, fl.name) for fl in SETUP_FLAGS}
+    values["target_modules"] = parse_target_modules(values["target_modules"])
+    return TrainingSetup(**{**values, "method": method})
 
 
 def _check_method(method: str | None) -> None:
@@ -69,7 +55,7 @@ def _compare_set(args: argparse.Namespace):
     for method in METHODS:
         for layerwise in (False,) if method in BASELINE_METHODS else (False, True):
             setup = _setup(args, method).with_(layerwise=layerwise)
-            out.append(estimate(args.model, setup, vocab_size=_get(args, "vocab_size")))
+            out.append(estimate(args.model, setup, vocab_size=args.vocab_size))
     return out
 
 
@@ -114,18 +100,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-
-    unit = _get(args, "unit", "auto")
+    resolve(args)  # the flags over a --config file over the defaults
+    unit = args.unit
     if unit != "auto" and unit not in DISPLAY_UNITS:
         raise _UsageError(f"unknown unit {unit!r}; valid: auto, {', '.join(DISPLAY_UNITS)}")
-    args.unit = unit
-    method = _get(args, "method")
+    method = args.method
     _check_method(method)
-    budget = parse_size(args.budget) if _get(args, "budget") is not None else None
-    compare, measure = bool(_get(args, "compare")), bool(_get(args, "measure"))
+    budget = parse_size(args.budget) if args.budget is not None else None
+    compare, measure = bool(args.compare), bool(args.measure)
     if measure and (compare or budget is not None):
         raise _UsageError("--measure measures one configuration: not with --compare or --budget")
-    args.plot = _get(args, "plot")
     if args.plot is not None and not str(args.plot).lower().endswith(".png"):
         raise _UsageError(
             f"--plot writes a PNG: give a file name ending in .png, not {args.plot!r}"
@@ -135,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
         return _fit(args, method, budget)
     if compare:
         return _compare(args, budget)
-    setup = _setup(args, method or "galore_adamw")
+    setup = _setup(args, method or DEFAULT_METHOD)
     if measure:
         try:
             return _measure(args, setup)
@@ -162,7 +146,7 @@ def _notes(est) -> list[str]:
 
 
 def _single(args, setup) -> int:
-    est = estimate(args.model, setup, vocab_size=_get(args, "vocab_size"))
+    est = estimate(args.model, setup, vocab_size=args.vocab_size)
     if args.json:
         write_json_output(args.json, est.as_dict())
     else:
@@ -170,7 +154,7 @@ def _single(args, setup) -> int:
         print(breakdown_table(args.model, est, unit))
         for note in _notes(est):
             print(f"note: {note}")
-        if _get(args, "detail"):
+        if args.detail:
             print("\n" + detail_tables(est, unit))
     if args.plot:
         _plot(args, _compare_set(args), None)
@@ -203,8 +187,8 @@ def _compare(args, budget: int | None) -> int:
 
 def _fit(args, method: str | None, budget: int) -> int:
 
-    base = _setup(args, method or "galore_adamw")
-    ranks = _parse_ranks(_get(args, "ranks"))
+    base = _setup(args, method or DEFAULT_METHOD)
+    ranks = _parse_ranks(args.ranks)
     if ranks is None:
         ranks = (base.rank,) if base.rank is not None else DEFAULT_RANKS
     rows = fit_budget(
@@ -213,7 +197,7 @@ def _fit(args, method: str | None, budget: int) -> int:
         base,
         methods=(method,) if method else METHODS,
         ranks=ranks,
-        vocab_size=_get(args, "vocab_size"),
+        vocab_size=args.vocab_size,
     )
     if args.json:
         write_json_output(
@@ -235,9 +219,9 @@ def _fit(args, method: str | None, budget: int) -> int:
 
 def _measure(args, setup) -> int:
 
-    vocab = _get(args, "vocab_size")
+    vocab = args.vocab_size
     est = estimate(args.model, setup, vocab_size=vocab)
-    device = _resolve_device(_get(args, "device", "auto"))
+    device = _resolve_device(args.device)
     if device.type == "cpu" and est.setup.param_dtype != torch.float32 and not args.json:
         print(
             "note: 16-bit matmuls are slow on most CPUs; --precision fp32 measures faster",
@@ -247,9 +231,9 @@ def _measure(args, setup) -> int:
         args.model,
         setup,
         vocab_size=vocab,
-        steps=_get(args, "measure_steps", 3),
+        steps=args.measure_steps,
         device=device,
-        seed=_get(args, "seed", 0),
+        seed=args.seed,
         required=est.total,
     )
     if args.json:

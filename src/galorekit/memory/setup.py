@@ -11,6 +11,7 @@ from galorekit.memory.names import (
     ATTN_IMPLEMENTATIONS,
     PRECISION_DTYPES,
     RENAMED_PRECISIONS,
+    SetupFields,
     resolve_precision,
 )
 from galorekit.names import BASELINES, METHODS, PROJ_TYPES, method_info
@@ -61,28 +62,15 @@ def uses_rank(method: str) -> bool:
 
 
 @dataclass(frozen=True)
-class TrainingSetup:
-    """One training configuration, everything that decides its memory.
+class TrainingSetup(SetupFields):
+    """One training configuration, everything that decides its memory (the fields, their defaults
+    and help texts are ``galorekit.memory.names.SetupFields``, torch-free for the parser).
 
     ``target_modules``: None for each method's default (attention and MLP projections), else
     what ``galorekit.param_groups`` and the baselines accept (``"all-linear"``, a regex, or a list
     of name substrings). ``accumulation_steps`` matters only with ``layerwise``: the accumulated
     gradients of every parameter live between micro-batches (see ``LayerwiseOptimizer``).
     """
-
-    method: str = "galore_adamw"
-    rank: int | None = None
-    layerwise: bool = False
-    batch_size: int = 1
-    seq_len: int = 256
-    precision: str = "bf16-true"
-    activation_checkpointing: bool = False
-    proj_type: str = "std"
-    target_modules: str | tuple[str, ...] | None = None
-    attn_implementation: str = "sdpa"
-    accumulation_steps: int = 1
-    lora_alpha: float = 32.0
-    state_dtype: str | None = None
 
     def __post_init__(self) -> None:
         check_method(self.method)
