@@ -860,3 +860,14 @@ def test_tiny_reproduction_end_to_end(pretrain_corpus, tmp_path):
     }  # fmt: skip
     again = run_plan(plan, specs, out, jobs=1, log=lambda m: None)
     assert again.executed == [] and len(again.cached) == len(specs)
+
+
+def test_quick_verdicts_are_marked_as_a_smoke_test():
+    from galorekit.reproduce.plan import QUICK_NOTE
+    from galorekit.reproduce.report import smoke_test_verdicts
+
+    claims = [{"claim": "T = 10 hurts", "verdict": "reproduced", "ours": "x"}]
+    assert smoke_test_verdicts(claims)[0]["verdict"] == "smoke test only (reproduced)"
+    assert claims[0]["verdict"] == "reproduced"  # the input is not changed
+    assert "smoke test" in QUICK_NOTE and "not findings" in QUICK_NOTE
+    assert quick_plan_config().name == "quick"  # the name the report keys the marking on

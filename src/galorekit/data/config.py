@@ -49,6 +49,7 @@ class DataConfig:
         shuffle_buffer: documents in the shuffle buffer of streamed datasets.
         cache_dir: cache for tokenizers and token ids; default ``$GALOREKIT_CACHE`` or
             ``~/.cache/galorekit``.
+        trust_remote_code: run a Hub/local tokenizer's own code (``auto_map``); refused otherwise.
     """
 
     dataset: str = "default"
@@ -63,6 +64,7 @@ class DataConfig:
     streaming: bool | None = None
     shuffle_buffer: int = 10_000
     cache_dir: str | None = None
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.data_files, str):

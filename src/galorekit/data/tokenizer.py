@@ -70,7 +70,7 @@ def build_tokenizer(cfg: DataConfig) -> PreTrainedTokenizerBase:
     elif cfg.tokenizer == "mistral":
         tok = _mistral(cfg.resolved_cache_dir())
     else:
-        tok = _auto_tokenizer(cfg.tokenizer)
+        tok = _auto_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
     return _ensure_special_tokens(tok, cfg.tokenizer)
 
 
@@ -135,7 +135,7 @@ def _mistral(cache: Path) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
-def _auto_tokenizer(name: str) -> PreTrainedTokenizerBase:
+def _auto_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     with needs_extra("train"):
         from transformers import AutoTokenizer
 
@@ -144,8 +144,17 @@ def _auto_tokenizer(name: str) -> PreTrainedTokenizerBase:
     if looks_like_path and not path.exists():
         raise FileNotFoundError(f"tokenizer path {name!r} does not exist")
     try:
-        return AutoTokenizer.from_pretrained(str(path) if looks_like_path else name)
+        # trust_remote_code always explicit: left unset, transformers asks in a terminal and
+        # runs the repository's code on "y"
+        return AutoTokenizer.from_pretrained(
+            str(path) if looks_like_path else name, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as e:
+        if not trust_remote_code and "trust_remote_code" in str(e):
+            raise ValueError(
+                f"tokenizer {name!r} holds its own code (auto_map); galorekit never runs it "
+                "unless asked: pass --trust-remote-code (trust_remote_code=True) if you trust it"
+            ) from None
         choices = ", ".join(f"{k!r} ({v})" for k, v in OFFLINE_TOKENIZERS.items())
         raise ValueError(
             f"unknown tokenizer {name!r}: {e}. Offline choices: {choices}; any Hugging Face Hub "

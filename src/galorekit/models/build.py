@@ -57,6 +57,7 @@ def build_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | str = torch.float32,
     seed: int | None = None,
+    trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """A randomly initialised causal LM (``LlamaForCausalLM`` for the named configs).
 
@@ -64,18 +65,22 @@ def build_model(
     created directly on ``device`` (default CPU) in ``dtype``: ``device="meta"`` allocates nothing,
     which is how memory estimates build a 7B model. ``seed`` makes the init reproducible (for a
     given device type) without changing the global RNG state; ``None`` draws from the global RNG.
-    The model is returned in training mode.
+    The model is returned in training mode. A model whose config names its own code
+    (``auto_map``) is refused unless ``trust_remote_code``.
     """
     config = model_config(
         name_or_path_or_config,
         vocab_size=vocab_size,
         max_position_embeddings=max_position_embeddings,
+        trust_remote_code=trust_remote_code,
     )
     torch_dtype = resolve_dtype(dtype)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     with _seeded(seed, dev), torch.device(dev):
         try:
-            model = transformers().AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+            model = transformers().AutoModelForCausalLM.from_config(
+                config, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            )
         except ValueError as err:
             raise ValueError(
                 f"cannot build a causal LM from a {type(config).__name__} "

@@ -88,7 +88,24 @@ def _unknown_model_message(name: str, reason: str | None = None) -> str:
     )
 
 
-def _config_from_string(spec: str) -> PretrainedConfig:
+REMOTE_CODE_HINT = (
+    "holds its own code (auto_map in its config); galorekit never runs a model's or tokenizer's "
+    "code unless asked: pass --trust-remote-code (trust_remote_code=True) if you trust it"
+)
+
+
+def _auto_config(spec: str, trust_remote_code: bool) -> PretrainedConfig:
+    """``AutoConfig.from_pretrained`` with ``trust_remote_code`` always explicit: left unset,
+    transformers asks in a terminal and runs the repository's code on "y"."""
+    try:
+        return transformers().AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        if not trust_remote_code and "trust_remote_code" in str(err):
+            raise ValueError(f"model {spec!r} {REMOTE_CODE_HINT}") from None
+        raise
+
+
+def _config_from_string(spec: str, trust_remote_code: bool = False) -> PretrainedConfig:
     key = normalise_name(spec)
     if key in NAMED_SHAPES:
         return _named_config(key)
@@ -97,8 +114,10 @@ def _config_from_string(spec: str) -> PretrainedConfig:
         return _config_from_json_file(path)
     if path.is_dir():
         try:
-            return transformers().AutoConfig.from_pretrained(str(path))
+            return _auto_config(str(path), trust_remote_code)
         except (OSError, ValueError) as err:
+            if REMOTE_CODE_HINT in str(err):
+                raise
             raise ValueError(
                 _unknown_model_message(spec, f"directory without a usable config: {err}")
             ) from None
@@ -108,8 +127,10 @@ def _config_from_string(spec: str) -> PretrainedConfig:
         reason = "no such file" if spec.endswith(".json") else None
         raise ValueError(_unknown_model_message(spec, reason))
     try:
-        return transformers().AutoConfig.from_pretrained(spec)
+        return _auto_config(spec, trust_remote_code)
     except Exception as err:  # hub errors come in many types (OSError, HTTP errors, ValueError)
+        if REMOTE_CODE_HINT in str(err):
+            raise
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(_unknown_model_message(spec, f"AutoConfig failed: {first_line}")) from err
 
@@ -127,6 +148,7 @@ def model_config(
     *,
     vocab_size: int | None = None,
     max_position_embeddings: int | None = None,
+    trust_remote_code: bool = False,
 ) -> PretrainedConfig:
     """The config for ``name_or_path``, with optional overrides.
 
@@ -140,14 +162,15 @@ def model_config(
 
     ``vocab_size`` matches the model to a tokenizer (CPU runs use a small BPE vocabulary);
     ``max_position_embeddings`` sets the longest sequence. Raises ``ValueError`` for an unknown
-    name (listing the valid ones) or a malformed file.
+    name (listing the valid ones) or a malformed file, and for a config that needs its own code
+    (``auto_map``) unless ``trust_remote_code``.
     """
     if isinstance(name_or_path, transformers().PretrainedConfig):
         config = copy.deepcopy(name_or_path)
     elif isinstance(name_or_path, dict):
         config = _config_from_dict(name_or_path, "model config dict")
     elif isinstance(name_or_path, str | os.PathLike):
-        config = _config_from_string(os.fspath(name_or_path))
+        config = _config_from_string(os.fspath(name_or_path), trust_remote_code)
     else:
         raise ValueError(
             "model must be a config name, a path, a dict or a PretrainedConfig, got "

@@ -15,7 +15,13 @@ from pathlib import Path
 
 from galorekit.extras import report_missing_extra
 from galorekit.names import GALORE_TORCH_INSTALL
-from galorekit.reproduce.plan import build_plan, describe, full_plan_config, quick_plan_config
+from galorekit.reproduce.plan import (
+    QUICK_NOTE,
+    build_plan,
+    describe,
+    full_plan_config,
+    quick_plan_config,
+)
 from galorekit.reproduce.results import load_result
 from galorekit.reproduce.table import md_table, table_markdown
 
@@ -179,6 +185,8 @@ def _run(args: argparse.Namespace) -> int:
     summary = run_plan(plan, specs, out, jobs=args.jobs)
     report = write_report(plan, out, sections=sections, command=command_line(args, out, sections))
     claims = report.data.get("claims", [])
+    if claims and args.quick:
+        print(QUICK_NOTE)
     if claims:
         print(
             md_table(

@@ -190,6 +190,14 @@ def full_plan_config(**overrides: Any) -> PlanConfig:
     return replace(PlanConfig(), **overrides)
 
 
+#: what a --quick report says before its verdicts
+QUICK_NOTE = (
+    "**--quick is a smoke test** (a few dozen steps, a few rows, no LR tuning): it checks that "
+    "every part runs, and its verdicts are not findings — see the full run's "
+    "(`benchmarks/results/reproduce/`)."
+)
+
+
 def quick_plan_config(**overrides: Any) -> PlanConfig:
     """``--quick``: a few minutes — fewer steps, fewer rows, no LR grid."""
     base = PlanConfig(

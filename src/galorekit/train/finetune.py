@@ -183,7 +183,7 @@ def finetune(cfg: FinetuneConfig) -> list[RunResult]:
     out = Path(cfg.output_dir)
     # everything that can be refused is checked before a previous run is deleted
     check_output_dir(out, cfg.overwrite)
-    location = resolve_model(cfg.model)
+    location = resolve_model(cfg.model, cfg.trust_remote_code)
     data = load_classification_data(resolved.data)
     # the presets of the sample limits are resolved (every method sees the same examples)
     cfg = replace(cfg, data=resolved.data)

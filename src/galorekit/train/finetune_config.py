@@ -115,6 +115,12 @@ class FinetuneConfig:
         group="model",
         show_default=False,
     )
+    trust_remote_code: bool = option(
+        False,
+        "run the code a Hub or local model ships (auto_map in its config); without it such a "
+        "model is refused, never run and never asked about",
+        group="model",
+    )
     method: str = option("galore_adamw", "training method", group="model", choices=METHODS)
     rank: int = option(8, "GaLore / LoRA rank (paper: 4 or 8)", group="model")
     scale: float = option(2.0, "GaLore scale alpha (paper: 4 for r4, 2 for r8)", group="model")

@@ -29,7 +29,13 @@ from galorekit.data.sources import epoch_seed
 from galorekit.models import count_parameters
 from galorekit.train.finetune_config import FinetuneConfig
 from galorekit.train.finetune_methods import build_method
-from galorekit.train.finetune_model import load_model, load_tokenizer, model_max_length, save_best
+from galorekit.train.finetune_model import (
+    load_model,
+    load_tokenizer,
+    model_max_length,
+    save_best,
+    trusted,
+)
 from galorekit.train.glue_metrics import compute_metrics, is_better, primary_metric
 from galorekit.train.logging import MetricsLogger
 from galorekit.train.loop import Loop, autocast_for, due
@@ -54,7 +60,8 @@ def tokenize_data(data: ClassificationData, location: str, max_length: int) -> T
     from transformers import AutoConfig
 
     tokenizer = load_tokenizer(location)
-    limit = model_max_length(AutoConfig.from_pretrained(location), tokenizer)
+    config = AutoConfig.from_pretrained(location, trust_remote_code=trusted(location))
+    limit = model_max_length(config, tokenizer)
     if max_length > limit:
         print(f"note: max length {max_length} exceeds what the model accepts; using {limit}")
         max_length = limit

@@ -45,8 +45,20 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "~", os.sep)) or name.count("/") > 1 or os.sep + os.sep in name
 
 
-def resolve_model(name: str) -> str:
-    """A loadable model location for ``name``: the MiniLM alias, a local directory or a hub id."""
+#: locations whose own code the user trusted (``--trust-remote-code``): every later load of the
+#: same location passes ``trust_remote_code`` explicitly from here — left unset, transformers
+#: asks in a terminal and runs the repository's code on "y"
+_TRUSTED: set[str] = set()
+
+
+def trusted(location: str) -> bool:
+    """Whether the user trusted ``location``'s own code (``resolve_model``)."""
+    return location in _TRUSTED
+
+
+def resolve_model(name: str, trust_remote_code: bool = False) -> str:
+    """A loadable model location for ``name``: the MiniLM alias, a local directory or a hub id.
+    A model that ships its own code (``auto_map``) is refused unless ``trust_remote_code``."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as SUPPORTED,
@@ -67,9 +79,16 @@ def resolve_model(name: str) -> str:
     else:
         location = name
     try:
-        config = AutoConfig.from_pretrained(location)
+        config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except Exception as err:  # OSError, ValueError, hub errors: all mean "cannot load"
+        if not trust_remote_code and "trust_remote_code" in str(err):
+            raise ConfigError(
+                f"model {name!r} holds its own code (auto_map in its config); galorekit never "
+                "runs it unless asked: pass --trust-remote-code if you trust it"
+            ) from None
         raise ConfigError(f"unknown model {name!r} ({type(err).__name__}: {err}); {valid}") from err
+    if trust_remote_code:
+        _TRUSTED.add(location)
     if config.model_type not in SUPPORTED:
         raise ConfigError(
             f"model {name!r} is a {config.model_type!r} model, which has no sequence-classification "
@@ -99,7 +118,7 @@ def load_tokenizer(location: str) -> Any:
     """The model's tokenizer; one without a padding token (decoder-style) pads with EOS."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(location)
+    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trusted(location))
     if tokenizer.pad_token is None:  # padded positions are masked anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -112,7 +131,7 @@ def load_model(location: str, task: TaskSpec, tokenizer: Any) -> nn.Module:
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    base = AutoConfig.from_pretrained(location)
+    base = AutoConfig.from_pretrained(location, trust_remote_code=trusted(location))
     trained_head = any(a.endswith("ForSequenceClassification") for a in base.architectures or [])
     if trained_head and base.num_labels != task.num_labels:
         labels = ", ".join(task.label_names) if task.label_names else "one regression score"
@@ -128,9 +147,12 @@ def load_model(location: str, task: TaskSpec, tokenizer: Any) -> nn.Module:
         id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)},
         problem_type="regression" if task.is_regression else "single_label_classification",
+        trust_remote_code=trusted(location),
     )
     with _quiet_transformers():
-        model = AutoModelForSequenceClassification.from_pretrained(location, config=config)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            location, config=config, trust_remote_code=trusted(location)
+        )
     # Models that pool the last non-padding token find it by the id the tokenizer pads with.
     model.config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -206,6 +206,7 @@ def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         max_position_embeddings=max(cfg.data.seq_len, 1024),
         seed=cfg.seed,
         device=device,
+        trust_remote_code=cfg.trust_remote_code,
     )
     if cfg.activation_checkpointing:
         _enable_activation_checkpointing(model)

@@ -131,6 +131,12 @@ class PretrainConfig:
     seed: int = option(
         0, "seeds the model, the data order and every RNG", group="loop", trajectory=True
     )
+    trust_remote_code: bool = option(
+        False,
+        "run the code a Hub or local model/tokenizer ships (auto_map in its config); without "
+        "it such a model is refused, never run and never asked about",
+        group="model",
+    )
     progress: bool = option(True, "no progress bar", group="output")
     tensorboard: bool = option(True, "no TensorBoard event files", group="output")
     plot: bool = option(True, "no curves.png at the end", group="output")
@@ -373,7 +379,9 @@ def build_config(values: dict[str, Any]) -> PretrainConfig:
         method["max_grad_norm"] = None  # 0: off
     seed = values.get("seed", 0)
     return PretrainConfig(
-        data=DataConfig(**data, seed=seed),
+        data=DataConfig(
+            **data, seed=seed, trust_remote_code=values.get("trust_remote_code", False)
+        ),
         method=MethodConfig(**method),
         **parts[""],
         **{k: values[k] for k in ("resume", "world_size") if k in values},
