@@ -114,8 +114,8 @@ GALORE_DEFAULTS = {
 #: what a GaLore optimizer does with its low-rank moments when the projector is refreshed
 #: (``galorekit.projection.alignment``): ``keep`` them as they are (galore-torch), ``align`` the
 #: new basis's columns (order and sign) with the old one and keep them, ``project`` them into the
-#: new basis (M ← C·M, V ← (C∘C)·V with C = P_newᵀP_old; the default: measured best,
-#: benchmarks/results/moment_policies), or ``reset`` them to zero
+#: new basis (C = P_newᵀP_old, M ← C·M and LDAdam's V ← |(C∘C)(V − M²) + (C·M)²|; the default:
+#: measured best, benchmarks/results/moment_policies), or ``reset`` them to zero
 MOMENT_POLICIES = ("keep", "align", "project", "reset")
 #: dtypes an optimizer may keep its moments in (``state_dtype``; None: the parameter's dtype)
 STATE_DTYPES = ("float32", "bfloat16", "float16")

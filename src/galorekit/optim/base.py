@@ -17,7 +17,8 @@ Per-parameter state of a GaLore parameter (only tensors and plain numbers, so th
 At a refresh the group key ``moments`` decides what happens to the moments (``galorekit.names.
 MOMENT_POLICIES``, ``galorekit.projection.alignment``): every policy but ``"keep"`` first matches
 the new basis's columns to the old ones; the default ``"project"`` then carries the moments into
-the new basis (M ← C·M, V ← (C∘C)·V, C = P_newᵀP_old), ``"align"`` keeps them as they are.
+the new basis (M ← C·M, V ← |(C∘C)(V − M²) + (C·M)²|, C = P_newᵀP_old: LDAdam's transfer),
+``"align"`` keeps them as they are.
 
 FSDP2 parameters (DTensors sharded on dim 0) are updated on their local shard
 (``galorekit.optim.sharding``): a GaLore matrix is projected on the right, its projector is
