@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from galorekit.names import GALORE_DEFAULTS, MOMENT_POLICIES, STATE_DTYPES
+from galorekit.names import GALORE_DEFAULTS
 from galorekit.optim.sharding import (
     all_reduce_sum_,
     check_row_sharded,
@@ -47,9 +47,17 @@ from galorekit.optim.sharding import (
     local,
     row_shard,
 )
+from galorekit.optim.state_checks import check_state_dict
+from galorekit.optim.validation import (  # noqa: F401  (re-exported: the optimizers' public helpers)
+    as_matrix,
+    matrix_shape,
+    normalize_state_dtype,
+    state_dtype,
+    validate_betas,
+    validate_galore_group,
+    validate_lr,
+)
 from galorekit.projection import (
-    PROJ_TYPES,
-    SVD_METHODS,
     Side,
     add_projected_,
     choose_side,
@@ -58,8 +66,7 @@ from galorekit.projection import (
     project_back,
     refresh_projector,
 )
-from galorekit.projection.alignment import transitions
-from galorekit.projection.projector import low_rank_shape
+from galorekit.projection.alignment import rank_changed, transitions
 from galorekit.projection.sharded import RowShard
 from galorekit.projection.svd import nonfinite_error, nonfinite_probe
 
@@ -75,98 +82,6 @@ class ProjectionView:
     left: Tensor | None
     right: Tensor | None
     refresh_due: bool
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def validate_galore_group(group: dict[str, Any]) -> None:
-    """Fill GaLore defaults into a group that has ``rank`` and check every hyper-parameter."""
-    for key, value in GALORE_DEFAULTS.items():
-        group.setdefault(key, value)
-    rank, gap, scale = group["rank"], group["update_proj_gap"], group["scale"]
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
-        raise ValueError(f"GaLore rank must be a positive integer, got {rank!r}")
-    if not isinstance(gap, int) or isinstance(gap, bool) or gap <= 0:
-        raise ValueError(f"GaLore update_proj_gap must be a positive integer, got {gap!r}")
-    if not _is_number(scale) or scale <= 0:
-        raise ValueError(f"GaLore scale must be a positive finite number, got {scale!r}")
-    if group["proj_type"] not in PROJ_TYPES:
-        raise ValueError(
-            f"unknown proj_type {group['proj_type']!r}; valid: {', '.join(PROJ_TYPES)}"
-        )
-    if group["svd"] not in SVD_METHODS:
-        raise ValueError(f"unknown svd method {group['svd']!r}; valid: {', '.join(SVD_METHODS)}")
-    if not isinstance(group["stagger"], bool):
-        raise ValueError(f"GaLore stagger must be True or False, got {group['stagger']!r}")
-    if group["moments"] not in MOMENT_POLICIES:
-        raise ValueError(
-            f"unknown GaLore moments policy {group['moments']!r}; valid: "
-            f"{', '.join(MOMENT_POLICIES)}"
-        )
-    names = group.get("param_names")
-    for i, p in enumerate(group["params"]):
-        if p.dim() < 2:
-            name = names[i] if names else f"parameter {i} of the group"
-            raise ValueError(
-                f"GaLore projects weight matrices (and tensors of more dimensions, as their "
-                f"out × rest unfolding), but the group with rank={rank} holds {name} of shape "
-                f"{tuple(p.shape)}. Put biases, norms and scalars in a group without 'rank' "
-                "(galorekit.param_groups(model) does this)."
-            )
-
-
-def matrix_shape(shape: tuple[int, ...] | torch.Size) -> tuple[int, int]:
-    """The matrix GaLore projects for a parameter of ``shape``: itself for a matrix, the mode-0
-    unfolding (first dimension × the product of the rest) for more dimensions — a convolution
-    kernel out×in×kh×kw becomes out × in·kh·kw, the matrix it applies to im2col patches, so its
-    gradient is a sum of outer products there exactly as a linear layer's is."""
-    return (shape[0], math.prod(shape[1:]))
-
-
-def as_matrix(t: Tensor) -> Tensor:
-    """``t`` as ``matrix_shape`` (a view when ``t`` is contiguous)."""
-    return t if t.dim() == 2 else t.reshape(matrix_shape(t.shape))
-
-
-def normalize_state_dtype(value: Any) -> str | None:
-    """``state_dtype`` as stored in a group: None (the parameter's dtype) or a name of
-    ``STATE_DTYPES`` (a string: it survives ``torch.load(weights_only=True)`` and HF's
-    ``optim_args``); a ``torch.dtype`` is accepted and named."""
-    if value is None:
-        return None
-    if isinstance(value, torch.dtype):
-        value = str(value).removeprefix("torch.")
-    if value not in STATE_DTYPES:
-        raise ValueError(
-            f"state_dtype must be None (the parameter's dtype) or one of "
-            f"{', '.join(STATE_DTYPES)}, got {value!r}"
-        )
-    return value
-
-
-def state_dtype(group: dict[str, Any], p: Tensor) -> torch.dtype:
-    """The dtype of ``p``'s moments in ``group``: its ``state_dtype``, else ``p``'s dtype."""
-    name = group.get("state_dtype")
-    return p.dtype if name is None else getattr(torch, name)
-
-
-def validate_lr(lr: Any, *, allow_none: bool = False) -> None:
-    if lr is None and allow_none:
-        return
-    if isinstance(lr, Tensor):
-        lr = float(lr)
-    if not _is_number(lr) or lr < 0:
-        raise ValueError(f"learning rate must be a finite number ≥ 0, got {lr!r}")
-
-
-def validate_betas(betas: Any) -> None:
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    for b in betas:
-        if not _is_number(b) or not 0.0 <= b < 1.0:
-            raise ValueError(f"each beta must be in [0, 1), got {betas!r}")
 
 
 class GaLoreOptimizer(torch.optim.Optimizer):
@@ -447,7 +362,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
                         self._rotate_moments(state, group, *moved)
                 elif policy == "reset":
                     self._reset_moments(state)
-            if self._moments_misfit(left, right, previous_left, previous_right):
+            if rank_changed(left, right, previous_left, previous_right):
                 # the rank changed (a group edited mid-run): the moments are of the old shape
                 # and cannot be carried over; they start again at the new one
                 self._drop_moments(state)
@@ -498,20 +413,6 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         beta1, beta2 = group["betas"]
         t = max(1, self._moment_step(state))
         return (1.0 - beta2**t) / (1.0 - beta1**t) ** 2
-
-    @staticmethod
-    def _moments_misfit(
-        left: Tensor | None,
-        right: Tensor | None,
-        previous_left: Tensor | None,
-        previous_right: Tensor | None,
-    ) -> bool:
-        """Whether a refresh changed the projector's shape (the rank), so that the moments no
-        longer fit the projected gradient."""
-        return any(
-            new is not None and old is not None and new.shape != old.shape
-            for new, old in ((left, previous_left), (right, previous_right))
-        )
 
     def _drop_moments(self, state: dict[str, Any]) -> None:
         for key in self._moment_keys:
@@ -587,105 +488,5 @@ class GaLoreOptimizer(torch.optim.Optimizer):
 
     def check_state_dict(self, state_dict: Any) -> None:
         """Refuse (``ValueError`` naming the first mismatch) a state dict that does not belong to
-        this optimizer's parameters: another number of groups or parameters, other parameter
-        names (where both sides have them), a GaLore group where this one is plain or the other
-        way round, or a state tensor whose shape does not fit its parameter (projectors against
-        the side and rank, moments against the projected gradient). torch's own load maps state by
-        position only: such a dict would load and fail at the next step with an opaque matmul
-        error, or silently give one parameter another's moments."""
-        if not (
-            isinstance(state_dict, dict)
-            and isinstance(state_dict.get("param_groups"), list)
-            and isinstance(state_dict.get("state"), dict)
-        ):
-            raise ValueError(
-                "not an optimizer state dict (expected the keys 'state' and 'param_groups')"
-            )
-        for pstate in state_dict["state"].values():
-            if isinstance(pstate, dict) and any(
-                hasattr(v, "ortho_matrix") for v in pstate.values()
-            ):
-                raise ValueError(
-                    "cannot load the optimizer state: it holds galore-torch 1.0 projector objects "
-                    "(saved by galore_torch.GaLoreAdamW, whose state torch.load(weights_only=True) "
-                    "cannot read either); galorekit keeps projectors as tensors. Resume the "
-                    "weights and start this optimizer fresh; nothing was loaded"
-                )
-        saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(
-                f"cannot load the optimizer state: it has {len(saved_groups)} param group(s), "
-                f"this optimizer {len(self.param_groups)} — it was saved for another model or "
-                "another grouping of its parameters; nothing was loaded"
-            )
-        for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
-            self._check_group(index, saved, group, state_dict["state"])
-            if "rank" in saved:  # e.g. an svd method not registered in this process
-                validate_galore_group({**saved, "params": group["params"]})
-
-    def _check_group(
-        self, index: int, saved: dict[str, Any], group: dict[str, Any], state: dict
-    ) -> None:
-        where = f"param group {index}"
-        if len(saved["params"]) != len(group["params"]):
-            raise ValueError(
-                f"cannot load the optimizer state: {where} holds {len(saved['params'])} "
-                f"parameter(s) there and {len(group['params'])} here — it was saved for another "
-                "model; nothing was loaded"
-            )
-        saved_names, names = saved.get("param_names"), group.get("param_names")
-        if saved_names and names:
-            for i, (theirs, ours) in enumerate(zip(saved_names, names)):
-                if theirs != ours:
-                    raise ValueError(
-                        f"cannot load the optimizer state: parameter {i} of {where} is {ours!r} "
-                        f"here but {theirs!r} in the state dict (another model, or parameters in "
-                        "another order); nothing was loaded"
-                    )
-        if ("rank" in saved) != ("rank" in group):
-            kind = "a GaLore group" if "rank" in group else "a plain group"
-            raise ValueError(
-                f"cannot load the optimizer state: {where} is {kind} here but not in the state "
-                "dict; nothing was loaded"
-            )
-        for i, pid in enumerate(saved["params"]):
-            pstate = state.get(pid)
-            if not pstate:
-                continue
-            p = group["params"][i]
-            name = (names or saved_names or [None] * (i + 1))[i] or (f"parameter {i} of {where}")
-            for key, shape in self._expected_shapes(p, saved, pstate, name).items():
-                value = pstate.get(key)
-                if isinstance(value, Tensor) and tuple(value.shape) != tuple(shape):
-                    raise ValueError(
-                        f"cannot load the optimizer state: {name} (shape "
-                        f"{tuple(p.shape)}) has state {key!r} of shape {tuple(value.shape)}, "
-                        f"expected {tuple(shape)} — it was saved for another model, rank or "
-                        "parameter order; nothing was loaded"
-                    )
-
-    def _expected_shapes(
-        self, p: Tensor, group: dict[str, Any], pstate: dict[str, Any], name: str
-    ) -> dict[str, tuple]:
-        own = tuple(local(p).shape)
-        if "rank" not in group:
-            return self._state_shapes(own, group)
-        own = matrix_shape(own)
-        side = pstate.get("proj_side")
-        if side is None:  # never projected: only a step count or skip counter
-            return {}
-        if side not in tuple(Side):
-            raise ValueError(
-                f"cannot load the optimizer state: {name} has proj_side {side!r}, which is not "
-                f"one of {[int(s) for s in Side]}; nothing was loaded"
-            )
-        side = Side(side)
-        m, n = matrix_shape(p.shape)  # a DTensor's shape is the whole parameter's
-        rank = effective_rank(group["rank"], (m, n))
-        shapes: dict[str, tuple] = {}
-        if side in (Side.LEFT, Side.FULL):
-            shapes["proj_left"] = (m, rank)
-        if side in (Side.RIGHT, Side.FULL):
-            shapes["proj_right"] = (rank, n)
-        shapes.update(self._state_shapes(low_rank_shape(own, rank, side), group))
-        return shapes
+        this optimizer's parameters; see ``galorekit.optim.state_checks``."""
+        check_state_dict(self, state_dict)

@@ -32,6 +32,7 @@ from galorekit.projection.projector import Factors, Side
 __all__ = [
     "align_factors",
     "match_columns",
+    "rank_changed",
     "rotate_first",
     "rotate_second",
     "transition",
@@ -129,6 +130,20 @@ def transitions(
             return None
         c_right = transition(previous_right.t(), right.t())
     return c_left, c_right
+
+
+def rank_changed(
+    left: Tensor | None,
+    right: Tensor | None,
+    previous_left: Tensor | None,
+    previous_right: Tensor | None,
+) -> bool:
+    """Whether a refresh changed a projector factor's shape (the rank), so that moments of the
+    old projected shape no longer fit."""
+    return any(
+        new is not None and old is not None and new.shape != old.shape
+        for new, old in ((left, previous_left), (right, previous_right))
+    )
 
 
 def _rotate(moment: Tensor, c_left: Tensor | None, c_right: Tensor | None) -> Tensor:

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from galorekit.analysis import state_bytes
 from galorekit.data.classification import ClassificationData, TaskSpec, tokenize_split
 from galorekit.data.sources import epoch_seed
+from galorekit.extras import needs_extra
 from galorekit.models import count_parameters
 from galorekit.train.finetune_config import FinetuneConfig
 from galorekit.train.finetune_methods import build_method
@@ -40,6 +40,9 @@ from galorekit.train.glue_metrics import compute_metrics, is_better, primary_met
 from galorekit.train.logging import MetricsLogger
 from galorekit.train.loop import Loop, autocast_for, due
 from galorekit.train.schedule import warmup_linear  # re-exported: tests import it from here
+
+with needs_extra("train"):  # the progress bar
+    from tqdm.auto import tqdm
 
 BEST_DIR = "best"
 
@@ -57,7 +60,8 @@ class TokenizedData:
 def tokenize_data(data: ClassificationData, location: str, max_length: int) -> TokenizedData:
     """Tokenize ``data`` with the tokenizer of the model at ``location``, truncating to
     ``max_length`` or to what the model accepts, if less."""
-    from transformers import AutoConfig
+    with needs_extra("train"):
+        from transformers import AutoConfig
 
     tokenizer = load_tokenizer(location)
     config = AutoConfig.from_pretrained(location, trust_remote_code=trusted(location))
@@ -80,7 +84,8 @@ def tokenize_data(data: ClassificationData, location: str, max_length: int) -> T
 def epoch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[int]:
     """Example indices of one epoch: shuffled under ``epoch_seed(seed, epoch)``, grouped into
     batches of similar length (less padding; transformers' ``LengthGroupedSampler``)."""
-    from transformers.trainer_pt_utils import LengthGroupedSampler
+    with needs_extra("train"):
+        from transformers.trainer_pt_utils import LengthGroupedSampler
 
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return list(LengthGroupedSampler(batch_size, lengths=list(lengths), generator=generator))
@@ -226,7 +231,8 @@ def train_and_evaluate(
 
     ``cfg`` is resolved (``resolve_presets``); ``location`` is ``resolve_model(cfg.model)``.
     """
-    from transformers import DataCollatorWithPadding, set_seed
+    with needs_extra("train"):
+        from transformers import DataCollatorWithPadding, set_seed
 
     started, cpu_started = time.perf_counter(), time.process_time()
     set_seed(cfg.seed)  # same head initialisation and batch order for every method

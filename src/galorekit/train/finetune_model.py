@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from galorekit.data.classification import TaskSpec
+from galorekit.extras import needs_extra
 from galorekit.train.checkpoint import atomic_directory
 from galorekit.train.finetune_config import MINILM_ALIASES, ConfigError
 from galorekit.train.logging import to_jsonable
@@ -59,10 +60,11 @@ def trusted(location: str) -> bool:
 def resolve_model(name: str, trust_remote_code: bool = False) -> str:
     """A loadable model location for ``name``: the MiniLM alias, a local directory or a hub id.
     A model that ships its own code (``auto_map``) is refused unless ``trust_remote_code``."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as SUPPORTED,
-    )
+    with needs_extra("train"):
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as SUPPORTED,
+        )
 
     valid = (
         f"valid: {' / '.join(MINILM_ALIASES[:2])} (the bundled MiniLM-L6), a local directory "
@@ -101,7 +103,8 @@ def resolve_model(name: str, trust_remote_code: bool = False) -> str:
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     # Loading a checkpoint without a head logs a "newly initialized" table that is expected here.
-    from transformers.utils import logging as hf_logging
+    with needs_extra("train"):
+        from transformers.utils import logging as hf_logging
 
     before, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -116,7 +119,8 @@ def _quiet_transformers() -> Iterator[None]:
 
 def load_tokenizer(location: str) -> Any:
     """The model's tokenizer; one without a padding token (decoder-style) pads with EOS."""
-    from transformers import AutoTokenizer
+    with needs_extra("train"):
+        from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trusted(location))
     if tokenizer.pad_token is None:  # padded positions are masked anyway
@@ -129,7 +133,8 @@ def load_model(location: str, task: TaskSpec, tokenizer: Any) -> nn.Module:
 
     Refuses a model that already has a classification head of another size.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    with needs_extra("train"):
+        from transformers import AutoConfig, AutoModelForSequenceClassification
 
     base = AutoConfig.from_pretrained(location, trust_remote_code=trusted(location))
     trained_head = any(a.endswith("ForSequenceClassification") for a in base.architectures or [])

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from galorekit.atomic import atomic_path
+from galorekit.extras import needs_extra
 from galorekit.train.logging import read_metrics
 
 
@@ -15,10 +16,12 @@ def plot_run(
 ) -> Path:
     """Training loss and evaluation perplexity against the step, as ``OUTPUT_DIR/curves.png``;
     ``title`` (e.g. model and method) heads the figure."""
-    import matplotlib
+    with needs_extra("train"):
+        import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with needs_extra("train"):
+        import matplotlib.pyplot as plt
 
     out = Path(output_dir)
     events = read_metrics(out)
@@ -37,7 +40,8 @@ def plot_run(
         ax2.set_yscale("log")
         # a log axis spanning less than a decade gets one or two labels by default: label the
         # minor ticks too, in plain numbers
-        from matplotlib.ticker import LogLocator, ScalarFormatter
+        with needs_extra("train"):
+            from matplotlib.ticker import LogLocator, ScalarFormatter
 
         ax2.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax2.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))

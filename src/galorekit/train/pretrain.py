@@ -20,6 +20,11 @@ loss logged is the mean over ranks of their micro-batch losses (= the global bat
 ranks, and checkpoints are written collectively (``galorekit.train.sharded_checkpoint``).
 """
 
+# size: ~600 lines — the pre-training driver, meant to be read top to bottom (build, start, train,
+# stop, summary) in one file, as nanoGPT's; every function in it is a screen or less, and the
+# parts with a life of their own already live beside it (loop, pretrain_config, pretrain_state,
+# run_dir, run_lock, failures, watch)
+
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +40,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from tqdm.auto import tqdm
 
 from galorekit.atomic import atomic_write_text
 from galorekit.data import build_tokenizer, load_pretraining_data
@@ -49,6 +53,7 @@ from galorekit.distributed.context import (
     shutdown,
 )
 from galorekit.distributed.data_parallel import setup_data_parallel
+from galorekit.extras import needs_extra
 from galorekit.methods import setup_method
 from galorekit.models import build_model, count_parameters
 from galorekit.train import pretrain_state
@@ -84,6 +89,9 @@ from galorekit.train.run_dir import (  # noqa: F401  (re-exported)
 from galorekit.train.run_lock import LOCK_FILE, RunLock
 from galorekit.train.schedule import pretrain_schedule
 from galorekit.train.watch import LossWatch
+
+with needs_extra("train"):  # the progress bar
+    from tqdm.auto import tqdm
 
 
 @dataclass
