@@ -148,6 +148,11 @@ def test_resume_reads_the_saved_config_and_refuses_or_records_changes(corpus, tm
     for change in ("--lr 0.02 → 0.5", "--rank 8 → 4", "--proj-type std → left"):
         assert change in err
     assert "--allow-config-change" in err
+    assert "--proj-type, --rank cannot change on resume" in err  # no flag accepts these
+    assert {p: (halted / p).read_bytes() for p in before} == before
+    # not even with --allow-config-change: loading the checkpoint would restore its own (rank 8)
+    assert main([*argv, "--rank", "4", "--allow-config-change"]) == 2
+    assert "cannot change on resume, even with --allow-config-change" in capsys.readouterr().err
     assert {p: (halted / p).read_bytes() for p in before} == before
 
     # a run's config.json is a config file: the same settings, another directory

@@ -104,8 +104,8 @@ def test_mismatched_checkpoint_is_a_clear_error(corpus, tmp_path, capsys):
     assert rc == 2  # the saved config.json refuses the change first
     assert "--method galore_adamw → adamw" in capsys.readouterr().err
     argv = args(corpus, out, "--max-steps", "4", "--resume", "--method", "adamw")
-    assert main([*argv, "--allow-config-change"]) == 2  # the checkpoint's identity still does
-    assert "belongs to another run" in capsys.readouterr().err
+    assert main([*argv, "--allow-config-change"]) == 2  # no flag changes the method on resume
+    assert "cannot change on resume, even with --allow-config-change" in capsys.readouterr().err
 
 
 def test_corrupt_checkpoint_is_a_clear_error(corpus, tmp_path, capsys):

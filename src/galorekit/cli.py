@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would report them as "galore: error:", not the command's
+        command = f"{parser.prog} {args.command}" if args.command else parser.prog
+        parser.exit(2, f"{command}: error: unrecognized arguments: {' '.join(unknown)}\n")
     if args.command is None:
         parser.print_help()
         return 2

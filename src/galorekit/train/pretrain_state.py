@@ -50,10 +50,60 @@ def check_config_changes(cfg: PretrainConfig, out: Path) -> dict[str, tuple[Any,
     if changes and not cfg.allow_config_change:
         raise ValueError(
             f"--resume: these settings differ from the run's ({out / 'config.json'}) and change "
-            f"its trajectory: {describe(changes, FLAGS)}; pass --allow-config-change to accept "
-            "them (recorded in config.json), or drop them"
+            f"its trajectory: {describe(changes, FLAGS)}; "
+            + _what_to_do(changes, "them (recorded in config.json), or drop them")
         )
+    _refuse_fixed(changes, f"the run's settings ({out / 'config.json'})")
     return changes
+
+
+#: settings a checkpoint's model and optimizer state are built for: loading it restores its own
+#: (the param groups' rank, scale, … and weight decay, the adapters' shapes), so a change could
+#: only be recorded, never applied — refused even with --allow-config-change
+FIXED_ON_RESUME = frozenset(
+    {
+        "model",
+        "method",
+        "rank",
+        "update_proj_gap",
+        "scale",
+        "proj_type",
+        "svd",
+        "moments",
+        "state_dtype",
+        "layerwise",
+        "weight_decay",
+        "lora_alpha",
+        "lora_dropout",
+        "relora_reset_every",
+        "relora_prune",
+    }
+)
+
+
+def _what_to_do(changes: dict[str, tuple[Any, Any]], accept: str) -> str:
+    """The advice of a refused resume: which changes --allow-config-change can accept, and which
+    no flag can (``FIXED_ON_RESUME``)."""
+    fixed = sorted(k for k in changes if k in FIXED_ON_RESUME)
+    if not fixed:
+        return f"pass --allow-config-change to accept {accept}"
+    named = ", ".join("--" + k.replace("_", "-") for k in fixed)
+    return (
+        f"{named} cannot change on resume (the checkpoint's state is built for its own): start a "
+        "new run in another --output-dir to train with them"
+        + ("" if len(fixed) == len(changes) else "; pass --allow-config-change for the others")
+    )
+
+
+def _refuse_fixed(changes: dict[str, tuple[Any, Any]], source: str) -> None:
+    fixed = {k: v for k, v in changes.items() if k in FIXED_ON_RESUME}
+    if fixed:
+        raise ValueError(
+            f"--resume: {describe(fixed, FLAGS)} differ from {source}, and a checkpoint's model "
+            "and optimizer state are built for its own (loading it would restore them): they "
+            "cannot change on resume, even with --allow-config-change; start a new run (another "
+            "--output-dir) to train with them"
+        )
 
 
 def resume(run: _Run) -> tuple[int, dict[str, tuple[Any, Any]]]:
@@ -82,8 +132,9 @@ def resume(run: _Run) -> tuple[int, dict[str, tuple[Any, Any]]]:
         if changes and not cfg.allow_config_change:
             raise CheckpointError(
                 f"checkpoint {where} was trained with other settings: "
-                f"{describe(changes, FLAGS)}; pass --allow-config-change to accept them"
+                f"{describe(changes, FLAGS)}; " + _what_to_do(changes, "them")
             )
+        _refuse_fixed(changes, f"checkpoint {where}")
     if run.fsdp:
         load_sharded_parts(where, ctx, run.model, run.optimizer, map_location=run.device)
     else:
@@ -220,10 +271,13 @@ def write_config(run: _Run, step: int, changes: dict[str, tuple[Any, Any]]) -> N
 
 
 def run_hint(run: _Run) -> str:
-    """How to go on after a divergence: from the last good checkpoint, at a lower rate."""
+    """How to go on after a divergence: from the last good checkpoint, at a lower rate (or, when
+    the run diverged before its first checkpoint, again from the start)."""
+    lower = f"--lr {run.cfg.method.peak_lr / 10:g}"
     return (
         f"resume from the last good checkpoint at a lower rate: galore pretrain --resume "
-        f"--output-dir {run.out} --lr {run.cfg.method.peak_lr / 10:g} --allow-config-change"
+        f"--output-dir {run.out} {lower} --allow-config-change (if it wrote no checkpoint yet, "
+        f"start again: the same command with --overwrite and {lower})"
     )
 
 
