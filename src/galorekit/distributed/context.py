@@ -8,6 +8,7 @@ so the loop calls them unconditionally.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -88,6 +89,11 @@ def init_distributed(device_type: str, timeout_s: float = 1800.0) -> DistContext
 
 def shutdown(ctx: DistContext) -> None:
     if ctx.initialized_here and dist.is_initialized():
+        # free what still holds the process group (a DDP reducer, a comm hook's state in a
+        # reference cycle) while it exists: freed after it, at interpreter exit, gloo's threads
+        # can abort the process ("terminate called without an active exception") after a run
+        # that finished, seen under load with --lowrank-comm
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -47,6 +47,7 @@ from galorekit.distributed.comm import CommCounter
 from galorekit.distributed.context import (
     DistContext,
     all_reduce_sum,
+    barrier,
     init_distributed,
     main_first,
     run_on_main,
@@ -158,7 +159,9 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
             )
         if ctx.enabled and device.type == "cuda":
             device = torch.device("cuda", ctx.local_rank)
-        return _pretrain(cfg, ctx, device)
+        result = _pretrain(cfg, ctx, device)
+        barrier(ctx)  # every rank's collectives are done before the process group goes
+        return result
     finally:
         shutdown(ctx)
 
