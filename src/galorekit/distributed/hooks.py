@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from galorekit.distributed.projection_view import ProjectionLookup, ProjectionView
-from galorekit.optim.base import as_matrix
+from galorekit.optim.validation import as_matrix
 from galorekit.projection import project, project_back
 
 

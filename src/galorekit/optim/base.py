@@ -52,6 +52,7 @@ from galorekit.optim.validation import (  # noqa: F401  (re-exported: the optimi
     as_matrix,
     matrix_shape,
     normalize_state_dtype,
+    param_name,
     state_dtype,
     validate_betas,
     validate_galore_group,
@@ -82,6 +83,16 @@ class ProjectionView:
     left: Tensor | None
     right: Tensor | None
     refresh_due: bool
+
+
+def _is_identity(c_left: Tensor | None, c_right: Tensor | None) -> bool:
+    """Whether a refresh left the basis where it was (each transition within 1e-6 of I): the
+    moments then need no carrying over (for 8-bit states a de-quantize/quantize round trip would
+    even change them: a block whose largest entry is negative shrinks by 0.7%)."""
+    return all(
+        c is None or torch.allclose(c, torch.eye(c.shape[0], device=c.device), atol=1e-6)
+        for c in (c_left, c_right)
+    )
 
 
 class GaLoreOptimizer(torch.optim.Optimizer):
@@ -216,12 +227,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
 
     # ---- GaLore machinery shared by the subclasses -------------------------------------------
     def _param_name(self, p: Tensor, group: dict[str, Any]) -> str:
-        names = group.get("param_names")
-        if names:
-            for name, q in zip(names, group["params"]):
-                if q is p:
-                    return name
-        return f"a parameter of shape {tuple(p.shape)}"
+        return param_name(p, group, f"a parameter of shape {tuple(p.shape)}")
 
     def _effective_rank(self, p: Tensor, group: dict[str, Any]) -> int:
         shape = matrix_shape(p.shape)
@@ -272,10 +278,13 @@ class GaLoreOptimizer(torch.optim.Optimizer):
             self._refresh_due(state, group),
         )
 
-    def _nonfinite(self, tensor: Tensor, p: Tensor, group: dict[str, Any], state: dict) -> bool:
+    def _nonfinite(
+        self, tensor: Tensor, p: Tensor, group: dict[str, Any], state: dict, *, force: bool = False
+    ) -> bool:
         """True when ``tensor`` (local to this process for a sharded ``p``) is not finite and the
-        update must be skipped; raises by default."""
-        if self._prechecked:  # step() checked every gradient up front
+        update must be skipped; raises by default. Under ``step()``, which checked every gradient
+        up front, only a ``force``d check runs."""
+        if self._prechecked and not force:
             return False
         probe = nonfinite_probe(tensor).float()
         if is_sharded(p):
@@ -314,8 +323,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
     ) -> None:
         """p += alpha · update, projected back (and scaled) for a GaLore group."""
         weight = local(p)
-        if update.dtype != weight.dtype:  # moments kept in another dtype (``state_dtype``)
-            update = update.to(weight.dtype)
+        update = update.to(weight.dtype)  # moments may be kept in another dtype (state_dtype)
         if "rank" in group:
             side = Side(state["proj_side"])
             left, right = state.get("proj_left"), state.get("proj_right")
@@ -355,17 +363,17 @@ class GaLoreOptimizer(torch.optim.Optimizer):
                 shard=self._row_shard(p),
                 align=policy != "keep",
             )
-            if self._has_moments(state):
-                if policy == "project":
-                    moved = transitions(side, left, right, previous_left, previous_right)
-                    if moved is not None:
-                        self._rotate_moments(state, group, *moved)
-                elif policy == "reset":
-                    self._reset_moments(state)
             if rank_changed(left, right, previous_left, previous_right):
                 # the rank changed (a group edited mid-run): the moments are of the old shape
                 # and cannot be carried over; they start again at the new one
                 self._drop_moments(state)
+            elif self._has_moments(state):
+                if policy == "project":
+                    moved = transitions(side, left, right, previous_left, previous_right)
+                    if moved is not None and not _is_identity(*moved):
+                        self._rotate_moments(state, group, *moved)
+                elif policy == "reset":
+                    self._reset_moments(state)
             if left is not None:
                 state["proj_left"] = left
             if right is not None:
@@ -377,15 +385,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         # a NaN that appears between refreshes is caught on the small projected gradient; under
         # step() every full gradient was checked first, but a finite fp16 one can still overflow
         # in its projection
-        if self._prechecked and low_rank.dtype == torch.float16:
-            self._prechecked = False
-            try:
-                skip = self._nonfinite(low_rank, p, group, state)
-            finally:
-                self._prechecked = True
-            if skip:
-                return None
-        elif self._nonfinite(low_rank, p, group, state):
+        if self._nonfinite(low_rank, p, group, state, force=low_rank.dtype == torch.float16):
             return None
         return low_rank
 

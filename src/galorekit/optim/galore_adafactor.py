@@ -27,8 +27,8 @@ class GaLoreAdafactor(GaLoreOptimizer):
     bf16, late in training, row·β₂ₜ rounds back to row and the statistics would freeze.
     """
 
-    _keep_dtype_keys = frozenset({"exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq", "exp_avg"})
     _moment_keys = ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq", "exp_avg")
+    _keep_dtype_keys = frozenset(_moment_keys)
 
     def __init__(
         self,
@@ -90,10 +90,10 @@ class GaLoreAdafactor(GaLoreOptimizer):
         if grad is None:
             return
         grad = grad.float()
-        # float32 statistics unless asked otherwise (they would freeze in bf16, see above)
-        stats_dtype = getattr(torch, group.get("state_dtype") or "float32")
         factored = grad.dim() >= 2
         if "exp_avg_sq_row" not in state and "exp_avg_sq" not in state:
+            # float32 statistics unless asked otherwise (they would freeze in bf16, see above)
+            stats_dtype = getattr(torch, group.get("state_dtype") or "float32")
             if factored:
                 state["exp_avg_sq_row"] = grad.new_zeros(grad.shape[:-1], dtype=stats_dtype)
                 state["exp_avg_sq_col"] = grad.new_zeros(
@@ -128,7 +128,7 @@ class GaLoreAdafactor(GaLoreOptimizer):
         )
         if group["weight_decay"] > 0.0:
             p.mul_(1.0 - group["weight_decay"] * lr)
-        self._apply_update(p, update.to(p.dtype), group, state, -1.0)
+        self._apply_update(p, update, group, state, -1.0)
 
     def _rotate_moments(
         self,

@@ -54,12 +54,6 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         on_nonfinite: str = "raise",
         state_dtype: None = None,
     ) -> None:
-        if state_dtype is not None:
-            raise ValueError(
-                "GaLoreAdamW8bit keeps its moments as 8-bit block-wise codes (float32 below "
-                f"min_8bit_size elements): state_dtype must be None, got {state_dtype!r}; use "
-                "GaLoreAdamW(state_dtype=...) for float32 moments"
-            )
         validate_betas(betas)
         if not eps >= 0.0:
             raise ValueError(f"eps must be ≥ 0, got {eps!r}")
@@ -71,7 +65,7 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         self._qmap_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
         super().__init__(
             params,
-            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, state_dtype=None),
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, state_dtype=state_dtype),
             on_nonfinite=on_nonfinite,
         )
 
@@ -164,8 +158,9 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         super()._validate_group(group)
         if group.get("state_dtype") is not None:
             raise ValueError(
-                "GaLoreAdamW8bit keeps its moments as 8-bit codes: a group's state_dtype must be "
-                f"None, got {group['state_dtype']!r}"
+                "GaLoreAdamW8bit keeps its moments as 8-bit codes (float32 below min_8bit_size "
+                f"elements): state_dtype must be None, got {group['state_dtype']!r}; use "
+                "GaLoreAdamW(state_dtype=...) for float32 moments"
             )
 
     def _rotate_moments(
@@ -176,15 +171,7 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         c_right: Tensor | None,
     ) -> None:
         # de-quantized, carried into the new basis and quantized again (the codes of a rotated
-        # block are not a rotation of the codes); an unchanged basis is left alone, since a
-        # de-quantize/quantize round trip is not exact (a block whose largest entry is negative
-        # shrinks by the signed map's 0.7% each time)
-        unchanged = all(
-            c is None or torch.allclose(c, torch.eye(c.shape[0], device=c.device), atol=1e-6)
-            for c in (c_left, c_right)
-        )
-        if unchanged:
-            return
+        # block are not a rotation of the codes)
         first, second = self._moment(state, 1), self._moment(state, 2)
         weight = self._mean_weight(state, group)
         self._store(state, 1, rotate_first(first, c_left, c_right))

@@ -65,6 +65,7 @@ from torch import Tensor
 
 from galorekit.optim.base import GaLoreOptimizer
 from galorekit.optim.sharding import all_reduce_sum_, is_sharded, local
+from galorekit.optim.validation import param_name
 
 GLOBAL_CLIP_MODES = ("previous", "exact")
 
@@ -157,10 +158,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._prev_grad_norm: float | None = None
         self._sq_norm: Tensor | None = None
         self._pending: dict[int, int] = {}  # param index -> backward passes since its update
-        self._updated: set[int] = set()  # param indices updated in the current step
         self._passes = 0  # backward passes of the current step, counted once per backward
         self._graph_task: int | None = None  # the autograd graph task of the last pass counted
-        self._backwards = 0  # backward passes seen since the last step (max over parameters)
         self._mode = "update"  # "update" | "measure" (first pass of exact clipping)
         self._clip_coef = 1.0
         self._params: list[Tensor] = []
@@ -204,18 +203,12 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 else:
                     p.grad.detach_().zero_()
         self._pending.clear()
-        self._backwards = 0
         self._reset_passes()
 
     def _param_name(self, index: int) -> str:
-        group = self.param_groups[self._group_index[index]]
-        names = group.get("param_names")
         p = self._params[index]
-        if names:
-            for name, q in zip(names, group["params"]):
-                if q is p:
-                    return name
-        return f"the parameter of shape {tuple(p.shape)} (index {index})"
+        group = self.param_groups[self._group_index[index]]
+        return param_name(p, group, f"the parameter of shape {tuple(p.shape)} (index {index})")
 
     def __repr__(self) -> str:
         return (
@@ -236,26 +229,18 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def _make_hook(self, index: int) -> Callable[[Tensor], None]:
         def hook(param: Tensor) -> None:
             if self._count_pass() > self.accumulation_steps:
-                # raised by the pass's first hook, before any parameter is updated on it
+                # raised by the pass's first hook, before any parameter is updated on it; the
+                # refused pass is not counted, so step() then ends the step it belongs to
+                self._passes = self.accumulation_steps
                 raise RuntimeError(
                     f"LayerwiseOptimizer(accumulation_steps={self.accumulation_steps}): backward "
-                    f"pass {self._passes} of this optimizer step reached {self._param_name(index)}"
+                    f"pass {self.accumulation_steps + 1} of this optimizer step reached "
+                    f"{self._param_name(index)}"
                     f"; call step() and zero_grad() after every {self.accumulation_steps} "
                     "backward pass(es). Nothing of this pass was applied."
                 )
-            if index in self._updated:  # without graph task ids (older torch): per parameter
-                # one backward too many: updating again would apply this step twice (or on a
-                # partial accumulation at step())
-                raise RuntimeError(
-                    f"LayerwiseOptimizer(accumulation_steps={self.accumulation_steps}): "
-                    f"{self._param_name(index)} got a gradient from backward pass "
-                    f"{self.accumulation_steps + 1} of this optimizer step, after its update on "
-                    f"pass {self.accumulation_steps}; call step() and zero_grad() after every "
-                    f"{self.accumulation_steps} backward pass(es). Nothing was applied twice."
-                )
             seen = self._pending.get(index, 0) + 1
             self._pending[index] = seen
-            self._backwards = max(self._backwards, seen)
             if seen >= self.accumulation_steps:
                 self._finish(index)
 
@@ -263,10 +248,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def _count_pass(self) -> int:
         """Backward passes of this step so far, this one included: each autograd graph task
-        (one ``backward()``) counts once, whichever parameters it reaches (0 when torch has no
-        graph task ids; the per-parameter check then applies)."""
-        current = getattr(torch._C, "_current_graph_task_id", None)
-        task = current() if current is not None else -1
+        (one ``backward()``) counts once, whichever parameters it reaches."""
+        task = torch._C._current_graph_task_id()  # torch ≥ 2.1; -1 outside a backward
         if task >= 0 and task != self._graph_task:
             self._graph_task = task
             self._passes += 1
@@ -275,7 +258,6 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def _reset_passes(self) -> None:
         self._passes = 0
         self._graph_task = None
-        self._updated.clear()
 
     def remove_hooks(self) -> None:
         """Detach from the parameters (the optimizer is unusable afterwards)."""
@@ -324,7 +306,6 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         if self._clip_coef != 1.0:
             shard.mul_(self._clip_coef)
         self._update(index, p, grad)
-        self._updated.add(index)
         p.grad = None
 
     def _update(self, index: int, p: Tensor, grad: Tensor) -> None:
@@ -386,7 +367,6 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         finally:
             self._mode = "update"
         norm = self._global_norm()
-        self._backwards = 0
         self._reset_passes()  # the closure's passes run again, now updating
         torch.set_rng_state(rng)
         if cuda_rng is not None:
@@ -402,16 +382,14 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def _end_step(self) -> None:
         self._flush()
+        seen = self._passes
         self._reset_passes()
-        if self._backwards not in (0, self.accumulation_steps):
-            seen = self._backwards
-            self._backwards = 0
+        if seen not in (0, self.accumulation_steps):
             raise RuntimeError(
                 f"LayerwiseOptimizer(accumulation_steps={self.accumulation_steps}) saw {seen} "
                 "backward pass(es) before step(): call backward exactly accumulation_steps times "
                 "per optimizer step (the last one performs the update)"
             )
-        self._backwards = 0
         self.grad_norm = self._global_norm()
         self._prev_grad_norm = self.grad_norm
         self.steps += 1

@@ -103,3 +103,11 @@ def validate_betas(betas: Any) -> None:
     for b in betas:
         if not _is_number(b) or not 0.0 <= b < 1.0:
             raise ValueError(f"each beta must be in [0, 1), got {betas!r}")
+
+
+def param_name(p: Tensor, group: dict[str, Any], fallback: str) -> str:
+    """``p``'s name in ``group["param_names"]`` (where the group has them), else ``fallback``."""
+    for name, q in zip(group.get("param_names") or (), group["params"]):
+        if q is p:
+            return name
+    return fallback
