@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+from galorekit.atomic import atomic_write_text
 from galorekit.train import checkpoint as ck
 from galorekit.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -142,7 +143,7 @@ def test_atomic_directory_leaves_target_untouched_on_error(tmp_path):
         (tmp / "weights").write_text("v2 partial")
         raise RuntimeError("boom")
     assert (target / "weights").read_text() == "v1" and _visible(tmp_path) == ["model"]
-    ck.atomic_write_text(tmp_path / "f.json", "{}")
+    atomic_write_text(tmp_path / "f.json", "{}")  # the one atomic writer (galorekit.atomic)
     assert (tmp_path / "f.json").read_text() == "{}"
 
 

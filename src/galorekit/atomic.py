@@ -183,9 +183,7 @@ def publish_directory(path: PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        for root, _, files in os.walk(tmp):
-            for name in files:
-                fsync_path(Path(root) / name)
+        fsync_tree(tmp)
         try:
             os.replace(tmp, final)
         except OSError:

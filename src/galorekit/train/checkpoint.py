@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from galorekit.atomic import atomic_write_text  # noqa: F401  (re-exported: the CLIs use it)
+from galorekit.atomic import fsync_path, fsync_tree
 
 if TYPE_CHECKING:  # imported where used: the atomic-file helpers must not cost a torch import
     import torch
@@ -70,28 +70,6 @@ def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
 # --------------------------------------------------------------------------- atomic directories
 
 
-def _fsync_path(path: Path) -> None:
-    # Directories are fsynced too, so that the renames themselves survive a power loss.
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:  # e.g. directories on Windows cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            _fsync_path(Path(dirpath) / name)
-        _fsync_path(Path(dirpath))
-
-
 def _temp_sibling(final: Path) -> Path:
     # Hidden, unique, and in the same directory so that os.replace is a rename, not a copy.
     return final.parent / f".{final.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -122,13 +100,13 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp.mkdir()  # unlike mkdtemp this honours the umask: the result is a normal directory
     try:
         yield tmp
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         old: Path | None = None
         if final.exists() or final.is_symlink():
             old = final.parent / f".{final.name}{_OLD_MARK}{uuid.uuid4().hex[:8]}"
             os.replace(final, old)
         os.replace(tmp, final)
-        _fsync_path(final.parent)
+        fsync_path(final.parent)
         if old is not None:
             if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old, ignore_errors=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, replace
@@ -27,12 +26,12 @@ from typing import Any
 
 import torch
 
+from galorekit.atomic import atomic_write_json
 from galorekit.data.classification import (
     ROTTEN_TOMATOES,
     ClassificationData,
     load_classification_data,
 )
-from galorekit.train.checkpoint import atomic_write_text
 from galorekit.train.finetune_cli import add_arguments, resolve_config, run  # noqa: F401
 from galorekit.train.finetune_config import (
     METHODS,
@@ -169,7 +168,7 @@ def _run_method(
     write_run_config(out_dir, config_values(cfg))
     with MetricsLogger(out_dir, tensorboard=cfg.tensorboard) as logger:
         result = train_and_evaluate(cfg, data, inputs, location, out_dir, logger)
-    atomic_write_text(out_dir / RESULTS_FILE, json.dumps(to_jsonable(result), indent=2) + "\n")
+    atomic_write_json(out_dir / RESULTS_FILE, to_jsonable(result))
     return result
 
 
@@ -219,6 +218,6 @@ def _run_all(
             logger.log({"event": "compare", "step": result.steps, **asdict(result), **result.best})
             results.append(result)
     rows = [_result_row(r) for r in results]
-    atomic_write_text(out / COMPARISON_FILE, json.dumps(to_jsonable(rows), indent=2) + "\n")
+    atomic_write_json(out / COMPARISON_FILE, to_jsonable(rows))
     print(summary_table(rows, title=f"galore finetune --compare: {data.task.name}"))
     return results

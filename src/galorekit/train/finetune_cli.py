@@ -11,21 +11,17 @@ import sys
 from typing import Any
 
 from galorekit.config import UNSET, add_flags, file_values, given, read_config_file
-from galorekit.data.classification import DataError
-from galorekit.train.checkpoint import CheckpointError
 from galorekit.train.failures import failure
 from galorekit.train.finetune_config import (
     FLAGS,
     GROUPS,
     METHODS,
     RENAMED_METHODS,
-    ConfigError,
     FinetuneConfig,
     TrainingError,
     build_config,
     resolve_presets,
 )
-from galorekit.train.run_lock import RunLockedError
 
 
 def _method(value: str) -> str:
@@ -70,9 +66,6 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         finetune(resolve_config(args))
-    except (ConfigError, DataError, CheckpointError, ValueError, RunLockedError) as err:
-        print(f"galore finetune: error: {err}", file=sys.stderr)
-        return 2
     except (TrainingError, FloatingPointError) as err:  # diverged: the run failed, not the input
         print(f"galore finetune: error: training failed: {err}", file=sys.stderr)
         return 1

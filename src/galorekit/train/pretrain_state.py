@@ -8,20 +8,26 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from galorekit.config import describe
-from galorekit.distributed.context import barrier, gather_objects
+from galorekit.distributed.context import all_reduce_sum, barrier, gather_objects
+from galorekit.optim.sharding import local
 from galorekit.train.checkpoint import (
     STATE_FILE,
     CheckpointError,
     checkpoint_name,
     checkpoint_step,
+    find_latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     load_module_state,
     resolve_checkpoint,
     save_checkpoint,
+    verify_file,
 )
 from galorekit.train.logging import write_run_config
-from galorekit.train.loop import rng_state, set_rng_state
+from galorekit.train.loop import NonFiniteError, rng_state, set_rng_state
 from galorekit.train.pretrain_config import (
     FLAGS,
     RESUME_KEYS,
@@ -183,8 +189,6 @@ def _load(run: _Run) -> tuple[Path, dict[str, Any]]:
 def intact_hint(out: Path) -> str:
     """Which earlier checkpoint of the run is intact (size and SHA-256 as recorded) and how to
     resume from it; the broken one is set aside then (``_set_aside_later``)."""
-    from galorekit.train.checkpoint import list_checkpoints, verify_file
-
     for info in reversed(list_checkpoints(out / "checkpoints")):
         try:
             verify_file(info.path, STATE_FILE)
@@ -229,11 +233,6 @@ def _rescale_lr(run: _Run, ratio: float) -> None:
 def nonfinite_state(run: _Run) -> str | None:
     """The name of a non-finite model weight or optimizer state of this run (any rank), or
     None: what ``save`` refuses to write."""
-    import torch
-
-    def local(t: torch.Tensor) -> torch.Tensor:
-        return t.to_local() if hasattr(t, "to_local") else t  # FSDP2: this rank's shard
-
     tensors = [(f"model weight {name}", p.detach()) for name, p in run.model.named_parameters()]
     tensors += [
         (f"optimizer state {key!r} of a {tuple(param.shape)} parameter", value)
@@ -243,8 +242,6 @@ def nonfinite_state(run: _Run) -> str | None:
     ]
     bad = next((name for name, t in tensors if not bool(torch.isfinite(local(t)).all())), None)
     if run.ctx.enabled:  # every rank must take the same decision (sharded states differ)
-        from galorekit.distributed.context import all_reduce_sum
-
         (count,) = all_reduce_sum(run.ctx, [float(bad is not None)], run.device)
         if count > 0 and bad is None:
             bad = "a state on another rank"
@@ -287,9 +284,6 @@ def save(run: _Run, at_step: int) -> Path:
     ctx, cfg = run.ctx, run.cfg
     bad = nonfinite_state(run)
     if bad is not None:  # a diverged state is never checkpointed: the latest stays the last good
-        from galorekit.train.checkpoint import find_latest_checkpoint
-        from galorekit.train.loop import NonFiniteError
-
         latest = find_latest_checkpoint(run.out / "checkpoints")
         raise NonFiniteError(
             f"training diverged at step {at_step}: {bad} is not finite; no checkpoint was "
