@@ -63,7 +63,7 @@ def _free_port() -> int:
 
 def _measure_mode(model_name: str, mode: str, args, ctx) -> dict:
     from galorekit.distributed import CommCounter, setup_data_parallel
-    from galorekit.methods import MethodConfig, setup_method
+    from galorekit.methods import MethodConfig, setup
     from galorekit.models import build_model
 
     torch.manual_seed(0)
@@ -83,7 +83,7 @@ def _measure_mode(model_name: str, mode: str, args, ctx) -> dict:
         max_grad_norm=1.0,
         svd=args.svd,
     )
-    opt = setup_method(model, method, total_steps=args.steps).optimizer
+    opt = setup(model, method, total_steps=args.steps).optimizer
     parallel = setup_data_parallel(
         model,
         opt,

@@ -367,7 +367,7 @@ def test_more_steps_are_registered_under_a_name_of_ones_own(monkeypatch) -> None
 
 # ---- the benchmark's refresh measurements ------------------------------------------------------
 def test_column_alignment(gen: torch.Generator) -> None:
-    from galorekit.bench import column_alignment
+    from galorekit.analysis import column_alignment
 
     q = orthonormal(50, 6, gen)
     assert column_alignment(q, q) == pytest.approx(1.0, abs=1e-6)

@@ -15,12 +15,13 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from _finetune_fixtures import parse, save_tiny_encoder, tiny_args, tiny_data_files, write_rows
+from galorekit.analysis import state_bytes as held_state_bytes
 from galorekit.data.classification import (
     ClassificationDataConfig,
     load_classification_data,
     tokenize_split,
 )
-from galorekit.memory.optimizer_states import held_state_bytes, optimizer_state_tensors, total_bytes
+from galorekit.memory.optimizer_states import optimizer_state_tensors, total_bytes
 from galorekit.models import default_target_modules
 from galorekit.train import finetune as ft
 from galorekit.train import finetune_config as fc

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from _finetune_fixtures import parse, save_tiny_encoder, tiny_args, tiny_data_files, write_rows
+from galorekit.analysis import state_bytes as held_state_bytes
 from galorekit.data.classification import load_classification_data
-from galorekit.memory.optimizer_states import held_state_bytes, optimizer_state_tensors, total_bytes
+from galorekit.memory.optimizer_states import optimizer_state_tensors, total_bytes
 from galorekit.train import finetune as ft
 from galorekit.train import finetune_loop as fl
 from galorekit.train import finetune_methods as fm

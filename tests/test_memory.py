@@ -11,13 +11,13 @@ import warnings
 import pytest
 import torch
 
+from galorekit.analysis import state_bytes as held_state_bytes
 from galorekit.memory import cli as memory_cli
 from galorekit.memory.activations import estimate_activations
 from galorekit.memory.estimator import COMPONENTS, estimate, estimate_model
 from galorekit.memory.fit import fit_budget
 from galorekit.memory.measure import enable_reentrant_checkpointing
 from galorekit.memory.model import build_optimizer, build_training_model
-from galorekit.memory.optimizer_states import held_state_bytes
 from galorekit.memory.setup import METHODS, PRECISIONS, TrainingSetup
 from galorekit.memory.trackers import GradientTracker, SavedTensorTracker
 from galorekit.units import format_bytes, parse_size
@@ -43,7 +43,7 @@ def _batch(seq: int = 16, batch: int = 2) -> torch.Tensor:
 def _real_pretrain_run(method: str, precision: str, layerwise: bool, proj_type: str = "std"):
     """A real tiny model and optimizer built by galore pretrain's own code path, one step taken;
     returns (held optimizer-state bytes, peak live gradient bytes)."""
-    from galorekit.methods import MethodConfig, setup_method
+    from galorekit.methods import MethodConfig, setup
     from galorekit.models import build_model
 
     dtype = PRECISIONS[precision][0]
@@ -51,7 +51,7 @@ def _real_pretrain_run(method: str, precision: str, layerwise: bool, proj_type: 
     cfg = MethodConfig(method=method, rank=RANK, layerwise=layerwise, proj_type=proj_type)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rank clamping of the tiny model's small matrices
-        built = setup_method(model, cfg, total_steps=10)
+        built = setup(model, cfg, total_steps=10)
     params = [p for p in built.model.parameters() if p.requires_grad]
     tracker = GradientTracker(params)
     ids = _batch()

@@ -718,12 +718,12 @@ def test_claims_rules():
 
 # ------------------------------------------------------------ the galore-torch reference row
 def tiny_setup(method: str, **kwargs):
-    from galorekit.methods import MethodConfig, setup_method
+    from galorekit.methods import MethodConfig, setup
     from galorekit.models import build_model
 
     model = build_model("llama_tiny", vocab_size=300, max_position_embeddings=64, seed=0)
     cfg = MethodConfig(method=method, lr=0.01, rank=8, update_proj_gap=3, **kwargs)
-    return setup_method(model, cfg, total_steps=10)
+    return setup(model, cfg, total_steps=10)
 
 
 def train_steps(setup, batches) -> list[float]:

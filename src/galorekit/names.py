@@ -121,3 +121,9 @@ MOMENT_POLICIES = ("keep", "align", "project", "reset")
 STATE_DTYPES = ("float32", "bfloat16", "float16")
 #: data-parallel strategies (``galore pretrain --distributed``)
 DISTRIBUTED_STRATEGIES = ("ddp", "fsdp")
+
+#: how a refused model or tokenizer that ships its own code (``auto_map``) is explained
+REMOTE_CODE_HINT = (
+    "holds its own code (auto_map in its config); galorekit never runs a model's or tokenizer's "
+    "code unless asked: pass --trust-remote-code (trust_remote_code=True) if you trust it"
+)

@@ -62,7 +62,6 @@ _LAZY = {
     "memory_estimate": "benchmark",
     "run_benchmark": "benchmark",
 }
-_ANALYSIS = ("captured_energy", "column_alignment", "exact_energy", "state_bytes")
 
 __all__ = [
     "ADAMW",
@@ -83,16 +82,11 @@ __all__ = [
     "paper_rank",
     "run",
     *_LAZY,
-    *_ANALYSIS,
 ]
 
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
-    {
-        **{name: f"{__name__}.{module}" for name, module in _LAZY.items()},
-        # the shared metrics, formerly defined here
-        **dict.fromkeys(_ANALYSIS, "galorekit.analysis"),
-    },
+    {name: f"{__name__}.{module}" for name, module in _LAZY.items()},
     eager=__all__,
 )

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from galorekit.atomic import atomic_write_bytes, atomic_write_json
-from galorekit.data.config import content_key  # noqa: F401  (re-exported)
 
 # Bump when the layout of cached token files changes.
 TOKENS_FORMAT_VERSION = 1

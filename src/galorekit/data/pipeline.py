@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from galorekit.data.cache import content_key, load_tokens, save_tokens
-from galorekit.data.config import OFFLINE_DATASETS, DataConfig
+from galorekit.data.cache import load_tokens, save_tokens
+from galorekit.data.config import OFFLINE_DATASETS, DataConfig, content_key
 from galorekit.data.loader import MemoryTrainLoader, StreamingTrainLoader
 from galorekit.data.packing import DocumentEncoder, as_sequences, encode_corpus, pack_head
 from galorekit.data.sources import (

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 from galorekit.atomic import publish_directory
 from galorekit.data import corpora
-from galorekit.data.cache import content_key
-from galorekit.data.config import OFFLINE_TOKENIZERS, DataConfig
+from galorekit.data.config import OFFLINE_TOKENIZERS, DataConfig, content_key
 
 # the [train] packages are imported in the functions that use them, through needs_extra: they
 # take seconds to import, and the core install and `galore --help` import this module
 from galorekit.extras import needs_extra
+from galorekit.names import REMOTE_CODE_HINT
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -151,10 +151,7 @@ def _auto_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTok
         )
     except (OSError, ValueError) as e:
         if not trust_remote_code and "trust_remote_code" in str(e):
-            raise ValueError(
-                f"tokenizer {name!r} holds its own code (auto_map); galorekit never runs it "
-                "unless asked: pass --trust-remote-code (trust_remote_code=True) if you trust it"
-            ) from None
+            raise ValueError(f"tokenizer {name!r} {REMOTE_CODE_HINT}") from None
         choices = ", ".join(f"{k!r} ({v})" for k, v in OFFLINE_TOKENIZERS.items())
         raise ValueError(
             f"unknown tokenizer {name!r}: {e}. Offline choices: {choices}; any Hugging Face Hub "

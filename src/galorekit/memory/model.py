@@ -53,11 +53,9 @@ def resolve_rank(net: nn.Module, setup: TrainingSetup) -> tuple[int, str]:
         note = f"rank {rank} = hidden_size // 4 (the default)"
     else:
         rank, note = setup.rank, ""
-    if setup.method in BASELINE_METHODS:
-        limit = adapter_rank_limit(net, setup)
-        if rank > limit:
-            note = f"rank {rank} ≥ the smallest targeted dimension {limit + 1}; clamped to {limit}"
-            rank = limit
+    if setup.method in BASELINE_METHODS:  # clamped as galore pretrain does
+        rank, clamped = methods.adapter_rank(net, rank, _targets(setup))
+        note = clamped or note
     return rank, note
 
 

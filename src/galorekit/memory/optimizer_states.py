@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from galorekit.analysis import state_bytes as held_state_bytes  # noqa: F401  (re-exported)
 from galorekit.extras import import_bitsandbytes_functional, needs_extra
 from galorekit.optim.base import matrix_shape, state_dtype
 from galorekit.projection import Side, choose_side, low_rank_shape

@@ -12,18 +12,15 @@ from galorekit.lazy import lazy_exports
 from galorekit.methods.config import MethodConfig, field_help
 
 _FROM_BUILD = (
-    "GALORE_TORCH_INSTALL",
     "MethodSetup",
     "adapter_rank",
     "apply_adapters",
     "build_optimizer",
     "default_rank",
     "setup",
-    "setup_method",
 )
 
 __all__ = [
-    "GALORE_TORCH_INSTALL",
     "MethodConfig",
     "MethodSetup",
     "adapter_rank",
@@ -32,7 +29,6 @@ __all__ = [
     "default_rank",
     "field_help",
     "setup",
-    "setup_method",
 ]
 
 

@@ -171,11 +171,6 @@ def setup(
     return MethodSetup(model, optimizer, relora)
 
 
-def setup_method(model: nn.Module, cfg: MethodConfig, *, total_steps: int) -> MethodSetup:
-    """:func:`setup` under its former name (``galore pretrain`` and the theory run call it)."""
-    return setup(model, cfg, total_steps=total_steps)
-
-
 def _galore_torch_adamw(
     model: nn.Module, cfg: MethodConfig, *, rank: int, targets: list[str]
 ) -> torch.optim.Optimizer:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from galorekit.extras import import_extra
 from galorekit.models.registry import NAMED_SHAPES, list_models, normalise_name
+from galorekit.names import REMOTE_CODE_HINT
 
 if TYPE_CHECKING:
     from transformers import LlamaConfig, PretrainedConfig
@@ -86,12 +87,6 @@ def _unknown_model_message(name: str, reason: str | None = None) -> str:
         "A path to a JSON config file, a local model directory with a config.json, or a "
         f"Hugging Face config name (needs internet or the HF cache) also works.{hint}"
     )
-
-
-REMOTE_CODE_HINT = (
-    "holds its own code (auto_map in its config); galorekit never runs a model's or tokenizer's "
-    "code unless asked: pass --trust-remote-code (trust_remote_code=True) if you trust it"
-)
 
 
 def _auto_config(spec: str, trust_remote_code: bool) -> PretrainedConfig:

@@ -234,10 +234,6 @@ class RunSpec:
         return asdict(self)
 
 
-def uses_rank(method: str) -> bool:
-    return method_info(method).uses_rank
-
-
 def uses_gap(method: str) -> bool:
     return is_galore(method)
 
@@ -276,7 +272,7 @@ def make_run(
 ) -> RunSpec:
     """A run whose LR is ``lr``, else the tuned one of ``lr_group`` (default: ``method``'s), or,
     in an untuned plan, ``fixed_lrs``'s (else ``galore pretrain``'s default) for ``lr_group``."""
-    rank = rank if uses_rank(method) else None
+    rank = rank if method_info(method).uses_rank else None
     gap = (gap if gap is not None else cfg.update_proj_gap) if uses_gap(method) else None
     group = lr_group or method
     if lr is None and not cfg.tuned:
@@ -406,7 +402,7 @@ def build_plan(cfg: PlanConfig) -> Plan:
     if cfg.tuned:
         groups = dict.fromkeys(s.lr_group for s in plan.runs.values() if s.lr_group)
         for group in groups:
-            rank = galore_rank if uses_rank(group) else None
+            rank = galore_rank if method_info(group).uses_rank else None
             points = []
             for lr in cfg.lr_grid:
                 spec = make_run(cfg, group, cfg.grid_steps, rank=rank, lr=float(lr))

@@ -39,7 +39,7 @@ from galorekit.analysis import (
     spectrum_metrics,
 )
 from galorekit.data import build_tokenizer, load_pretraining_data
-from galorekit.methods import setup_method
+from galorekit.methods import setup
 from galorekit.models import build_model, default_target_modules
 from galorekit.names import method_info
 from galorekit.projection import Side, effective_rank
@@ -157,7 +157,7 @@ def run_theory(job: Job) -> RunResult:
         seed=cfg.seed,
         device=device,
     )
-    optimizer = setup_method(model, run.method, total_steps=spec.steps).optimizer
+    optimizer = setup(model, run.method, total_steps=spec.steps).optimizer
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         pretrain_schedule(

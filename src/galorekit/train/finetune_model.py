@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from galorekit.data.classification import TaskSpec
 from galorekit.extras import needs_extra
+from galorekit.names import REMOTE_CODE_HINT
 from galorekit.train.checkpoint import atomic_directory
 from galorekit.train.finetune_config import MINILM_ALIASES, ConfigError
 from galorekit.train.logging import to_jsonable
@@ -84,10 +85,7 @@ def resolve_model(name: str, trust_remote_code: bool = False) -> str:
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except Exception as err:  # OSError, ValueError, hub errors: all mean "cannot load"
         if not trust_remote_code and "trust_remote_code" in str(err):
-            raise ConfigError(
-                f"model {name!r} holds its own code (auto_map in its config); galorekit never "
-                "runs it unless asked: pass --trust-remote-code if you trust it"
-            ) from None
+            raise ConfigError(f"model {name!r} {REMOTE_CODE_HINT}") from None
         raise ConfigError(f"unknown model {name!r} ({type(err).__name__}: {err}); {valid}") from err
     if trust_remote_code:
         _TRUSTED.add(location)

@@ -55,7 +55,7 @@ from galorekit.distributed.context import (
 )
 from galorekit.distributed.data_parallel import setup_data_parallel
 from galorekit.extras import needs_extra
-from galorekit.methods import setup_method
+from galorekit.methods import setup
 from galorekit.models import build_model, count_parameters
 from galorekit.train import pretrain_state
 from galorekit.train.logging import MetricsLogger, read_metrics, summary_table
@@ -227,8 +227,8 @@ def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         from galorekit.distributed.fsdp import shard_model  # FSDP2: loaded only when used
 
         shard_model(model, ctx, device)
-    setup = setup_method(model, cfg.method, total_steps=cfg.max_steps)
-    model, optimizer, relora = setup.model, setup.optimizer, setup.relora
+    method = setup(model, cfg.method, total_steps=cfg.max_steps)
+    model, optimizer, relora = method.model, method.optimizer, method.relora
     parallel = setup_data_parallel(
         model,
         optimizer,
