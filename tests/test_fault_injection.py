@@ -53,13 +53,13 @@ if mode == "state_written":  # state.pt written in the temporary directory, no m
 
     torch.save = save
 elif mode == "before_rename":  # the temporary checkpoint complete, not yet renamed into place
-    real_fsync = ck._fsync_tree
+    real_fsync = ck.fsync_tree  # the name the checkpoint writer calls
 
     def fsync_tree(root):
         real_fsync(root)
         hit()
 
-    ck._fsync_tree = fsync_tree
+    ck.fsync_tree = fsync_tree
 elif mode == "while_pruning":  # an old checkpoint half deleted: its meta.json already gone
     real_rmtree = ck.shutil.rmtree
 

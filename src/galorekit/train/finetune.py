@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from galorekit.atomic import atomic_write_json
+from galorekit.atomic import atomic_write_json, present_outputs, replace_outputs
 from galorekit.data.classification import (
     ROTTEN_TOMATOES,
     ClassificationData,
@@ -59,7 +59,6 @@ from galorekit.train.logging import (
     to_jsonable,
     write_run_config,
 )
-from galorekit.train.run_dir import clear_run, run_files
 from galorekit.train.run_lock import RunLock
 
 RESULTS_FILE = "results.json"
@@ -115,7 +114,7 @@ def default_output_dir(cfg: FinetuneConfig) -> Path:
 def existing_run(path: Path) -> list[str]:
     """The galorekit run files in ``path`` (empty when it holds no run)."""
     try:
-        return run_files(path, (*_RUN_MARKERS, *(f"{m}/{CONFIG_FILE}" for m in METHODS)))
+        return present_outputs(path, (*_RUN_MARKERS, *(f"{m}/{CONFIG_FILE}" for m in METHODS)))
     except NotADirectoryError as err:
         raise ConfigError(str(err)) from None
 
@@ -136,7 +135,7 @@ def prepare_output_dir(path: Path, overwrite: bool) -> None:
     Only galorekit's own run files are removed; other files in the directory are left alone.
     """
     check_output_dir(path, overwrite)
-    clear_run(path, [name.split("/")[0] for name in existing_run(path)])
+    replace_outputs(path, [name.split("/")[0] for name in existing_run(path)])
 
 
 # --------------------------------------------------------------------------- entry points

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from galorekit.atomic import atomic_write_text
+from galorekit.atomic import atomic_write_text, present_outputs, replace_outputs
 from galorekit.train.checkpoint import (
     META_FILE,
     checkpoint_step,
@@ -18,23 +18,6 @@ from galorekit.train.checkpoint import (
 from galorekit.train.logging import metrics_lines
 
 RUN_FILES = ("metrics.jsonl", "config.json", "checkpoints", "tensorboard", "summary.md")
-
-
-def run_files(out: Path, markers: tuple[str, ...]) -> list[str]:
-    """The run files (``markers``, relative paths) in ``out``; an ``out`` that is a file is
-    refused."""
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--output-dir {out} is a file, not a directory")
-    return [name for name in markers if (out / name).exists()]
-
-
-def clear_run(out: Path, names: list[str]) -> None:
-    """Remove the run files ``names`` of ``out`` (--overwrite; other files are left alone) and
-    make sure ``out`` exists."""
-    for name in names:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def default_output_dir(cfg: Any) -> Path:
@@ -53,7 +36,7 @@ def check_output_dir(cfg: Any, out: Path) -> list[str]:
 
     A new run in a directory holding one and ``--resume`` of a directory without a checkpoint get
     the same account of what is there and the same advice."""
-    existing = run_files(out, RUN_FILES)
+    existing = present_outputs(out, RUN_FILES)
     steps = _checkpoint_steps(out) if existing else []
     if existing and cfg.resume is None and not cfg.overwrite:
         if steps:
@@ -123,7 +106,7 @@ def prepare_output_dir(cfg: Any, lock: Any = None, out: Path | None = None) -> P
     removed = clean_leftovers(out)
     if removed:
         print(f"galore: removed what an interrupted run left in {out}: {', '.join(removed)}")
-    clear_run(out, existing if cfg.resume is None else [])  # removes only with --overwrite
+    replace_outputs(out, existing if cfg.resume is None else [])  # removes only with --overwrite
     return out
 
 
