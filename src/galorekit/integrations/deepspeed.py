@@ -1,10 +1,11 @@
 """Which DeepSpeed configurations GaLore can run under (measured: benchmarks/deepspeed_zero.py).
 
-GaLore projects each weight *matrix*'s gradient. DeepSpeed's ZeRO (stages 1-3) and its bf16/fp16
-optimizer wrappers flatten the parameters into 1-D partitions before the client optimizer sees
-them, so there is no matrix left to project; a DeepSpeed ``optimizer`` section replaces the
-client optimizer altogether. What runs is ZeRO stage 0 in fp32 with a client optimizer — plain
-data parallelism, which DDP gives without DeepSpeed. The supported sharded path is FSDP2.
+GaLore projects each weight *matrix*'s gradient. ZeRO stages 1 and 2 hand the client optimizer
+one flattened 1-D partition per param group instead of the matrices (GaLore would "project" a
+meaningless n×1 column), stage 3 hands it no parameters at all; a DeepSpeed ``optimizer`` section
+replaces the client optimizer altogether. What runs is ZeRO stage 0 with a client optimizer (fp32,
+and bf16, whose unfused wrapper keeps each parameter's shape) — plain data parallelism, which DDP
+gives without DeepSpeed. The supported sharded path is FSDP2.
 """
 
 from __future__ import annotations
@@ -16,13 +17,6 @@ SHARDED_HINT = (
     "for sharded training use FSDP2 (galore pretrain --distributed fsdp, or torch's fully_shard "
     "with a galorekit optimizer), which keeps each weight a row-sharded matrix GaLore can project"
 )
-
-
-def _enabled(section: Any) -> bool:
-    if not isinstance(section, Mapping):
-        return False
-    value = section.get("enabled", False)
-    return value is True or (isinstance(value, str) and value.lower() == "true")
 
 
 def deepspeed_refusal(config: Mapping[str, Any], *, layerwise: bool = False) -> str | None:
@@ -42,17 +36,10 @@ def deepspeed_refusal(config: Mapping[str, Any], *, layerwise: bool = False) -> 
     stage = zero.get("stage", 0) if isinstance(zero, Mapping) else 0
     if stage not in (0, "0"):
         return (
-            f"ZeRO stage {stage} flattens the parameters into 1-D partitions before the optimizer "
-            "sees them, so GaLore has no weight matrix to project; only ZeRO stage 0 in fp32 can "
-            f"run it (that is plain data parallelism: DDP does the same); {SHARDED_HINT}"
+            f"ZeRO stage {stage} hands the optimizer flattened 1-D partitions instead of the "
+            "weight matrices, so GaLore has no matrix to project; only ZeRO stage 0 can run it "
+            f"(that is plain data parallelism: DDP does the same); {SHARDED_HINT}"
         )
-    for half in ("bf16", "fp16"):
-        if _enabled(config.get(half)):
-            return (
-                f"DeepSpeed's {half} optimizer wrapper flattens the parameters into 1-D fp32 "
-                "master copies, so GaLore has no weight matrix to project; run DeepSpeed in fp32 "
-                f"(ZeRO stage 0) or train in {half} with DDP or FSDP2 instead; {SHARDED_HINT}"
-            )
     return None
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from galorekit.extras import needs_extra
 from galorekit.integrations.deepspeed import check_deepspeed
 from galorekit.integrations.optim_args import parse_optim_args
 from galorekit.models.targets import TargetSpec, resolve_target_modules
@@ -195,8 +196,9 @@ class GaLoreTrainerMixin:
     before a ``transformers.Trainer`` subclass (``with_galore`` does)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        import transformers
-        from transformers import TrainerCallback
+        with needs_extra("train"):
+            import transformers
+            from transformers import TrainerCallback
 
         check_transformers_version(transformers.__version__)
         super().__init__(*args, **kwargs)
@@ -258,7 +260,8 @@ def with_galore(trainer_cls: type) -> type:
 def __getattr__(name: str) -> Any:
     # transformers is imported when the Trainer is asked for, not with this module
     if name == "GaLoreTrainer":
-        from transformers import Trainer
+        with needs_extra("train"):
+            from transformers import Trainer
 
         cls = with_galore(Trainer)
         globals()[name] = cls
