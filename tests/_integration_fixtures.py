@@ -72,3 +72,31 @@ def params(model) -> dict[str, torch.Tensor]:
 
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[n] - b[n]).abs().max()) for n in a)
+
+
+def word_tokenizer():
+    """A word-level tokenizer of VOCAB tokens built in memory (no hub): pad, unk, bos, eos and
+    the words w0 … w59."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    vocab = {tok: i for i, tok in enumerate(specials + [f"w{i}" for i in range(VOCAB - 4)])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+
+
+def text_dataset(n: int = 10, seed: int = 1):
+    """``n`` short texts of random words (a ``datasets.Dataset`` with a "text" column)."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    words = torch.randint(0, VOCAB - 4, (n, SEQ - 2), generator=g)
+    return Dataset.from_dict({"text": [" ".join(f"w{int(w)}" for w in row) for row in words]})
