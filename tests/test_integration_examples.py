@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from galorekit import LayerwiseOptimizer
+
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
@@ -52,3 +54,27 @@ def test_accelerate_save_and_load_state_resume_bit_identically(
         accelerate_example.parse_args([*flags, "--load-state", state, "--save-at", "3"])
     )
     assert all(torch.equal(straight[n], resumed[n]) for n in straight)
+
+
+@pytest.fixture(scope="module")
+def lightning_example():
+    pytest.importorskip("lightning")
+    return _example("lightning_galore")
+
+
+def test_lightning_layerwise_equals_ordinary(lightning_example, tmp_path):
+    trainers = {}
+
+    def run(*flags):
+        argv = ["--cpu", "--output-dir", str(tmp_path), *flags]
+        trainers[flags] = trainer = lightning_example.train(lightning_example.parse_args(argv))
+        return {n: p.detach() for n, p in trainer.lightning_module.model.named_parameters()}
+
+    ordinary, layerwise = run(), run("--layerwise")
+    assert _same(ordinary, layerwise, atol=1e-6)
+    wrapper = trainers[("--layerwise",)].optimizers[0]
+    assert isinstance(wrapper, LayerwiseOptimizer) and wrapper.steps == 6
+    assert trainers[("--layerwise",)].callback_metrics["grad_norm"] > 0
+    initial = {n: p.detach() for n, p in lightning_example.build_model(0).named_parameters()}
+    assert not _same(ordinary, initial, atol=1e-3)
+    assert not _same(layerwise, run("--layerwise", "--max-grad-norm", "0.1"), atol=1e-4)
