@@ -1,6 +1,6 @@
 """``GaLoreTrainer`` under DDP (2 gloo processes, the Trainer's own data sharding): layer-wise
 GaLore with gradient accumulation — which transformers refuses — equals the ordinary GaLore run of
-the same Trainer, on both ranks, and logs the same grad_norm."""
+the same Trainer, on both ranks, and logs the same grad_norm. The accelerate example likewise."""
 
 from __future__ import annotations
 
@@ -44,6 +44,23 @@ def _worker(rank: int, port: int, out: str) -> None:
         results[optim] = norms
     with open(f"{out}/norms.{rank}.json", "w") as f:
         json.dump(results, f)
+    # the accelerate example under the same 2-process DDP: layer-wise (backward under no_sync,
+    # the hooks average) equals its ordinary run
+    example = _accelerate_example()
+    for flag in ("", "--layerwise"):
+        weights = example.train(example.parse_args(["--cpu", "--seed", str(rank), *flag.split()]))
+        torch.save(weights, f"{out}/accelerate{flag}.{rank}.pt")
+
+
+def _accelerate_example():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "accelerate_galore.py"
+    spec = importlib.util.spec_from_file_location("accelerate_galore", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _free_port() -> int:
@@ -72,3 +89,9 @@ def test_layerwise_under_ddp_with_accumulation_equals_the_ordinary_run(tmp_path)
             norms = json.load(f)
         assert len(norms["galore_adamw"]) == 4
         assert norms["galore_adamw_layerwise"] == pytest.approx(norms["galore_adamw"], rel=1e-5)
+    plain = [load(f"accelerate.{r}.pt") for r in range(WORLD)]
+    layerwise = [load(f"accelerate--layerwise.{r}.pt") for r in range(WORLD)]
+    for rank in range(WORLD):
+        for name, value in plain[0].items():
+            assert torch.equal(plain[rank][name], value)
+            assert torch.allclose(layerwise[rank][name], value, atol=1e-6, rtol=0), name
