@@ -37,6 +37,8 @@ from galorekit.optim.galore_adafactor import GaLoreAdafactor as _Adafactor
 from galorekit.optim.galore_adamw import GaLoreAdamW as _AdamW
 
 MODULE = "galore_torch"
+#: the attribute that marks the drop-in module
+MARKER = "__galorekit_drop_in__"
 
 
 class GaLoreAdamW(_AdamW):
@@ -138,7 +140,7 @@ def _module() -> types.ModuleType:
     module = types.ModuleType(MODULE, "galorekit's optimizers under galore-torch's name")
     # a spec, so that importlib.util.find_spec (transformers' is_galore_torch_available) finds it
     module.__spec__ = importlib.machinery.ModuleSpec(MODULE, None)
-    module.__galorekit__ = True
+    setattr(module, MARKER, True)
     module.GaLoreAdamW = GaLoreAdamW
     module.GaLoreAdafactor = GaLoreAdafactor
 
@@ -159,7 +161,7 @@ _previous: list[types.ModuleType | None] = []
 
 def installed() -> bool:
     """Whether ``galore_torch`` is galorekit's drop-in in this process."""
-    return getattr(sys.modules.get(MODULE), "__galorekit__", False)
+    return getattr(sys.modules.get(MODULE), MARKER, False)
 
 
 def install() -> None:
