@@ -38,7 +38,9 @@ class TokenDataset(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def training_args(output_dir, **overrides):
+def training_args(output_dir, config_cls=None, **overrides):
+    """A ``TrainingArguments`` (or ``config_cls``, e.g. TRL's ``SFTConfig``) for a tiny GaLore run:
+    batch 2, accumulation 2, 2 epochs, rank 4, no clipping, no saving, CPU."""
     from transformers import TrainingArguments
 
     settings = dict(
@@ -63,7 +65,7 @@ def training_args(output_dir, **overrides):
         dataloader_num_workers=0,
     )
     settings.update(overrides)
-    return TrainingArguments(**settings)
+    return (config_cls or TrainingArguments)(**settings)
 
 
 def params(model) -> dict[str, torch.Tensor]:

@@ -7,7 +7,14 @@ import pytest
 
 pytest.importorskip("trl")
 
-from _integration_fixtures import max_diff, params, text_dataset, tiny_llama, word_tokenizer
+from _integration_fixtures import (
+    max_diff,
+    params,
+    text_dataset,
+    tiny_llama,
+    training_args,
+    word_tokenizer,
+)
 from galorekit.integrations.transformers import _layerwise_of
 from galorekit.integrations.trl import GaLoreSFTTrainer
 
@@ -15,23 +22,12 @@ from galorekit.integrations.trl import GaLoreSFTTrainer
 def _sft(tmp_path, optim: str):
     from trl import SFTConfig
 
-    config = SFTConfig(
-        output_dir=str(tmp_path / optim),
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        num_train_epochs=2,
-        learning_rate=1e-2,
-        max_grad_norm=0.0,
-        max_length=16,
+    config = training_args(
+        tmp_path / optim,
+        SFTConfig,
         optim=optim,
-        optim_target_modules=["self_attn", "mlp"],
         optim_args="rank=4, update_proj_gap=2, moments=project",
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
+        max_length=16,
         dataset_num_proc=None,
     )
     model = tiny_llama()
