@@ -25,7 +25,7 @@ and one callback is added; ``SUPPORTED_TRANSFORMERS`` is the range tested
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -257,13 +257,25 @@ def with_galore(trainer_cls: type) -> type:
     return type(f"GaLore{trainer_cls.__name__}", (GaLoreTrainerMixin, trainer_cls), {})
 
 
-def __getattr__(name: str) -> Any:
-    # transformers is imported when the Trainer is asked for, not with this module
-    if name == "GaLoreTrainer":
-        with needs_extra("train"):
-            from transformers import Trainer
+def lazy_trainer(
+    namespace: dict[str, Any], name: str, load: Callable[[], type]
+) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that builds ``name`` = ``with_galore(load())`` on first use (the
+    trainer's library is imported then, not with the module)."""
 
-        cls = with_galore(Trainer)
-        globals()[name] = cls
+    def __getattr__(attr: str) -> Any:
+        if attr != name:
+            raise AttributeError(f"module {namespace['__name__']!r} has no attribute {attr!r}")
+        namespace[attr] = cls = with_galore(load())
         return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+def _trainer() -> type:
+    with needs_extra("train"):
+        from transformers import Trainer
+    return Trainer
+
+
+__getattr__ = lazy_trainer(globals(), "GaLoreTrainer", _trainer)

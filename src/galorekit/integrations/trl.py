@@ -11,19 +11,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from galorekit.extras import needs_extra
-from galorekit.integrations.transformers import with_galore
+from galorekit.integrations.transformers import lazy_trainer
 
 
-def __getattr__(name: str) -> Any:
-    # trl is imported when the trainer is asked for, not with this module
-    if name == "GaLoreSFTTrainer":
-        with needs_extra("integrations"):
-            from trl import SFTTrainer
+def _sft_trainer() -> type:
+    with needs_extra("integrations"):
+        from trl import SFTTrainer
+    return SFTTrainer
 
-        cls = with_galore(SFTTrainer)
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+# trl is imported when the trainer is asked for, not with this module
+__getattr__ = lazy_trainer(globals(), "GaLoreSFTTrainer", _sft_trainer)
