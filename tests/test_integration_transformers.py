@@ -140,6 +140,11 @@ def test_layerwise_clips_with_max_grad_norm(tmp_path):
     assert max_diff(p_free, p_clipped) > 1e-4
     # the first step is measured, not clipped (the previous step's norm scales the next one)
     assert logs_clipped[0]["grad_norm"] == pytest.approx(logs[0]["grad_norm"], rel=1e-6)
+    one = dict(optim="galore_adamw_layerwise", max_steps=1, warmup_steps=0)
+    _, p_one_free, _ = _train(tmp_path, "c", **one)
+    _, p_one_clipped, _ = _train(tmp_path, "d", **one, max_grad_norm=clip)
+    assert max_diff(p_one_free, p_one_clipped) == 0.0
+    assert max_diff(p_one_free, params(tiny_llama())) > 1e-3
 
 
 @pytest.mark.parametrize("optim", ["galore_adamw", "galore_adamw_layerwise"])
