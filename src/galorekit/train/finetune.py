@@ -165,7 +165,7 @@ def _run_method(
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(out_dir, config_values(cfg))
-    with MetricsLogger(out_dir, tensorboard=cfg.tensorboard) as logger:
+    with MetricsLogger.for_run(out_dir, cfg) as logger:
         result = train_and_evaluate(cfg, data, inputs, location, out_dir, logger)
     atomic_write_json(out_dir / RESULTS_FILE, to_jsonable(result))
     return result

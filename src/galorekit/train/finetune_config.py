@@ -21,6 +21,7 @@ from galorekit.data.classification import (
     ClassificationDataConfig,
 )
 from galorekit.names import PROJ_TYPES
+from galorekit.train.logging import REPORT_TO_HELP, report_to_error
 
 #: full-rank AdamW is ``adamw`` in every command (``full`` is refused with a pointer)
 METHODS = ("adamw", "galore_adamw", "galore_adamw8bit", "galore_adafactor", "lora")
@@ -181,6 +182,7 @@ class FinetuneConfig:
         group="run",
     )
     tensorboard: bool = option(True, "only write metrics.jsonl", group="run")
+    report_to: str = option("tensorboard", REPORT_TO_HELP, group="run")
     progress: bool = option(True, "no progress bar", group="run")
     threads: int = option(
         0,
@@ -281,6 +283,8 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ConfigError(
             "--weight-decay, --max-grad-norm, --eval-every and --threads must be >= 0"
         )
+    if (report := report_to_error(cfg.report_to)) is not None:
+        raise ConfigError(report)
 
 
 # --------------------------------------------------------------------------- the flags

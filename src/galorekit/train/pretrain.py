@@ -354,7 +354,7 @@ def _start(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         changes = {**in_checkpoint, **changes}
     if ctx.is_main:
         pretrain_state.write_config(run, step, changes)
-    run.logger = MetricsLogger(out, tensorboard=cfg.tensorboard) if ctx.is_main else _NullLogger()
+    run.logger = MetricsLogger.for_run(out, cfg) if ctx.is_main else _NullLogger()
     if changes:
         run.logger.log(
             {

@@ -36,6 +36,7 @@ from galorekit.names import (
     PROJ_TYPES,
     STATE_DTYPES,
 )
+from galorekit.train.logging import REPORT_TO_HELP, report_to_error
 
 #: fields that must match between a checkpoint and the run resuming from it
 RESUME_KEYS = ("model", "method", "seq_len", "batch_size", "total_batch_size", "data_fingerprint")
@@ -140,6 +141,7 @@ class PretrainConfig:
     )
     progress: bool = option(True, "no progress bar", group="output")
     tensorboard: bool = option(True, "no TensorBoard event files", group="output")
+    report_to: str = option("tensorboard", REPORT_TO_HELP, group="output")
     plot: bool = option(True, "no curves.png at the end", group="output")
     nproc_per_node: int = option(
         1,
@@ -237,6 +239,8 @@ def _errors(cfg: PretrainConfig) -> list[str]:
     errors += _parallel_errors(cfg)
     if cfg.resume is not None and cfg.overwrite:
         errors.append("--resume and --overwrite contradict each other")
+    if (report := report_to_error(cfg.report_to)) is not None:
+        errors.append(report)
     return errors
 
 

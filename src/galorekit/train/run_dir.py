@@ -17,7 +17,7 @@ from galorekit.train.checkpoint import (
 )
 from galorekit.train.logging import metrics_lines
 
-RUN_FILES = ("metrics.jsonl", "config.json", "checkpoints", "tensorboard", "summary.md")
+RUN_FILES = ("metrics.jsonl", "config.json", "checkpoints", "tensorboard", "wandb", "summary.md")
 
 
 def default_output_dir(cfg: Any) -> Path:
