@@ -114,3 +114,18 @@ def test_a_device_that_does_not_exist_is_one_line(
     assert _run(pretrain_corpus, tmp_path / "run", "--device", device) == 2
     assert message in _error(capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_fsdp_export_gathers_the_shards(pretrain_corpus, tmp_path):
+    """Under FSDP2 every rank gathers its shards and rank 0 writes: the export equals the run's
+    (sharded) final checkpoint, consolidated."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    hf, run = tmp_path / "hf", tmp_path / "run"
+    fsdp = ("--nproc-per-node", "2", "--distributed", "fsdp", "--batch-size", "2")
+    assert _run(pretrain_corpus, run, *fsdp, "--export-dir", str(hf)) == 0
+    dcp_to_torch_save(find_latest_checkpoint(run / "checkpoints") / "model", tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf / "final")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
