@@ -23,7 +23,8 @@ RUN_FILES = ("metrics.jsonl", "config.json", "checkpoints", "tensorboard", "wand
 def default_output_dir(cfg: Any) -> Path:
     """``runs/pretrain-<model>-<method>-<time>``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"pretrain-{cfg.model}-{cfg.method.method}-{stamp}"
+    model = Path(str(cfg.model)).name or str(cfg.model)  # a path or hub name: its last part
+    return Path("runs") / f"pretrain-{model}-{cfg.method.method}-{stamp}"
 
 
 def _checkpoint_steps(out: Path) -> list[int]:
