@@ -98,11 +98,12 @@ def default_targets(model: nn.Module) -> list[str]:
 
     For LLaMA every layer's ``q/k/v/o_proj`` and ``gate/up/down_proj`` — the matrices the paper
     trains with GaLore; GPT-2's ``c_attn/c_proj/c_fc`` (``Conv1D``), BERT's and ViT's
-    ``query/key/value`` and attention/intermediate/output ``dense``. Only linear layers inside
+    ``query/key/value`` and attention/intermediate/output ``dense``. Only layers inside
     ``model.base_model`` (the backbone) count, not a BERT-style pooler there (a dense layer on
     [CLS], part of the classification head), and the output head never does: embeddings, norms,
-    heads and convolutions (ViT's patch embedding) stay out. A model without ``base_model`` (not a
-    transformers model) has every linear layer but its output head.
+    heads and convolutions next to linear layers (ViT's patch embedding) stay out. A backbone
+    without linear layers (a CNN) has its convolutions as the default. A model without
+    ``base_model`` (not a transformers model) has every linear layer but its output head.
     """
     backbone = getattr(model, "base_model", model)
     inside = {id(m) for m in backbone.modules()}
@@ -110,11 +111,13 @@ def default_targets(model: nn.Module) -> list[str]:
     if isinstance(pooler, nn.Module):
         inside -= {id(m) for m in pooler.modules()}
     head = output_head(model)
-    return [
-        name
+    kinds = {
+        name: module_kind(module)
         for name, module in model.named_modules()
-        if module_kind(module) == "linear" and id(module) in inside and module is not head
-    ]
+        if id(module) in inside and module is not head
+    }
+    kind = "linear" if "linear" in kinds.values() else "conv"
+    return [name for name, k in kinds.items() if k == kind]
 
 
 def name_matches(name: str, spec: str | Sequence[str]) -> bool:
