@@ -218,3 +218,18 @@ def test_lora_on_convolutions_and_low_rank_refuses_them() -> None:
         apply_lora(family("cnn"), rank=9, alpha=8)  # the first kernel is 32×(1·3·3)
     with pytest.raises(ValueError, match=r"linear layers.*features\.0 \(Conv2d\)"):
         apply_low_rank(family("cnn"), rank=4)
+
+
+@pytest.mark.parametrize("shape", [(8,), ()], ids=["vector", "scalar"])
+@pytest.mark.parametrize("layerwise", [False, True], ids=["step", "layerwise"])
+def test_a_vector_or_scalar_in_a_galore_group_is_refused_up_front(shape, layerwise) -> None:
+    """Refused when the optimizer is built, naming the parameter — never deep in a step."""
+    from galorekit import GaLoreAdafactor, LayerwiseOptimizer
+
+    for cls in (GaLoreAdamW, GaLoreAdafactor):
+        groups = [{"params": [nn.Parameter(torch.zeros(shape))], "param_names": ["scale"]}]
+        groups[0]["rank"] = 4
+        with pytest.raises(
+            ValueError, match=rf"holds scale of shape \({shape[0] if shape else ''}"
+        ):
+            LayerwiseOptimizer(groups, cls, lr=1e-3) if layerwise else cls(groups, lr=1e-3)

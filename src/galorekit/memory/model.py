@@ -78,7 +78,8 @@ def build_training_model(
     net = build_model(
         model, vocab_size=vocab_size, device=device, dtype=setup.param_dtype, seed=seed
     )
-    if net.config._attn_implementation != setup.attn_implementation:
+    # a transformers model runs the setup's attention kernel (the CNN has none)
+    if getattr(net.config, "_attn_implementation", None) not in (None, setup.attn_implementation):
         net.set_attn_implementation(setup.attn_implementation)
     rank, note = resolve_rank(net, setup)
     setup = setup.with_(rank=rank)
