@@ -79,3 +79,28 @@ def test_memory_command_on_a_cnn(capsys) -> None:
     assert code == 2 and "galore memory: error:" in err and "traced on the meta device" in err
     code, _, err = _run(capsys, "--model", "vit_digits", "--vocab-size", "100")
     assert code == 2 and "vocab_size does not apply to a vit model" in err
+
+
+def test_bench_times_a_cnns_kernels() -> None:
+    """``galore bench --model cnn_digits``: the kernels stay 4-D, GaLore's state is the
+    unfolding's, galore-torch (whose 4-D path crashes) is left out."""
+    from galorekit import bench
+    from galorekit.bench.timing import model_shapes
+
+    assert [s for _, s in model_shapes("cnn_digits")] == [
+        (32, 1, 3, 3),
+        (64, 32, 3, 3),
+        (64, 64, 3, 3),
+    ]
+    cfg = bench.BenchConfig(model="cnn_digits", rank=8, steady_steps=1, cycles=1, svd=("exact",))
+    assert bench.BenchConfig(model="cnn_digits").effective_rank == 16  # width 64 // 4
+    result = bench.run_benchmark(cfg)
+    rows = {r["optimizer"]: r for r in result["results"]}
+    assert set(rows) == {"torch AdamW (foreach)", "galorekit (svd=exact)"}
+    # AdamW: 2 moments of every weight. GaLore r=8 on the unfoldings 32×9 (projected on the
+    # right: moments 32×8, projector 8×9), 64×288 and 64×576 (left: moments 8×n, projector 64×8)
+    numel = [32 * 9, 64 * 288, 64 * 576]
+    assert rows["torch AdamW (foreach)"]["state_bytes"] == 8 * sum(numel) + 3 * 4  # + step
+    galore = 4 * ((2 * 32 * 8 + 8 * 9) + (2 * 8 * 288 + 64 * 8) + (2 * 8 * 576 + 64 * 8))
+    assert rows["galorekit (svd=exact)"]["state_bytes"] == galore
+    assert "cnn_digits shapes" in bench.format_markdown(result)

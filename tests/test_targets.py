@@ -233,3 +233,17 @@ def test_a_vector_or_scalar_in_a_galore_group_is_refused_up_front(shape, layerwi
             ValueError, match=rf"holds scale of shape \({shape[0] if shape else ''}"
         ):
             LayerwiseOptimizer(groups, cls, lr=1e-3) if layerwise else cls(groups, lr=1e-3)
+
+
+def test_the_readme_targets_example_runs(capsys) -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Choosing targets") :]
+    example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "transformer.h.1.mlp.c_proj" in out and "did you mean" in out
+    assert len(namespace["opt"].param_groups[1]["params"]) == 4

@@ -72,6 +72,13 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, int | float | bool]]] = {
 }
 
 
+def family_hidden_size(name: str) -> int:
+    """The width a default rank (``hidden_size // 4``) reads for a :data:`FAMILY_CONFIGS` name:
+    GPT-2's ``n_embd``, ViT's ``hidden_size``, the CNN's ``width``."""
+    fields = FAMILY_CONFIGS[name][1]
+    return int(fields.get("n_embd") or fields.get("hidden_size") or fields["width"])
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`galorekit.models.model_config`: the LLaMA shapes smallest first,
     then the other families."""

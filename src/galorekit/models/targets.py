@@ -7,6 +7,7 @@ which GaLore's parameter groups use below this layer; this module adds what the 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 from torch import nn
@@ -31,6 +32,7 @@ __all__ = [
     "module_kind",
     "output_head",
     "resolve_target_modules",
+    "target_shapes",
 ]
 
 
@@ -98,3 +100,19 @@ def check_rank(model: nn.Module, names: Sequence[str], rank: int, method: str) -
             f"{method}: rank {rank} is not below min(in, out) of {shown}; "
             f"the largest valid rank for these target modules is {limit}"
         )
+
+
+def target_shapes(model: str, layers: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    """``(name, weight shape)`` of every default target of the named ``model`` (built on the meta
+    device; a convolution's kernel keeps its 4-D shape), in module order; ``layers``: only the
+    blocks numbered below it (a target outside numbered blocks is always kept)."""
+    from galorekit.models.build import build_model  # builds transformers models: not at import
+
+    net = build_model(model, device="meta")
+    modules = dict(net.named_modules())
+    out = []
+    for name in default_target_modules(net):
+        block = re.search(r"\.(\d+)\.", f".{name}.")
+        if layers is None or block is None or int(block.group(1)) < layers:
+            out.append((name, tuple(modules[name].weight.shape)))
+    return out

@@ -148,34 +148,45 @@ def _check_spec(target_modules: str | Sequence[str], what: str) -> str | list[st
 
 
 def _suffixes(names: Sequence[str]) -> list[str]:
-    """Every dot-suffix of every name (``a.b.c`` → ``a.b.c``, ``b.c``, ``c``): what a list
-    entry can match."""
-    out = {
-        ".".join(parts[i:]) for n in names for parts in [n.split(".")] for i in range(len(parts))
-    }
+    """What a near miss can suggest for each name: its leaf, its last two parts and the whole
+    name (``a.b.c.d`` → ``d``, ``c.d``, ``a.b.c.d``), never a suffix starting at a block number."""
+    out = set(names)
+    for name in names:
+        parts = name.split(".")
+        for k in (1, 2):
+            if len(parts) > k and not parts[-k].isdigit():
+                out.add(".".join(parts[-k:]))
     return sorted(out)
 
 
 def near_misses(wanted: str, names: Sequence[str], n: int = 5) -> list[str]:
-    """Module names (or their suffixes) close to ``wanted`` (difflib), best first."""
+    """Module names (or their short suffixes) close to ``wanted`` (difflib), best first."""
     pool = names if len(names) <= 2000 else names[:2000]
     return difflib.get_close_matches(wanted, _suffixes(pool), n=n, cutoff=0.5)
 
 
 def _no_match(spec_text: str, wanted: Sequence[str], model: nn.Module, what: str) -> ValueError:
     targetable = [name for name, m in model.named_modules() if module_kind(m) is not None]
-    other = [
-        f"{name} ({type(m).__name__})"
+    containers = [
+        (name, m)
         for name, m in model.named_modules()
         if name and module_kind(m) is None and any(name_matches(name, [w]) for w in wanted)
     ]
-    close = sorted({c for w in wanted for c in near_misses(w, targetable)})
+    other = [f"{name} ({type(m).__name__})" for name, m in containers]
+    inside = [
+        n.rsplit(".", 1)[-1]
+        for _, m in containers[:1]
+        for n, child in m.named_modules()
+        if n and module_kind(child) is not None
+    ]
+    close = list(dict.fromkeys(c for w in wanted for c in near_misses(w, targetable)))
     leaves = sorted({n.rsplit(".", 1)[-1] for n in targetable})
     parts = [f"{what} {spec_text} matches no {' / '.join(KINDS.values())} module"]
     if other:
         parts.append(
-            f"it names {', '.join(other[:3])}{' …' if len(other) > 3 else ''}, which cannot "
-            "be targeted: name the layers inside (e.g. q_proj) or use a regex"
+            f"it names {', '.join(other[:2])}{' …' if len(other) > 2 else ''}, which cannot "
+            f"be targeted: name the layers inside"
+            f"{' (' + ', '.join(dict.fromkeys(inside)) + ')' if inside else ''} or use a regex"
         )
     if close:
         parts.append(f"did you mean {', '.join(close)}?")
