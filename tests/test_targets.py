@@ -247,3 +247,58 @@ def test_the_readme_targets_example_runs(capsys) -> None:
     out = capsys.readouterr().out
     assert "transformer.h.1.mlp.c_proj" in out and "did you mean" in out
     assert len(namespace["opt"].param_groups[1]["params"]) == 4
+
+
+def test_lowrank_comm_hook_sends_a_kernels_projection(tmp_path, monkeypatch) -> None:
+    """The DDP low-rank hook on a convolution kernel (one gloo process, a bucket of the kernel
+    and its bias): between refreshes it sends R = Pᵀ·unfold(G) and writes back P·R̄, whose
+    projection by the optimizer is R̄ again — the full all-reduce's update."""
+    import torch.distributed as dist
+
+    from galorekit.distributed.hooks import HookState, lowrank_allreduce_hook
+    from galorekit.distributed.projection_view import ProjectionLookup
+    from galorekit.optim.validation import as_matrix
+    from galorekit.projection.projector import project
+
+    conv = nn.Conv2d(4, 16, 3)
+    opt = GaLoreAdamW(
+        [{"params": [conv.weight], "rank": 4, "update_proj_gap": 5}, {"params": [conv.bias]}],
+        lr=1e-2,
+    )
+    conv(torch.randn(2, 4, 6, 6)).pow(2).mean().backward()
+    opt.step()  # the first step refreshes: the next ones are projected
+    grad = torch.randn(conv.weight.shape, generator=torch.Generator().manual_seed(3))
+
+    class Bucket:  # what the hook reads of a dist.GradBucket
+        def __init__(self) -> None:
+            self._buffer = torch.cat([grad.reshape(-1), torch.ones(16)])
+
+        def buffer(self) -> torch.Tensor:
+            return self._buffer
+
+        def parameters(self) -> list[nn.Parameter]:
+            return [conv.weight, conv.bias]
+
+    sent_numel = []
+    all_reduce = dist.all_reduce
+
+    def counting(t: torch.Tensor, *args, **kwargs):
+        sent_numel.append(t.numel())
+        return all_reduce(t, *args, **kwargs)
+
+    monkeypatch.setattr(dist, "all_reduce", counting)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        bucket = Bucket()
+        state = HookState(lookup=ProjectionLookup(opt))
+        out = lowrank_allreduce_hook(state, bucket).wait()
+    finally:
+        dist.destroy_process_group()
+    view = ProjectionLookup(opt)(conv.weight)
+    sent, kept = out[: grad.numel()].view(grad.shape), out[grad.numel() :]
+    low = project(as_matrix(grad), view.side, view.left, view.right)
+    torch.testing.assert_close(project(as_matrix(sent), view.side, view.left, view.right), low)
+    assert not torch.allclose(sent, grad)  # the kernel travelled projected, not in full
+    torch.testing.assert_close(kept, torch.ones(16))
+    # R: the unfolding 16×36 projected on the left to 4×36, and the bias in full
+    assert sent_numel == [4 * 36 + 16]
