@@ -104,3 +104,16 @@ def test_bench_times_a_cnns_kernels() -> None:
     galore = 4 * ((2 * 32 * 8 + 8 * 9) + (2 * 8 * 288 + 64 * 8) + (2 * 8 * 576 + 64 * 8))
     assert rows["galorekit (svd=exact)"]["state_bytes"] == galore
     assert "cnn_digits shapes" in bench.format_markdown(result)
+
+
+@pytest.mark.parametrize("model", ["cnn_digits", "gpt2_tiny"])
+def test_measured_run_equals_the_estimate(model: str) -> None:
+    """``galore memory --measure`` trains an image model on random images: its weights,
+    gradients, optimizer states and saved activations equal the estimate."""
+    from galorekit.memory.measure import measure
+
+    setup = TrainingSetup(method="galore_adamw", rank=8, precision="fp32", batch_size=2, seq_len=16)
+    meas = measure(model, setup, vocab_size=_vocab(model), device="cpu", steps=2, seed=0)
+    est = estimate(model, setup, vocab_size=_vocab(model))
+    got = (meas.weights, meas.gradients, meas.optimizer_states, meas.activations)
+    assert got == (est.weights, est.gradients, est.optimizer_states, est.activations)

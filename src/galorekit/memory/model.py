@@ -1,5 +1,6 @@
 """The model and optimizer a training configuration trains — built by the method layer that
-``galore pretrain`` uses (``galorekit.methods``): the named LLaMA, the baseline's adapters or
+``galore pretrain`` uses (``galorekit.methods``): the named model (a LLaMA, or GPT-2, ViT, the
+CNN of ``galorekit.models.registry.FAMILY_CONFIGS``), the baseline's adapters or
 factorised layers where the method has them, and the method's optimizer. Built on
 ``device="meta"`` for estimates (nothing is allocated) and on a real device for measurements —
 the same function for both, so the estimate reads exactly what the measured run trains.

@@ -31,28 +31,38 @@ def activation_estimate(model: nn.Module, setup: TrainingSetup) -> ActivationEst
     return traced_activations(model, setup)
 
 
-def example_inputs(model: nn.Module, setup: TrainingSetup) -> dict[str, torch.Tensor]:
+def example_inputs(
+    model: nn.Module, setup: TrainingSetup, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
     """One micro-batch for ``model`` on its device: ``batch_size × seq_len`` token ids (and
     labels) for a language model, ``batch_size`` images of the config's size and a label each
-    for an image classifier."""
+    for an image classifier; random under ``generator`` (drawn on the CPU), else zeros (the meta
+    device holds no values)."""
     p = next(model.parameters())
     config = getattr(model, "config", None)
     b = setup.batch_size
-    if getattr(config, "vocab_size", None):
-        ids = torch.zeros(b, setup.seq_len, dtype=torch.long, device=p.device)
+
+    def draw(shape: tuple[int, ...], high: int | None, dtype: torch.dtype) -> torch.Tensor:
+        if generator is None:
+            return torch.zeros(shape, dtype=dtype, device=p.device)
+        if high is None:
+            return torch.randn(shape, generator=generator).to(p.device, dtype)
+        return torch.randint(0, high, shape, generator=generator).to(p.device)
+
+    vocab = getattr(config, "vocab_size", None)
+    if vocab:
+        ids = draw((b, setup.seq_len), vocab, torch.long)
         return {"input_ids": ids, "labels": ids}
-    if getattr(config, "image_size", None) and getattr(config, "num_channels", None) is not None:
-        channels, size = config.num_channels, config.image_size
-    elif getattr(config, "image_size", None):
-        channels, size = getattr(config, "in_channels", 3), config.image_size
-    else:
+    size = getattr(config, "image_size", None)
+    if not size:
         raise ValueError(
             f"cannot make an example batch for {type(model).__name__}: its config has neither a "
             "vocab_size (language model) nor an image_size (image classifier)"
         )
+    channels = getattr(config, "num_channels", None) or getattr(config, "in_channels", 3)
     return {
-        "pixel_values": torch.zeros(b, channels, size, size, dtype=p.dtype, device=p.device),
-        "labels": torch.zeros(b, dtype=torch.long, device=p.device),
+        "pixel_values": draw((b, channels, size, size), None, p.dtype),
+        "labels": draw((b,), getattr(config, "num_labels", 2), torch.long),
     }
 
 
