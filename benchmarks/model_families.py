@@ -13,8 +13,9 @@ offline, from random init, in one run (issue 20).
 
 Targets are each family's default (``galorekit.optim.targets.default_targets``: the linear layers
 in the blocks; the CNN's convolutions), the same for GaLore and LoRA, rank ``hidden_size // 4``.
-Every method gets the same tuning: three learning rates (its default ``× 1/3, 1, 3``), the best
-chosen on a validation split, reported on a disjoint test split; one seed. LoRA is the paper's
+Every method gets the same tuning: three learning rates (its default ``× 1/3, 1, 3``), extended by
+a ×3 step (twice at most) while the best sits at the grid's edge, the best chosen on a validation
+split, reported on a disjoint test split; one seed. LoRA is the paper's
 pre-training baseline (targeted weights frozen at their random init, everything else trained).
 Optimizer state: bytes held after training (``galorekit.analysis.state_bytes``), and for GaLore
 the state of the targeted weights against AdamW's for the same weights, per family and per tensor.
@@ -50,6 +51,7 @@ from galorekit.train.loop import Loop, seed_everything
 
 METHODS = ("adamw", "galore_adamw", "lora")
 LR_FACTORS = (1 / 3, 1.0, 3.0)
+MAX_EXTENSIONS = 2  # grid points added where the best LR sits at an edge
 
 
 @dataclass
@@ -364,25 +366,46 @@ def main() -> None:
         "bert": lambda: bert(10 if q else 250),
         "gpt2": lambda: gpt2(10 if q else 250, 16 if q else 256),
     }
-    rows = []
+    rows: list[dict] = []
+
+    def run_cached(family: Family, method: str, lr: float, rank: int) -> dict:
+        key = f"{family.name}/{method}/{lr}"
+        if key not in cache:
+            cache[key] = run(family, method, lr, rank)
+            cache_path.write_text(json.dumps(cache, indent=1) + "\n")
+        r = cache[key]
+        print(
+            f"{key}: val {r['val']:.4g} test {r['test']:.4g} "
+            f"state {r['state_bytes']} B ({r['seconds']} s)",
+            flush=True,
+        )
+        return r
+
     for name in args.families:
         family = builders[name]()
         rank = family.rank or methods.default_rank(family.make())
         for method in METHODS:
             base = methods.MethodConfig(method=method).peak_lr
-            for factor in LR_FACTORS:
-                lr = float(f"{base * factor:.3g}")
-                key = f"{name}/{method}/{lr}"
-                if key not in cache:
-                    cache[key] = run(family, method, lr, rank)
-                    cache_path.write_text(json.dumps(cache, indent=1) + "\n")
-                r = cache[key]
-                print(
-                    f"{key}: val {r['val']:.4g} test {r['test']:.4g} "
-                    f"state {r['state_bytes']} B ({r['seconds']} s)",
-                    flush=True,
+            grid = [float(f"{base * factor:.3g}") for factor in LR_FACTORS]
+            done: list[dict] = []
+            while True:
+                for lr in grid:
+                    if all(r["lr"] != lr for r in done):
+                        done.append(run_cached(family, method, lr, rank))
+                # an optimum at the grid's edge is extended by one ×3 step that way (twice at
+                # most), the same rule for every method
+                best = best_rows(done)[0]["lr"]
+                if len(grid) >= len(LR_FACTORS) + MAX_EXTENSIONS or best not in (grid[0], grid[-1]):
+                    break
+                grid = (
+                    [*grid, float(f"{best * 3:.3g}")]
+                    if best == grid[-1]
+                    else [
+                        float(f"{best / 3:.3g}"),
+                        *grid,
+                    ]
                 )
-                rows.append(r)
+            rows += done
     command = " ".join(["OMP_NUM_THREADS=1", "python", *sys.argv])
     (out / "results.json").write_text(
         json.dumps({"command": command, "best": best_rows(rows), "runs": rows}, indent=1) + "\n"
