@@ -17,6 +17,9 @@ Every method gets the same tuning: three learning rates (its default ``× 1/3, 1
 a ×3 step (twice at most) while the best sits at the grid's edge, the best chosen on a validation
 split, reported on a disjoint test split; one seed. LoRA is the paper's
 pre-training baseline (targeted weights frozen at their random init, everything else trained).
+Control: GaLore at its chosen LR with the rank clamped to min(m, n) of every matrix (no
+compression), so that what GaLore gains over AdamW can be told apart from the low rank's effect
+(GaLore's ``scale`` 0.25 gives the projected matrices a quarter of the LR the rest trains at).
 Optimizer state: bytes held after training (``galorekit.analysis.state_bytes``), and for GaLore
 the state of the targeted weights against AdamW's for the same weights, per family and per tensor.
 
@@ -34,6 +37,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +56,7 @@ from galorekit.train.loop import Loop, seed_everything
 METHODS = ("adamw", "galore_adamw", "lora")
 LR_FACTORS = (1 / 3, 1.0, 3.0)
 MAX_EXTENSIONS = 2  # grid points added where the best LR sits at an edge
+FULL_RANK = "galore_adamw r=min(m,n) (control)"
 
 
 @dataclass
@@ -310,7 +315,7 @@ def markdown(rows: list[dict], command: str) -> str:
         grid = sorted(
             x["lr"] for x in rows if (x["family"], x["method"]) == (r["family"], r["method"])
         )
-        edge = " (edge)" if r["lr"] in (grid[0], grid[-1]) else ""
+        edge = " (edge)" if len(grid) > 1 and r["lr"] in (grid[0], grid[-1]) else ""
         fmt = "{:.1%}" if r["metric"] == "accuracy" else "ppl {:.1f}"
         ratio = (
             r["state_bytes"] / adamw_state[r["family"]] if r["family"] in adamw_state else math.nan
@@ -368,10 +373,12 @@ def main() -> None:
     }
     rows: list[dict] = []
 
-    def run_cached(family: Family, method: str, lr: float, rank: int) -> dict:
-        key = f"{family.name}/{method}/{lr}"
+    def run_cached(family: Family, method: str, lr: float, rank: int, label: str = "") -> dict:
+        key = f"{family.name}/{label or method}/{lr}"
         if key not in cache:
             cache[key] = run(family, method, lr, rank)
+            if label:
+                cache[key].update(method=label, targets=None)
             cache_path.write_text(json.dumps(cache, indent=1) + "\n")
         r = cache[key]
         print(
@@ -406,6 +413,12 @@ def main() -> None:
                     ]
                 )
             rows += done
+        # control: GaLore at its best LR without compression (rank clamped to min(m, n) of
+        # every matrix): what it gains or loses there is not the low rank's doing
+        best = best_rows([r for r in rows if (r["family"], r["method"]) == (name, "galore_adamw")])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the rank clamp, once per run
+            rows.append(run_cached(family, "galore_adamw", best[0]["lr"], 1 << 20, FULL_RANK))
     command = " ".join(["OMP_NUM_THREADS=1", "python", *sys.argv])
     (out / "results.json").write_text(
         json.dumps({"command": command, "best": best_rows(rows), "runs": rows}, indent=1) + "\n"
