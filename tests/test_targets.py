@@ -302,3 +302,33 @@ def test_lowrank_comm_hook_sends_a_kernels_projection(tmp_path, monkeypatch) -> 
     torch.testing.assert_close(kept, torch.ones(16))
     # R: the unfolding 16×36 projected on the left to 4×36, and the bias in full
     assert sent_numel == [4 * 36 + 16]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (["attn", "mlp"], DEFAULTS["llama"]),  # the Trainer's documented GaLore example
+        (["self_attn", "mlp"], DEFAULTS["llama"]),  # substrings of the projections' names
+        ([r".*\.mlp\..*"], [n for n in DEFAULTS["llama"] if ".mlp." in n]),  # a regex entry
+        ("all_linear", DEFAULTS["llama"]),
+    ],
+)
+def test_transformers_rules_read_optim_target_modules_as_the_trainer(spec, expected) -> None:
+    """``rules="transformers"``: transformers' ``check_target_module_exists`` (exact name,
+    substring, or an entry as a full-match regex), linear layers only — checked against it."""
+    from transformers.trainer_utils import check_target_module_exists
+
+    model = family("llama")
+    got = resolve_target_modules(model, spec, rules="transformers")
+    assert got == expected
+    if spec != "all_linear":
+        trainer = [
+            n
+            for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and check_target_module_exists(spec, n)
+        ]
+        assert got == trainer
+    with pytest.raises(ValueError, match="a part of it"):
+        resolve_target_modules(model, ["no_such"], rules="transformers")
+    with pytest.raises(ValueError, match="unknown target rules"):
+        select_modules(model, ["q_proj"], rules="hf")

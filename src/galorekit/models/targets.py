@@ -61,13 +61,17 @@ def default_target_modules(model: nn.Module) -> list[str]:
     return default_targets(model)
 
 
-def resolve_target_modules(model: nn.Module, target_modules: TargetSpec = None) -> list[str]:
+def resolve_target_modules(
+    model: nn.Module, target_modules: TargetSpec = None, *, rules: str = "peft"
+) -> list[str]:
     """Qualified names of the modules ``target_modules`` selects, in module order — the rules of
     ``galorekit.optim.targets`` (peft's): ``None`` the default targets, ``"all-linear"`` every
     linear layer but the head, a string a regex matching whole names, a list names matched whole
-    or as a suffix after a dot (``["q_proj", "v_proj"]``). Raises ``ValueError`` when the spec or
-    one of its entries selects nothing, naming near misses."""
-    return select_modules(model, target_modules)
+    or as a suffix after a dot (``["q_proj", "v_proj"]``); ``rules="transformers"``: as the HF
+    Trainer reads ``optim_target_modules`` (list entries also as substrings or full-match
+    regexes, linear layers only). Raises ``ValueError`` when the spec or one of its entries selects
+    nothing, naming near misses."""
+    return select_modules(model, target_modules, rules=rules)
 
 
 def max_adapter_rank(model: nn.Module, names: Sequence[str]) -> int:

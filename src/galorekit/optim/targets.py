@@ -15,6 +15,12 @@ galorekit, peft and Hugging Face's ``optim_target_modules``:
 - ``None``: the default, the linear layers inside the transformer blocks (see
   :func:`default_targets`).
 
+``rules="transformers"`` reads a spec as Hugging Face's Trainer reads ``optim_target_modules``
+(``transformers.trainer_utils.check_target_module_exists``): a list entry also matches as a
+*substring* of the name or as a regex matching the whole name (``["attn", "mlp"]``,
+``[r".*attn.*"]``), and only linear layers count (modules of other kinds that match are skipped,
+as the Trainer skips them).
+
 Module kinds that can be targeted: ``nn.Linear`` and ``Conv1D`` (``"linear"``, weight matrices;
 ``Conv1D`` stores its weight in×out), ``nn.Conv1d/2d/3d`` (``"conv"``, kernels GaLore projects as
 their out × in·k unfolding) and ``nn.Embedding`` (``"embedding"``, only when a spec names it: the
@@ -120,17 +126,25 @@ def default_targets(model: nn.Module) -> list[str]:
     return [name for name, k in kinds.items() if k == kind]
 
 
-def name_matches(name: str, spec: str | Sequence[str]) -> bool:
+#: the matching rules :func:`select_modules` accepts
+RULES = ("peft", "transformers")
+
+
+def name_matches(name: str, spec: str | Sequence[str], rules: str = "peft") -> bool:
     """peft's rule: ``spec`` a string is a full-match regex; a list matches a name equal to an
-    entry or ending with ``"." + entry``. (``"all-linear"`` is decided by module kind, not here.)"""
+    entry or ending with ``"." + entry``. ``rules="transformers"``: a list entry also matches as a
+    substring or a full-match regex (the Trainer's ``optim_target_modules``). (``"all-linear"``
+    is decided by module kind, not here.)"""
     if isinstance(spec, str):
         return re.fullmatch(spec, name) is not None
+    if rules == "transformers":
+        return any(t in name or re.fullmatch(t, name) is not None for t in spec)
     return any(name == t or name.endswith("." + t) for t in spec)
 
 
 def _check_spec(target_modules: str | Sequence[str], what: str) -> str | list[str]:
     if isinstance(target_modules, str):
-        if target_modules.lower() == ALL_LINEAR:
+        if target_modules.lower().replace("_", "-") == ALL_LINEAR:  # transformers: all_linear
             return ALL_LINEAR
         try:
             re.compile(target_modules)
@@ -165,7 +179,9 @@ def near_misses(wanted: str, names: Sequence[str], n: int = 5) -> list[str]:
     return difflib.get_close_matches(wanted, _suffixes(pool), n=n, cutoff=0.5)
 
 
-def _no_match(spec_text: str, wanted: Sequence[str], model: nn.Module, what: str) -> ValueError:
+def _no_match(
+    spec_text: str, wanted: Sequence[str], model: nn.Module, what: str, rules: str = "peft"
+) -> ValueError:
     targetable = [name for name, m in model.named_modules() if module_kind(m) is not None]
     containers = [
         (name, m)
@@ -190,10 +206,14 @@ def _no_match(spec_text: str, wanted: Sequence[str], model: nn.Module, what: str
         )
     if close:
         parts.append(f"did you mean {', '.join(close)}?")
+    how = (
+        "a list entry matches a name, a part of it or, as a regex, the whole name"
+        if rules == "transformers"
+        else "a list entry matches a whole name or a suffix after a dot"
+    )
     parts.append(
         f"targetable module names end in: {', '.join(leaves) if leaves else '(none)'} "
-        "(a list entry matches a whole name or a suffix after a dot; a string is a regex that "
-        "must match the whole name)"
+        f"({how}; a string is a regex that must match the whole name)"
     )
     return ValueError("; ".join(parts))
 
@@ -204,14 +224,17 @@ def select_modules(
     *,
     exclude_modules: str | Sequence[str] | None = None,
     what: str = "target_modules",
+    rules: str = "peft",
 ) -> list[str]:
     """Qualified names of the modules ``target_modules`` selects, in module order (see the
-    module docstring for the rules). ``exclude_modules`` (same rules) drops modules again, as
-    peft's ``exclude_modules`` does.
+    module docstring for the rules; ``rules``: ``"peft"`` or ``"transformers"``).
+    ``exclude_modules`` (same rules) drops modules again, as peft's ``exclude_modules`` does.
 
     Raises ``ValueError`` for a malformed spec, a named module of a kind that cannot be targeted,
     or a spec (or one list entry) matching nothing, listing near misses and the names that exist.
     """
+    if rules not in RULES:
+        raise ValueError(f"unknown target rules {rules!r}; valid: {', '.join(RULES)}")
     if target_modules is None:
         selected = default_targets(model)
         if not selected:
@@ -228,27 +251,29 @@ def select_modules(
             if not selected:
                 raise _no_match(repr(target_modules), [], model, what)
         else:
-            selected = _select_named(model, spec, what)
+            selected = _select_named(model, spec, what, rules)
     if exclude_modules is not None:
         drop = _check_spec(exclude_modules, "exclude_modules")
-        selected = [n for n in selected if not name_matches(n, drop)]
+        selected = [n for n in selected if not name_matches(n, drop, rules)]
         if not selected:
             raise ValueError(f"exclude_modules {exclude_modules!r} excludes every target module")
     return selected
 
 
-def _select_named(model: nn.Module, spec: str | list[str], what: str) -> list[str]:
-    # a name that also matches containers (BERT's ``output``) selects only the targetable ones
+def _select_named(model: nn.Module, spec: str | list[str], what: str, rules: str) -> list[str]:
+    # a name that also matches containers (BERT's ``output``) selects only the targetable ones;
+    # the Trainer's rules take linear layers only
+    kinds = ("linear",) if rules == "transformers" else tuple(KINDS)
     selected = [
         n
         for n, m in model.named_modules()
-        if n and module_kind(m) is not None and name_matches(n, spec)
+        if n and module_kind(m) in kinds and name_matches(n, spec, rules)
     ]
     if isinstance(spec, str):
         if not selected:
-            raise _no_match(repr(spec), [spec], model, what)
+            raise _no_match(repr(spec), [spec], model, what, rules)
     else:
-        missing = [t for t in spec if not any(name_matches(n, [t]) for n in selected)]
+        missing = [t for t in spec if not any(name_matches(n, [t], rules) for n in selected)]
         if missing:
-            raise _no_match(repr(missing), missing, model, what)
+            raise _no_match(repr(missing), missing, model, what, rules)
     return selected
