@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from galorekit.extras import import_extra
 from galorekit.models.cnn import CNNConfig, SmallCNN
 from galorekit.models.config import ModelSpec, model_config, transformers
 
@@ -94,7 +95,7 @@ def _auto_class(config: object) -> type:
     """The transformers auto class for ``config``: a causal LM, or for a model type that has
     none (ViT) an image classifier."""
     tf = transformers()
-    from transformers.models.auto import modeling_auto as auto  # loaded with transformers
+    auto = import_extra("transformers.models.auto.modeling_auto", "train")
 
     model_type = config.model_type
     if model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "auto_map", None):
