@@ -64,8 +64,8 @@ class BenchConfig:
     model: str = option(
         "130m",
         "LLaMA size: a named model of galorekit.models without its llama_ prefix, e.g. 60m, "
-        "130m, 1b, or another family's named model (gpt2_124m, vit_base, cnn_digits: its default "
-        "targets, a CNN's kernels as 4-D tensors) (an unknown name lists them all)",
+        "130m, 1b, or another family's named model (gpt2_124m, vit_base, cnn_digits: the matrices "
+        "GaLore targets in it, a CNN's kernels as 4-D tensors) (an unknown name lists them all)",
     )
     layers: int | None = option(
         None, "time only this many layers (default: all); 350m/1b need it on small machines"
