@@ -37,7 +37,11 @@ def paper_rank(model: str) -> int:
     """The paper's rank for a LLaMA size (bench's short name or the registry's), else
     hidden_size / 4, ``galore pretrain``'s default ratio."""
     short = model.removeprefix("llama_")
-    return PAPER_RANKS.get(f"llama_{short}") or max(1, llama_shapes()[short].hidden_size // 4)
+    from galorekit.models.registry import family_hidden_size
+
+    shapes = llama_shapes()
+    hidden = shapes[short].hidden_size if short in shapes else family_hidden_size(short)
+    return PAPER_RANKS.get(f"llama_{short}") or max(1, hidden // 4)
 
 
 ADAMW = "torch AdamW (foreach)"
@@ -60,7 +64,8 @@ class BenchConfig:
     model: str = option(
         "130m",
         "LLaMA size: a named model of galorekit.models without its llama_ prefix, e.g. 60m, "
-        "130m, 1b (an unknown name lists them all)",
+        "130m, 1b, or another family's named model (gpt2_124m, vit_base, cnn_digits: the matrices "
+        "GaLore targets in it, a CNN's kernels as 4-D tensors) (an unknown name lists them all)",
     )
     layers: int | None = option(
         None, "time only this many layers (default: all); 350m/1b need it on small machines"
@@ -115,7 +120,9 @@ class BenchConfig:
         from galorekit.projection import SVD_METHODS
 
         self.model = self.model.strip().lower().removeprefix("llama").strip("-_")
-        models = llama_shapes()
+        from galorekit.models.registry import FAMILY_CONFIGS
+
+        models = [*llama_shapes(), *FAMILY_CONFIGS]
         if self.model not in models:
             raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(models)}")
         for name in ("T", "steady_steps", "cycles"):

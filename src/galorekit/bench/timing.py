@@ -62,8 +62,13 @@ class Timing:
 
 
 # ---- shapes and gradients ----------------------------------------------------------------------
-def model_shapes(model: str, layers: int | None = None) -> list[tuple[str, tuple[int, int]]]:
-    """(name, (out, in)) of every GaLore-targeted weight of LLaMA-``model``, ``layers`` deep."""
+def model_shapes(model: str, layers: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, (out, in)) of every GaLore-targeted weight of LLaMA-``model``, ``layers`` deep
+    (another family's model: its default targets' shapes, kernels 4-D)."""
+    if model not in llama_shapes():
+        from galorekit.models.targets import target_shapes
+
+        return target_shapes(model, layers)
     shape = llama_shapes()[model]
     h, i = shape.hidden_size, shape.intermediate_size
     per_layer = [(h, h)] * 4 + [(i, h), (i, h), (h, i)]
@@ -118,7 +123,8 @@ def _make_optimizers(
     optimizers: dict[str, torch.optim.Optimizer] = {}
     if cfg.adamw:
         optimizers[ADAMW] = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, foreach=True)
-    if cfg.reference and reference_available():
+    # galore-torch 1.0's path for tensors of more than two dimensions crashes: kernels time ours
+    if cfg.reference and reference_available() and all(p.dim() == 2 for p in params):
         # galore-torch (galorekit[reference]) imports bitsandbytes and transformers: only here
         with warnings.catch_warnings(), needs_extra("reference"):
             warnings.simplefilter("ignore")  # bitsandbytes/transformers import chatter

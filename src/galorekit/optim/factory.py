@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -10,6 +9,7 @@ from torch import nn
 
 from galorekit.names import GALORE_DEFAULTS, OPTIMIZER_NAMES, is_galore
 from galorekit.optim.param_groups import DEFAULT_TARGET_MODULES, param_groups
+from galorekit.optim.targets import TargetSpec
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
@@ -44,7 +44,7 @@ def create_optimizer(
     proj_type: str = GALORE_DEFAULTS["proj_type"],
     svd: str | None = None,
     moments: str | None = None,
-    target_modules: str | Sequence[str] = DEFAULT_TARGET_MODULES,
+    target_modules: TargetSpec = DEFAULT_TARGET_MODULES,
     layerwise: bool = False,
     accumulation_steps: int = 1,
     **extra: Any,
