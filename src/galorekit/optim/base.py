@@ -14,6 +14,19 @@ Per-parameter state of a GaLore parameter (only tensors and plain numbers, so th
   last zeroed; bias corrections count from it.
 - the inner optimizer's moments, shaped like the projected gradient.
 
+The successors' group options (``galorekit.names.SUCCESSOR_DEFAULTS``) add:
+
+- ``proj_seed`` (int, ``projection="random"``): the seed the projector is regenerated from at
+  every step (``galorekit.projection.random``); no ``proj_left``/``proj_right`` is stored.
+- ``proj_left_codes``/``proj_right_codes`` (uint8) and ``proj_left_absmax``/``proj_right_absmax``
+  (float32, one per block of 256), instead of the projector, with ``projector_bits``
+  (``galorekit.projection.quantize``).
+- ``proj_gap`` (int), ``proj_next`` (int) and ``proj_similarity`` (list of floats) with
+  ``lazy_refresh``: this matrix's refresh period, the step of its next refresh, and the last
+  similarities of successive projectors.
+- ``limiter_norm`` (0-d float32) with ``residual`` or ``scaling``: the norm-growth limiter's
+  reference, the norm of the previous full-rank term.
+
 At a refresh the group key ``moments`` decides what happens to the moments (``galorekit.names.
 MOMENT_POLICIES``, ``galorekit.projection.alignment``): every policy but ``"keep"`` first matches
 the new basis's columns to the old ones; the default ``"project"`` then carries the moments into
@@ -39,7 +52,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from galorekit.names import GALORE_DEFAULTS
+from galorekit.names import (
+    GALORE_DEFAULTS,
+    LAZY_REFRESH_THRESHOLD,
+    LAZY_REFRESH_WINDOW,
+    PROJECTOR_BLOCK,
+    SUCCESSOR_DEFAULTS,
+)
 from galorekit.optim.sharding import (
     all_reduce_sum_,
     check_row_sharded,
@@ -48,6 +67,12 @@ from galorekit.optim.sharding import (
     row_shard,
 )
 from galorekit.optim.state_checks import check_state_dict
+from galorekit.optim.successors import (
+    apollo_update,
+    basis_similarity,
+    fira_residual,
+    limit_norm_growth_,
+)
 from galorekit.optim.validation import (  # noqa: F401  (re-exported: the optimizers' public helpers)
     as_matrix,
     matrix_shape,
@@ -68,16 +93,26 @@ from galorekit.projection import (
     refresh_projector,
 )
 from galorekit.projection.alignment import rank_changed, transitions
+from galorekit.projection.quantize import dequantize, quantize
+from galorekit.projection.random import (
+    gaussian_projector,
+    orthonormal_projector,
+    projection_seed_for,
+)
 from galorekit.projection.sharded import RowShard
 from galorekit.projection.svd import nonfinite_error, nonfinite_probe
 
 NONFINITE_POLICIES = ("raise", "skip")
+#: the successors' state tensors that keep their dtype on load (float32 scales and norms)
+SUCCESSOR_FLOAT_KEYS = frozenset({"proj_left_absmax", "proj_right_absmax", "limiter_norm"})
 
 
 @dataclass(frozen=True)
 class ProjectionView:
     """The projector the next update of a parameter uses (read-only: the tensors are the
-    optimizer state's). ``refresh_due``: that update recomputes it from the full gradient."""
+    optimizer state's, or regenerated / de-quantized from it). ``refresh_due``: that update
+    needs the full gradient (it recomputes the projector from it, or, with Fira's residual or
+    APOLLO's scaling, reads it at every step)."""
 
     side: Side
     left: Tensor | None
@@ -121,6 +156,11 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         self._rank_warned = False
         self._prechecked = False
         self._shards: dict[int, RowShard] = {}  # id(param) -> its row shard (FSDP2)
+        # id(param) -> (left, right, grad, R) between a parameter's projection and its update,
+        # where the update needs them again: a projector that is not stored as it is used
+        # (regenerated, de-quantized), and the gradients Fira's and APOLLO's updates read
+        self._live: dict[int, tuple] = {}
+        self._index: dict[int, int] = {}  # id(param) -> its position in the optimizer
         super().__init__(params, defaults)
 
     # ---- groups -------------------------------------------------------------------------------
@@ -140,7 +180,12 @@ class GaLoreOptimizer(torch.optim.Optimizer):
     def _check_group_keys(self, group: dict[str, Any]) -> None:
         """Refuse a key no galorekit optimizer reads: a typo such as ``ranks`` would otherwise
         turn a GaLore group into a plain one without a word."""
-        known = self._COMMON_GROUP_KEYS | self.defaults.keys() | GALORE_DEFAULTS.keys()
+        known = (
+            self._COMMON_GROUP_KEYS
+            | self.defaults.keys()
+            | GALORE_DEFAULTS.keys()
+            | SUCCESSOR_DEFAULTS.keys()
+        )
         for key in group:
             if key not in known:
                 close = difflib.get_close_matches(str(key), sorted(known), n=1)
@@ -246,8 +291,16 @@ class GaLoreOptimizer(torch.optim.Optimizer):
     def _refresh_due(self, state: dict[str, Any], group: dict[str, Any]) -> bool:
         if "proj_side" not in state:
             return True
+        if "proj_next" in state:  # lazy refresh: this matrix's own period
+            return state.get("step", 0) >= state["proj_next"]
         step = state.get("step", 0) + state.get("proj_offset", 0)
         return step % group["update_proj_gap"] == 0
+
+    @staticmethod
+    def _full_rank_update(group: dict[str, Any]) -> bool:
+        """Whether the group's updates read the full gradient at every step (Fira's residual,
+        APOLLO's scaling)."""
+        return group.get("residual") is not None or group.get("scaling") is not None
 
     @staticmethod
     def _stagger_offset(p: Tensor, group: dict[str, Any]) -> int:
@@ -271,11 +324,13 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         state = self.state.get(p, {})
         if "proj_side" not in state:
             return ProjectionView(Side.LEFT, None, None, refresh_due=True)
+        left, right = self._projectors(p, state, group)
         return ProjectionView(
             Side(state["proj_side"]),
-            state.get("proj_left"),
-            state.get("proj_right"),
-            self._refresh_due(state, group),
+            left,
+            right,
+            # Fira's and APOLLO's updates read the full gradient at every step, as a refresh does
+            self._refresh_due(state, group) or self._full_rank_update(group),
         )
 
     def _nonfinite(
@@ -321,20 +376,64 @@ class GaLoreOptimizer(torch.optim.Optimizer):
     def _apply_update(
         self, p: Tensor, update: Tensor, group: dict[str, Any], state: dict, alpha: float
     ) -> None:
-        """p += alpha · update, projected back (and scaled) for a GaLore group."""
+        """p += alpha · update, projected back (and scaled) for a GaLore group; with Fira's
+        residual, plus alpha · φ⊙(G − P·R); with APOLLO's scaling, alpha · scale · φ⊙G instead
+        (``update`` is then only read for φ: it must be the update in R's orientation, N, not
+        −N)."""
         weight = local(p)
         update = update.to(weight.dtype)  # moments may be kept in another dtype (state_dtype)
-        if "rank" in group:
-            side = Side(state["proj_side"])
-            left, right = state.get("proj_left"), state.get("proj_right")
-            alpha = alpha * group["scale"]
-            if weight.dim() == 2 or weight.is_contiguous():
-                add_projected_(as_matrix(weight), update, side, left, right, alpha)
-            else:  # e.g. channels_last: no matrix view of it to update in place
-                full = project_back(update, side, left, right, alpha)
-                weight.add_(full.reshape(weight.shape))
-        else:
+        if "rank" not in group:
             weight.add_(update, alpha=alpha)
+            return
+        side = Side(state["proj_side"])
+        live = self._live.pop(id(p), None)
+        if live is not None:
+            left, right, grad, low_rank = live
+        else:
+            left, right, grad, low_rank = (
+                state.get("proj_left"),
+                state.get("proj_right"),
+                None,
+                None,
+            )
+        if group["scaling"] is not None:  # APOLLO: the full gradient, scaled
+            full = apollo_update(
+                grad, low_rank, update, side, group["scaling"], total=self._total(p)
+            )
+            self._limit(full, p, group, state)
+            weight.add_(full.reshape(weight.shape), alpha=alpha * group["scale"])
+            return
+        if weight.dim() == 2 or weight.is_contiguous():
+            add_projected_(as_matrix(weight), update, side, left, right, alpha * group["scale"])
+        else:  # e.g. channels_last: no matrix view of it to update in place
+            full = project_back(update, side, left, right, alpha * group["scale"])
+            weight.add_(full.reshape(weight.shape))
+        if group["residual"] == "fira":  # Fira: plus the scaled residual, not multiplied by α
+            residual = fira_residual(
+                grad, low_rank, update, side, left, right, total=self._total(p)
+            )
+            self._limit(residual, p, group, state)
+            weight.add_(residual.reshape(weight.shape), alpha=alpha)
+
+    def _total(self, p: Tensor):
+        """Sums a local sum of squares over a sharded ``p``'s shards (global norms)."""
+        if not is_sharded(p):
+            return lambda t: t
+
+        def total(t: Tensor) -> Tensor:
+            t = t.reshape(1).clone()
+            all_reduce_sum_(t, p)
+            return t.reshape(())
+
+        return total
+
+    def _limit(self, term: Tensor, p: Tensor, group: dict[str, Any], state: dict) -> None:
+        """The norm-growth limiter on a full-rank term, in place (``limiter_norm`` remembers)."""
+        if group["norm_growth_limit"] is None:
+            return
+        state["limiter_norm"] = limit_norm_growth_(
+            term, state.get("limiter_norm"), group["norm_growth_limit"], total=self._total(p)
+        )
 
     def _project_grad(
         self, p: Tensor, grad: Tensor, group: dict[str, Any], state: dict[str, Any]
@@ -346,23 +445,18 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         if self._refresh_due(state, group):
             if self._nonfinite(grad, p, group, state):
                 return None
-            if "proj_side" not in state:
+            first = "proj_side" not in state
+            if first:
                 state["proj_offset"] = self._stagger_offset(p, group)
                 state["proj_side"] = int(self._choose_side(p, group))
             side = Side(state["proj_side"])
             policy = group["moments"]
-            previous_left, previous_right = state.get("proj_left"), state.get("proj_right")
-            left, right, low_rank = refresh_projector(
-                grad,
-                self._effective_rank(p, group),
-                side,
-                method=group["svd"],
-                previous_left=previous_left,
-                previous_right=previous_right,
-                out_dtype=p.dtype,
-                shard=self._row_shard(p),
-                align=policy != "keep",
+            previous_left, previous_right = self._projectors(p, state, group)
+            left, right, low_rank = self._new_projector(
+                p, grad, group, state, side, previous_left, previous_right
             )
+            if group["projector_bits"] is not None:  # projected with what is stored, de-quantized
+                left, right, low_rank = *self._store_projector(state, group, left, right), None
             if rank_changed(left, right, previous_left, previous_right):
                 # the rank changed (a group edited mid-run): the moments are of the old shape
                 # and cannot be carried over; they start again at the new one
@@ -374,20 +468,158 @@ class GaLoreOptimizer(torch.optim.Optimizer):
                         self._rotate_moments(state, group, *moved)
                 elif policy == "reset":
                     self._reset_moments(state)
-            if left is not None:
-                state["proj_left"] = left
-            if right is not None:
-                state["proj_right"] = right
+            if group["lazy_refresh"]:
+                self._lazy_schedule(
+                    state, group, first, (previous_left, previous_right), (left, right)
+                )
+            if group["projector_bits"] is None:
+                self._store_projector(state, group, left, right)
             state["proj_refresh_step"] = state["step"]
+        else:
+            left, right = self._projectors(p, state, group)
         if low_rank is None:  # a refresh may have computed R on the way (warm, randomized)
-            side = Side(state["proj_side"])
-            low_rank = project(grad, side, state.get("proj_left"), state.get("proj_right"))
+            low_rank = project(grad, Side(state["proj_side"]), left, right)
         # a NaN that appears between refreshes is caught on the small projected gradient; under
         # step() every full gradient was checked first, but a finite fp16 one can still overflow
         # in its projection
         if self._nonfinite(low_rank, p, group, state, force=low_rank.dtype == torch.float16):
             return None
+        if self._full_rank_update(group):
+            self._live[id(p)] = (left, right, grad, low_rank)
+        elif "proj_left" not in state and "proj_right" not in state:
+            self._live[id(p)] = (left, right, None, None)
         return low_rank
+
+    # ---- where the projector comes from (GaLore's SVD, or the successors') -------------------
+    def _param_index(self, p: Tensor) -> int:
+        """``p``'s position among the optimizer's parameters (seeds its random projections)."""
+        if id(p) not in self._index:
+            params = (q for g in self.param_groups for q in g["params"])
+            self._index = {id(q): i for i, q in enumerate(params)}
+        return self._index[id(p)]
+
+    def _new_projector(
+        self,
+        p: Tensor,
+        grad: Tensor,
+        group: dict[str, Any],
+        state: dict[str, Any],
+        side: Side,
+        previous_left: Tensor | None,
+        previous_right: Tensor | None,
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """``(left, right, R or None)`` of a refresh: the SVD's subspace (``svd`` method), a
+        Gaussian projection (``projection="random"``, APOLLO) or, from step ``random_after``
+        on, a random orthonormal basis (GoLore)."""
+        rank = self._effective_rank(p, group)
+        golore = group["random_after"] is not None and state["step"] >= group["random_after"]
+        if group["projection"] == "random" or golore:
+            seed = projection_seed_for(
+                group["projection_seed"], self._param_index(p), state["step"]
+            )
+            draw = gaussian_projector if group["projection"] == "random" else orthonormal_projector
+            if group["projection"] == "random":
+                state["proj_seed"] = seed
+            left, right = draw(
+                matrix_shape(p.shape), rank, side, seed, device=grad.device, dtype=p.dtype
+            )
+            return left, right, None
+        return refresh_projector(
+            grad,
+            rank,
+            side,
+            method=group["svd"],
+            previous_left=previous_left,
+            previous_right=previous_right,
+            out_dtype=p.dtype,
+            shard=self._row_shard(p),
+            align=group["moments"] != "keep",
+        )
+
+    def _projectors(
+        self, p: Tensor, state: dict[str, Any], group: dict[str, Any]
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """``(left, right)`` as the projection uses them: stored, de-quantized from their codes,
+        or regenerated from their seed; ``(None, None)`` before the first refresh."""
+        if "proj_seed" in state:
+            side = Side(state["proj_side"])
+            return gaussian_projector(
+                matrix_shape(p.shape),
+                self._effective_rank(p, group),
+                side,
+                state["proj_seed"],
+                device=local(p).device,
+                dtype=p.dtype,
+            )
+        factors = []
+        for key in ("proj_left", "proj_right"):
+            if f"{key}_codes" in state:
+                factors.append(
+                    dequantize(
+                        state[f"{key}_codes"],
+                        state[f"{key}_absmax"],
+                        self._projector_shape(p, group, key),
+                        group["projector_bits"],
+                        PROJECTOR_BLOCK,
+                        p.dtype,
+                    )
+                )
+            else:
+                factors.append(state.get(key))
+        return factors[0], factors[1]
+
+    def _projector_shape(self, p: Tensor, group: dict[str, Any], key: str) -> tuple[int, int]:
+        m, n = matrix_shape(p.shape)  # a DTensor's shape is the whole parameter's
+        rank = effective_rank(group["rank"], (m, n))
+        return (m, rank) if key == "proj_left" else (rank, n)
+
+    def _store_projector(
+        self,
+        state: dict[str, Any],
+        group: dict[str, Any],
+        left: Tensor | None,
+        right: Tensor | None,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Keep the new projector as the group says: nothing (regenerated from ``proj_seed``),
+        block-quantized codes (``projector_bits``) or the tensors themselves; returns it as the
+        projection will use it (de-quantized)."""
+        if group["projection"] == "random":
+            return left, right
+        used = []
+        for key, factor in (("proj_left", left), ("proj_right", right)):
+            if factor is not None and group["projector_bits"] is not None:
+                bits = group["projector_bits"]
+                codes, absmax = quantize(factor, bits, PROJECTOR_BLOCK)
+                state[f"{key}_codes"], state[f"{key}_absmax"] = codes, absmax
+                factor = dequantize(
+                    codes, absmax, factor.shape, bits, PROJECTOR_BLOCK, factor.dtype
+                )
+            elif factor is not None:
+                state[key] = factor
+            used.append(factor)
+        return used[0], used[1]
+
+    def _lazy_schedule(
+        self,
+        state: dict[str, Any],
+        group: dict[str, Any],
+        first: bool,
+        previous: tuple[Tensor | None, Tensor | None],
+        new: tuple[Tensor | None, Tensor | None],
+    ) -> None:
+        """Q-GaLore's adaptive lazy refresh: the matrix's period doubles when the similarity of
+        its successive projectors averages ≥ ``LAZY_REFRESH_THRESHOLD`` over the last
+        ``LAZY_REFRESH_WINDOW`` refreshes (the window then starts again)."""
+        gap = state.setdefault("proj_gap", group["update_proj_gap"])
+        if not first:
+            sims = [*state.get("proj_similarity", []), basis_similarity(*previous, *new)]
+            sims = sims[-LAZY_REFRESH_WINDOW:]
+            if len(sims) == LAZY_REFRESH_WINDOW and sum(sims) / len(sims) >= LAZY_REFRESH_THRESHOLD:
+                gap = state["proj_gap"] = 2 * gap
+                sims = []
+            state["proj_similarity"] = sims
+        # the first period is shortened by the stagger offset, as the fixed schedule's is
+        state["proj_next"] = state["step"] + gap - (state.get("proj_offset", 0) if first else 0)
 
     # ---- moments across a refresh (subclasses know their moments) ------------------------------
     def _has_moments(self, state: dict[str, Any]) -> bool:
@@ -466,7 +698,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
         kept: dict[Any, dict[str, Tensor]] = {}
         for saved in state_dict["param_groups"]:
-            own_dtype = self._keep_dtype_keys
+            own_dtype = self._keep_dtype_keys | SUCCESSOR_FLOAT_KEYS
             if saved.get("state_dtype") is not None:
                 own_dtype = own_dtype | frozenset(self._moment_keys)
             for pid in saved["params"]:
