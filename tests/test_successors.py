@@ -316,3 +316,26 @@ def test_create_optimizer_by_successor_name(make_tiny_llama) -> None:
     assert next(g for g in opt.param_groups if "rank" in g)["residual"] == "fira"
     with pytest.raises(ValueError, match="not a GaLore method"):
         create_optimizer(make_tiny_llama(), "adamw", lr=1e-2, residual="fira")
+
+
+def test_successor_options_on_a_method_without_galore_are_refused() -> None:
+    from galorekit.methods import MethodConfig
+
+    with pytest.raises(ValueError, match="residual: options of galorekit's GaLore methods"):
+        MethodConfig(method="adamw", residual="fira")
+    with pytest.raises(ValueError, match="not of galore_torch_adamw"):
+        MethodConfig(method="galore_torch_adamw", projector_bits=4)
+
+
+def test_bench_times_the_successors() -> None:
+    from galorekit.bench.config import build_config
+    from galorekit.bench.timing import _make_optimizers
+
+    cfg = build_config({"model": "60m", "successors": "apollo_mini,golore_adamw", "svd": "warm"})
+    params = [nn.Parameter(torch.zeros(64, 48))]
+    optimizers = _make_optimizers(params, cfg, gap=5)
+    mini = optimizers["apollo_mini"].param_groups[0]
+    assert (mini["rank"], mini["projection"], mini["scaling"]) == (1, "random", "tensor")
+    assert optimizers["golore_adamw"].param_groups[0]["random_after"] == 0  # its late phase
+    with pytest.raises(ValueError, match="unknown successor method"):
+        build_config({"model": "60m", "successors": "lion"})

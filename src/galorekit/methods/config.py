@@ -158,7 +158,18 @@ class MethodConfig:
         """Fill the fields left None from the method's own settings (``MethodInfo.group``), then
         from the defaults, and check the successors' values (the optimizer checks how they
         combine)."""
-        preset = dict(method_info(self.method).group)
+        info = method_info(self.method)
+        chosen = [
+            k
+            for k in ("residual", "projection", "scaling", "projector_bits", "lazy_refresh")
+            if getattr(self, k) not in (None, False)
+        ] + (["random_after"] if self.random_after is not None else [])
+        if chosen and (not info.is_galore or info.reference):
+            raise ValueError(
+                f"{', '.join(chosen)}: options of galorekit's GaLore methods (galore_* and "
+                f"their successors), not of {self.method}"
+            )
+        preset = dict(info.group)
         for key in ("scale", "moments", *SUCCESSOR_DEFAULTS):
             if getattr(self, key, None) is None and key in preset:
                 setattr(self, key, preset[key])
