@@ -17,6 +17,8 @@ over AdamW at 0.0025 (the issue's table: AdamW 124.98 → 74.07 when they get 0.
 one seed.
 
     OMP_NUM_THREADS=1 python benchmarks/successors.py --out benchmarks/results/successors
+    OMP_NUM_THREADS=1 python benchmarks/successors.py --out benchmarks/results/successors \
+        --add apollo_mini:0.0025 fira_adamw:0.02 apollo_adamw:0.02   # grids past their edge
 
 Optimizer-state bytes: ``galorekit.analysis.state_bytes`` of each method's optimizer, built by
 ``galorekit.methods.setup`` for the same model, after one step (every state tensor exists then);
@@ -142,32 +144,43 @@ def run(args: tuple) -> dict[str, Any]:
 
 
 def report(rows: list[dict], memory: dict[str, dict], steps: int) -> str:
+    """The markdown table: each method at its best LR, beside GaLore and the papers."""
+    tried: dict[str, list[float]] = {}
     best: dict[str, dict] = {}
     for row in rows:
+        tried.setdefault(row["method"], []).append(row["lr"])
         if row["eval_ppl"] is None:
             continue
         if row["method"] not in best or row["eval_ppl"] < best[row["method"]]["eval_ppl"]:
             best[row["method"]] = row
-    adam = memory["adamw"]["state_bytes"]
+    galore = best["galore_adamw"]["eval_ppl"]
     lines = [
-        f"llama_9m, {steps} steps of 8×128 tokens, seed 0, rank {RANK}, T = {GAP} "
-        "(one seed; LR: best of the grid on validation perplexity)",
+        f"llama_9m, {steps} steps of 8×128 tokens, seed 0, rank {RANK}, T = {GAP}; one seed; LR: "
+        "the best point of the method's grid on validation perplexity (* at the grid's edge); "
+        "optimizer state: every tensor after a step (attention/MLP matrices: the part of the "
+        "projected matrices, the same matrices at full rank for AdamW).",
         "",
-        "| method | LR | eval ppl | optimizer state | vs AdamW | paper, 60M |",
-        "|---|---|---|---|---|---|",
+        "| method | LR | eval ppl | × GaLore | optimizer state | of which attention/MLP "
+        "| paper 60M ppl | paper × GaLore |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method, _ in METHODS:
         row, mem = best.get(method), memory[method]
-        ppl = f"{row['eval_ppl']:.2f}" if row else "diverged"
-        lr = f"{row['lr']:g}" if row else "-"
+        lrs = sorted(tried.get(method, []))
+        edge = "*" if row and len(lrs) > 1 and row["lr"] in (lrs[0], lrs[-1]) else ""
+        ppl = f"{row['eval_ppl']:.2f}" if row else "diverged" if lrs else "not run"
+        ratio = f"{row['eval_ppl'] / galore:.3f}" if row else "-"
+        lr = f"{row['lr']:g}{edge}" if row else "-"
         paper = PAPER_60M.get(method)
+        paper_ratio = f"{paper / PAPER_60M['galore_adamw']:.3f}" if paper else "-"
         lines.append(
-            f"| {method} | {lr} | {ppl} | {mem['state_bytes'] / 2**20:.2f} MiB | "
-            f"{mem['state_bytes'] / adam:.2f} | {paper if paper else '-'} |"
+            f"| {method} | {lr} | {ppl} | {ratio} | {mem['state_bytes'] / 2**20:.2f} MiB | "
+            f"{mem['matrix_state_bytes_estimate'] / 2**20:.2f} MiB | {paper or '-'} "
+            f"| {paper_ratio} |"
         )
     lines += [
         "",
-        "Every grid point:",
+        "Every run:",
         "",
         "| method | LR | eval ppl | seconds |",
         "|---|---|---|---|",
@@ -186,17 +199,32 @@ def main() -> int:
         "--grid", type=float, nargs="+", default=[0.01, 0.005], help="the successors' LR grid"
     )
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once")
+    parser.add_argument(
+        "--add",
+        nargs="+",
+        metavar="METHOD:LR",
+        help="only these runs, added to the folder's results.json (a grid extended past its "
+        "edge, where the best point was)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    memory = {method: state_bytes(method) for method, _ in METHODS}
+    command = " ".join(["OMP_NUM_THREADS=1", "python", *sys.argv])
+    if args.add:
+        previous = json.loads((out / "results.json").read_text())
+        memory, rows, commands = previous["memory"], previous["rows"], previous["command"]
+        jobs = [(m, float(lr), args.steps, str(out)) for m, lr in (a.split(":") for a in args.add)]
+        commands = [commands] if isinstance(commands, str) else commands
+        command = [*commands, command]
+    else:
+        memory = {method: state_bytes(method) for method, _ in METHODS}
+        rows = []
+        jobs = [
+            (method, lr, args.steps, str(out))
+            for method, fixed in METHODS
+            for lr in ([fixed] if fixed is not None else args.grid)
+        ]
     print(json.dumps(memory), flush=True)
-    jobs = [
-        (method, lr, args.steps, str(out))
-        for method, fixed in METHODS
-        for lr in ([fixed] if fixed is not None else args.grid)
-    ]
-    rows = []
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         for row in pool.imap_unordered(run, jobs):
             print(row, flush=True)
@@ -204,7 +232,7 @@ def main() -> int:
     order = {m: i for i, (m, _) in enumerate(METHODS)}
     rows.sort(key=lambda r: (order[r["method"]], -r["lr"]))
     results = {
-        "command": " ".join(["OMP_NUM_THREADS=1", "python", *sys.argv]),
+        "command": command,
         "steps": args.steps,
         "rank": RANK,
         "update_proj_gap": GAP,

@@ -339,3 +339,18 @@ def test_bench_times_the_successors() -> None:
     assert optimizers["golore_adamw"].param_groups[0]["random_after"] == 0  # its late phase
     with pytest.raises(ValueError, match="unknown successor method"):
         build_config({"model": "60m", "successors": "lion"})
+
+
+def test_readme_successors_example_runs() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### GaLore's successors") :]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    w = namespace["w"]
+    assert namespace["fira"].state[w]["step"] == 1 and "limiter_norm" in namespace["fira"].state[w]
+    assert "proj_seed" in namespace["apollo"].state[w]
+    assert "proj_right_codes" in namespace["q_galore"].state[w]
