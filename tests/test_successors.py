@@ -354,3 +354,25 @@ def test_readme_successors_example_runs() -> None:
     assert namespace["fira"].state[w]["step"] == 1 and "limiter_norm" in namespace["fira"].state[w]
     assert "proj_seed" in namespace["apollo"].state[w]
     assert "proj_right_codes" in namespace["q_galore"].state[w]
+
+
+@pytest.mark.parametrize(
+    ("options", "full"),
+    [
+        ({}, False),
+        ({"random_after": 0}, False),  # GoLore's bases are orthonormal: R survives P·R
+        ({"residual": "fira"}, True),
+        ({"projection": "random"}, True),  # Gaussian: PᵀP ≠ I
+        ({"projector_bits": 4}, True),  # quantized: PᵀP ≈ I only
+    ],
+)
+def test_projection_view_asks_for_the_full_gradient_where_projecting_first_is_wrong(
+    options, full
+) -> None:
+    """Low-rank communication sends P·R̄ between refreshes only where the optimizer's own
+    projection gives back R̄ exactly (and where its update does not read G)."""
+    model = make_model()
+    opt = GaLoreAdamW(groups(model, **options), lr=1e-2)
+    train(model, opt, 1)
+    view = opt.projection(model[0].weight)
+    assert view.refresh_due is full

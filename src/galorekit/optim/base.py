@@ -95,8 +95,10 @@ SUCCESSOR_FLOAT_KEYS = frozenset({"proj_left_absmax", "proj_right_absmax", "limi
 class ProjectionView:
     """The projector the next update of a parameter uses (read-only: the tensors are the
     optimizer state's, or regenerated / de-quantized from it). ``refresh_due``: that update
-    needs the full gradient (it recomputes the projector from it, or, with Fira's residual or
-    APOLLO's scaling, reads it at every step)."""
+    needs the full gradient (it recomputes the projector from it; or, with Fira's residual or
+    APOLLO's scaling, reads it at every step; or the projector is not orthonormal — a random
+    Gaussian or a quantized one — so a gradient projected and projected back would not give the
+    optimizer the same R)."""
 
     side: Side
     left: Tensor | None
@@ -299,12 +301,16 @@ class GaLoreOptimizer(ProjectorRefresh, torch.optim.Optimizer):
         if "proj_side" not in state:
             return ProjectionView(Side.LEFT, None, None, refresh_due=True)
         left, right = self._projectors(p, state, group)
+        # Fira's and APOLLO's updates read the full gradient at every step, as a refresh does;
+        # and G' = P·R̄ projects back to R̄ only for an orthonormal P, which neither a Gaussian
+        # nor a quantized projector is: code that would project first gets the full gradient
+        needs_full = (
+            self._full_rank_update(group)
+            or group["projection"] == "random"
+            or group["projector_bits"] is not None
+        )
         return ProjectionView(
-            Side(state["proj_side"]),
-            left,
-            right,
-            # Fira's and APOLLO's updates read the full gradient at every step, as a refresh does
-            self._refresh_due(state, group) or self._full_rank_update(group),
+            Side(state["proj_side"]), left, right, self._refresh_due(state, group) or needs_full
         )
 
     def _nonfinite(
