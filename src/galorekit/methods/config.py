@@ -45,7 +45,7 @@ class MethodConfig:
     rank: int | None = _opt(
         None,
         "projection rank (GaLore) or adapter rank (LoRA, ReLoRA, Low-Rank); default "
-        "hidden_size // 4 as in the paper",
+        "hidden_size // 4 as in the paper (apollo_mini: always 1, its definition)",
     )
     update_proj_gap: int = _opt(
         GALORE_DEFAULTS["update_proj_gap"], "T: optimizer steps between subspace refreshes"
