@@ -376,3 +376,12 @@ def test_projection_view_asks_for_the_full_gradient_where_projecting_first_is_wr
     train(model, opt, 1)
     view = opt.projection(model[0].weight)
     assert view.refresh_due is full
+
+
+def test_galore_own_values_are_accepted_on_any_method() -> None:
+    """A run's config.json records the resolved values (projection 'svd', lazy_refresh False):
+    resuming it under another method must not read them as successor options."""
+    from galorekit.methods import MethodConfig
+
+    cfg = MethodConfig(method="adamw", projection="svd", lazy_refresh=False, moments="project")
+    assert cfg.projection == "svd"

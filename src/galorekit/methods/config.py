@@ -159,10 +159,11 @@ class MethodConfig:
         from the defaults, and check the successors' values (the optimizer checks how they
         combine)."""
         info = method_info(self.method)
+        # (a value equal to GaLore's own does nothing: a resumed run's config.json holds them)
         chosen = [
             k
             for k in ("residual", "projection", "scaling", "projector_bits", "lazy_refresh")
-            if getattr(self, k) not in (None, False)
+            if getattr(self, k) not in (None, SUCCESSOR_DEFAULTS[k])
         ] + (["random_after"] if self.random_after is not None else [])
         if chosen and (not info.is_galore or info.reference):
             raise ValueError(
