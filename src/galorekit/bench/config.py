@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from galorekit.config import Flag, flags_of, option
-from galorekit.names import GALORE_DEFAULTS, SVD_METHOD_NAMES
+from galorekit.names import GALORE_DEFAULTS, SUCCESSOR_METHODS, SVD_METHOD_NAMES
 
 if TYPE_CHECKING:
     from galorekit.models.registry import LlamaShape
@@ -86,6 +86,14 @@ class BenchConfig:
         metavar="NAME",
         show_default=False,
     )
+    successors: tuple[str, ...] = option(
+        (),
+        "GaLore's successors to time as well, comma- or space-separated "
+        f"({','.join(SUCCESSOR_METHODS)}; default none): each with its own options over the same "
+        "matrices, golore_adamw in its late phase (random orthonormal refreshes)",
+        metavar="METHOD",
+        show_default=False,
+    )
     steady_steps: int = option(4, "steady steps between refreshes")
     cycles: int = option(3, "measured refresh cycles per optimizer, after one warm-up cycle")
     reference: bool = option(True, "skip galore-torch (config files: reference = false)")
@@ -140,6 +148,11 @@ class BenchConfig:
             raise ValueError(
                 f"unknown svd method(s) {unknown or '(none given)'}; valid: {', '.join(SVD_METHODS)}"
             )
+        unknown = [s for s in self.successors if s not in SUCCESSOR_METHODS]
+        if unknown:
+            raise ValueError(
+                f"unknown successor method(s) {unknown}; valid: {', '.join(SUCCESSOR_METHODS)}"
+            )
         if not (self.noise >= 0 and self.drift >= 0):
             raise ValueError("noise and drift must be ≥ 0")
 
@@ -174,11 +187,12 @@ FLAGS: list[Flag] = flags_of(BenchConfig)
 
 def build_config(values: dict[str, Any]) -> BenchConfig:
     """The ``BenchConfig`` of flat ``values`` (flag names; missing settings: the defaults),
-    checked; ``svd`` may be comma-separated names."""
+    checked; ``svd`` and ``successors`` may be comma-separated names."""
     fields = {fl.path[-1]: values[fl.name] for fl in FLAGS if fl.name in values}
-    if "svd" in fields:
-        svd = [fields["svd"]] if isinstance(fields["svd"], str) else fields["svd"]
-        fields["svd"] = tuple(s.strip() for item in svd for s in item.split(",") if s.strip())
+    for key in ("svd", "successors"):
+        if key in fields:
+            names = [fields[key]] if isinstance(fields[key], str) else fields[key]
+            fields[key] = tuple(s.strip() for item in names for s in item.split(",") if s.strip())
     return BenchConfig(**fields)
 
 

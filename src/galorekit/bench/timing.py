@@ -26,6 +26,8 @@ from galorekit.bench.config import (
 )
 from galorekit.extras import needs_extra
 from galorekit.methods import MethodConfig
+from galorekit.names import method_info
+from galorekit.optim.factory import optimizer_class
 from galorekit.optim.galore_adamw import GaLoreAdamW
 
 
@@ -137,6 +139,11 @@ def _make_optimizers(
             optimizers[ours(svd, foreach)] = GaLoreAdamW(
                 [{"params": params, **galore, "svd": svd}], lr=cfg.lr, foreach=foreach
             )
+    for method in cfg.successors:
+        # total_steps=0: GoLore's switch at step 0, so that its random refreshes are timed
+        group = MethodConfig(method=method, update_proj_gap=gap).galore_group(rank, total_steps=0)
+        cls = optimizer_class(method_info(method).optimizer)
+        optimizers[method] = cls([{"params": params, **group}], lr=cfg.lr)
     return optimizers
 
 
