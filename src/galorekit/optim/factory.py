@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -47,6 +47,7 @@ def create_optimizer(
     target_modules: str | Sequence[str] = DEFAULT_TARGET_MODULES,
     layerwise: bool = False,
     accumulation_steps: int = 1,
+    regroup: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
     **extra: Any,
 ) -> torch.optim.Optimizer:
     """An optimizer for ``model``'s trainable parameters.
@@ -57,7 +58,8 @@ def create_optimizer(
     during backward. Adafactor with ``lr`` runs with ``relative_step=False`` and
     ``scale_parameter=False`` (the lr is absolute). ``svd`` and ``moments`` (None: the defaults of
     ``galorekit.names.GALORE_DEFAULTS``) go to the GaLore group; ``extra`` (e.g. ``state_dtype``)
-    goes to the optimizer's constructor.
+    goes to the optimizer's constructor. ``regroup`` maps the parameter groups to those the
+    optimizer gets (``galorekit.methods`` gives some parameters their own ``lr`` this way).
     """
     cls = optimizer_class(name)
     if is_galore(name):
@@ -74,6 +76,8 @@ def create_optimizer(
     else:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         groups = [{"params": [p for _, p in named], "param_names": [n for n, _ in named]}]
+    if regroup is not None:
+        groups = regroup(groups)
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay, **extra}
     if not name.endswith("adafactor"):
         kwargs["betas"] = betas
