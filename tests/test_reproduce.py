@@ -349,6 +349,22 @@ def test_per_group_search_runs_in_order_and_reuses_its_winner(tmp_path):
     again = Recorder()
     run_plan(plan, specs, out, jobs=1, execute=again, log=lambda m: None)
     assert again.jobs == []
+    # the report: both protocols, the ratio grid, the tokens-per-step rows
+    from galorekit.reproduce.report import write_report
+
+    report = write_report(plan, out, sections=("table", "batch"), env={})
+    fair = report.data["per_group"]
+    assert fair["tuned"]["adamw"] == [0.005, 4.0] and fair["tuned"]["galore_adamw"] == [0.005, 1.0]
+    adamw = next(r for r in fair["table"] if r["method"] == "adamw")
+    assert (adamw["lr"], adamw["lr_other_ratio"]) == (0.005, 4.0)
+    assert [(r["method"], r["factor"]) for r in fair["batch"]] == [
+        ("adamw", 1), ("galore_adamw", 1), ("adamw", 2), ("galore_adamw", 2)
+    ]  # fmt: skip
+    md = report.markdown
+    assert "### Per-group-tuned LRs" in md and "### The paper's protocol (one LR per run)" in md
+    assert "0.005; other 0.02 (4×)" in md  # AdamW's per-group row
+    assert "| 256 (2×) | 8 seq × 4 steps |" in md
+    assert "**" in md.split("## Other-parameter LR ratio grid")[1].split("##")[0]
 
 
 def test_every_run_shares_seed_data_and_model():

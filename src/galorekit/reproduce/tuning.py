@@ -58,11 +58,6 @@ def resolve_lr(plan: Plan, spec: RunSpec, results: dict[str, RunResult]) -> floa
     return best_lr(plan, spec.lr_group, results)
 
 
-def run_ratio(result: RunResult) -> float:
-    """The other parameters' LR ratio a finished run trained with."""
-    return float(result.identity.get("run", {}).get("lr_other_ratio", 1.0))
-
-
 def best_pair(plan: Plan, group: str, results: dict[str, RunResult]) -> tuple[float, float]:
     """``group``'s per-group-tuned ``(lr, ratio)``: the best of the ratio grid's winner and the
     LR's neighbours at that ratio (ties: the ratio grid's winner)."""
@@ -71,7 +66,7 @@ def best_pair(plan: Plan, group: str, results: dict[str, RunResult]) -> tuple[fl
     keys = [winner, *(k for _, k in plan.neighbours.get(group, []))]
     scored = [(results[k].eval_ppl, i) for i, k in enumerate(keys) if results[k].ok]
     best = results[keys[min(scored)[1]]]
-    return best.lr, run_ratio(best)
+    return best.lr, best.lr_other_ratio
 
 
 def resolve(plan: Plan, spec: RunSpec, results: dict[str, RunResult]) -> tuple[float, float]:
