@@ -102,8 +102,9 @@ def check_output_dir(plan: Plan, out: Path, *, overwrite: bool) -> list[str]:
         raise PlanMismatchError(
             f"{record_path} is unreadable ({err}); pass --overwrite to start again"
         ) from None
-    if record.get("format") != PLAN_FORMAT or record.get("config") != plan.config.to_dict():
-        diffs = _differences(record.get("config") or {}, plan.config.to_dict())
+    # a setting missing from the record (added to PlanConfig later) counts as None
+    diffs = _differences(record.get("config") or {}, plan.config.to_dict())
+    if record.get("format") != PLAN_FORMAT or diffs:
         raise PlanMismatchError(
             f"{out} holds the results of another plan ({'; '.join(diffs) or 'another format'}); "
             "pass --overwrite to replace them, or another --output-dir"
