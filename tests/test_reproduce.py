@@ -556,6 +556,23 @@ def test_output_dir_of_another_plan_is_refused_unless_overwrite(tmp_path):
     assert json.loads((out / "plan.json").read_text())["config"]["seed"] == 3
 
 
+def test_a_plan_recorded_before_a_setting_existed_still_matches(tmp_path):
+    """plan.json written before ``lr_neighbour_factor`` existed (its value None now) is this
+    plan's; one lacking a setting whose value is not None is not."""
+    out = tmp_path / "out"
+    plan = build_plan(tiny_config())
+    fresh(plan, out)
+    run_plan(plan, plan.select(["theory"]), out, jobs=1, execute=Recorder(), log=lambda m: None)
+    record = json.loads((out / "plan.json").read_text())
+    del record["config"]["lr_neighbour_factor"]
+    (out / "plan.json").write_text(json.dumps(record))
+    prepare_output_dir(plan, out, overwrite=False)
+    del record["config"]["lr_other_ratios"]  # () now: not the same as absent
+    (out / "plan.json").write_text(json.dumps(record))
+    with pytest.raises(PlanMismatchError, match=r"lr_other_ratios: null there, \[\] now"):
+        prepare_output_dir(plan, out, overwrite=False)
+
+
 def test_our_files_without_a_plan_are_refused(tmp_path):
     out = tmp_path / "out"
     (out / "runs").mkdir(parents=True)
