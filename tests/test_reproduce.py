@@ -65,6 +65,10 @@ def tiny_config(corpus: dict[str, str] | None = None, **overrides) -> PlanConfig
         "long_rank_divisor": 8,
         "long_factor": 2,
         "theory_points": 4,
+        # the paper's protocol only (the per-group search has its own tests)
+        "lr_other_ratios": (),
+        "lr_neighbour_factor": None,
+        "batch_factors": (),
     }
     base.update(overrides)
     return PlanConfig(**base)
@@ -74,6 +78,8 @@ def tiny_config(corpus: dict[str, str] | None = None, **overrides) -> PlanConfig
 def fake_ppl(job: Job) -> float:
     """A deterministic perplexity: best at lr 0.005, GaLore 2% behind AdamW, LoRA 10%."""
     lr_penalty = abs(math.log10(job.lr / 0.005)) * 20
+    # AdamW's embeddings and head want 4x its matrix LR; the other methods want their LR
+    lr_penalty += abs(math.log2(job.ratio / (4 if job.spec.method == "adamw" else 1))) * 3
     method = {"adamw": 100.0, "galore_adamw": 102.0, "lora": 110.0, "galore_torch_adamw": 102.5}
     rank_bonus = -(job.spec.rank or 0) * 0.01
     return method.get(job.spec.method, 120.0) + lr_penalty + rank_bonus - job.spec.steps * 0.01
@@ -113,7 +119,7 @@ def fake_result(job: Job, status: str = "ok") -> dict:
         identity=job.identity,
         lr=job.lr,
         steps=job.spec.steps,
-        tokens=job.spec.steps * job.config.tokens_per_step,
+        tokens=job.tokens,
         eval_ppl=ppl,
         eval_loss=math.log(ppl) if ppl else None,
         seconds=1.0,
@@ -210,10 +216,155 @@ def test_full_plan_rows_grid_ablations_and_theory():
         400,
     )
     everything = plan.select(SECTIONS)
-    assert len(everything) == len(plan.runs) == 43
+    single = [s for s in everything if s.ratio == 1]  # the paper's protocol
+    assert len(single) == 43
     # the plan docstring's arithmetic: seven table rows are their grid's winners, not run again
-    assert sum(plan.repeats_grid(s) for s in everything) == 7
-    assert plan.total_steps(everything) == 15600
+    assert sum(plan.repeats_grid(s) for s in single) == 7
+    assert plan.total_steps(single) == 15600
+
+
+def test_full_plan_per_group_search_batch_rows_and_tuned_ablations():
+    """Issue 19: every method's other parameters get the same ratio grid at its tuned LR, then
+    its LR's neighbours at the chosen ratio; the paper's protocol keeps its runs (and cache)."""
+    plan = build_plan(full_plan_config())
+    groups = list(plan.grid)
+    assert set(plan.ratio_grid) == set(groups) and len(groups) == 7
+    single_rows = dict((row.method, k) for row, k in plan.table if row.tune_as is None)
+    for group in groups:
+        ratios = plan.ratio_grid[group]
+        assert [r for r, _ in ratios] == [1.0, 4.0, 16.0]
+        # ratio 1 is the paper's protocol's table row (its grid's winner): cached, not rerun
+        assert ratios[0][1] == single_rows[group]
+        for r, key in ratios[1:]:
+            spec = plan.runs[key]
+            assert (spec.lr, spec.ratio, spec.lr_group, spec.steps) == (None, r, group, 400)
+    # the full plan does not revisit the LR at the chosen ratio (CPU); a plan that does gets
+    # the LR's two neighbours per group
+    assert plan.config.lr_neighbour_factor is None and not plan.neighbours
+    wider = build_plan(full_plan_config(lr_neighbour_factor=2.0))
+    for group in groups:
+        steps = [
+            (s, wider.runs[k].lr_step, wider.runs[k].ratio) for s, k in wider.neighbours[group]
+        ]
+        assert steps == [(1, 1, None), (-1, -1, None)]
+    assert len(wider.select(SECTIONS)) == len(plan.select(SECTIONS)) + 14
+    # the per-group table: every row, its LR and ratio tuned, the same search for every method
+    assert [row for row, _ in plan.table_tuned] == [row for row, _ in plan.table]
+    for row, key in plan.table_tuned:
+        spec = plan.runs[key]
+        assert spec.ratio is None and spec.lr is None and spec.lr_group == row.lr_group
+        # a method's own row is one of its tuning runs; GaLore d/2 and galore-torch are not
+        assert plan.repeats_grid(spec) == (row.tune_as is None)
+    # tokens per step x4 and x16 for the same tokens, AdamW and GaLore
+    batch = [(m, f, plan.runs[k].batch_size, plan.runs[k].steps) for m, f, k in plan.batch]
+    assert batch == [
+        ("adamw", 4, 32, 100),
+        ("adamw", 16, 128, 25),
+        ("galore_adamw", 4, 32, 100),
+        ("galore_adamw", 16, 128, 25),
+    ]
+    assert all(plan.cost(plan.runs[k]) == 400 for *_, k in plan.batch)
+    assert [(d, plan.runs[k].rank) for d, k in plan.ranks_tuned] == [(8, 16), (4, 32), (2, 64)]
+    assert [t for t, _ in plan.gaps_tuned] == [10, 50, 200, 1000]
+    everything = plan.select(SECTIONS)
+    new = [s for s in everything if s.ratio != 1]
+    # 14 ratio points, 9 rows, rank d/8, T 10/200/1000, 4 batch rows
+    assert len(new) == 31
+    assert sum(not plan.repeats_grid(s) for s in new) == 31 - 7
+    # the paper's protocol alone does not need the per-group search
+    assert all(s.ratio == 1 for s in plan.select(["theory"]))
+
+
+def test_old_runs_keep_their_identity():
+    """Results cached before the per-group protocol (no ratio, no batch in their identity) are
+    still this plan's: a ratio-1 run's identity has neither."""
+    plan = build_plan(full_plan_config())
+    spec = plan.runs[plan.table[0][1]]
+    run = Job(spec, 0.0025, plan.config, "").identity["run"]
+    assert run == {
+        "method": "adamw",
+        "steps": 400,
+        "rank": None,
+        "update_proj_gap": None,
+        "lr": 0.0025,
+        "kind": "pretrain",
+    }
+    batch = plan.runs[plan.batch[0][2]]
+    job = Job(batch, 0.0025, plan.config, "", ratio=4.0)
+    assert job.identity["run"]["lr_other_ratio"] == 4.0
+    assert job.identity["run"]["batch_size"] == 32 and job.tokens == 400 * 8 * 128
+    cfg = pretrain_config(job)
+    assert (cfg.batch_size, cfg.max_steps, cfg.method.lr_other_ratio) == (32, 100, 4.0)
+
+
+def test_bad_per_group_settings_are_refused():
+    with pytest.raises(ValueError, match="lr_other_ratios must be positive and include 1"):
+        tiny_config(lr_other_ratios=(2.0, 4.0))
+    with pytest.raises(ValueError, match="batch factor 9 must be an integer in \\[2, steps\\]"):
+        tiny_config(lr_other_ratios=(1.0, 4.0), batch_factors=(9,))
+    with pytest.raises(ValueError, match="lr_neighbour_factor must be > 1"):
+        tiny_config(lr_other_ratios=(1.0, 4.0), lr_neighbour_factor=1.0)
+
+
+def test_per_group_search_runs_in_order_and_reuses_its_winner(tmp_path):
+    plan = build_plan(
+        tiny_config(
+            grid_fraction=1.0,
+            lr_other_ratios=(1.0, 4.0),
+            lr_neighbour_factor=2.0,
+            batch_factors=(2,),
+        )
+    )
+    out = fresh(plan, tmp_path / "out")
+    specs = plan.select(["table", "batch"])
+    recorder = Recorder()
+    summary = run_plan(plan, specs, out, jobs=1, execute=recorder, log=lambda m: None)
+    assert summary.ok
+    order = {j.spec.key: i for i, j in enumerate(recorder.jobs)}
+    results = load_results(out)
+    for group in plan.grid:
+        lr_grid = [order[k] for _, k in plan.grid[group]]
+        ratio_runs = [order[k] for _, k in plan.ratio_grid[group] if k in order]
+        neighbour_runs = [order[k] for _, k in plan.neighbours[group] if k in order]
+        assert max(lr_grid) < min(ratio_runs) and max(ratio_runs) < min(neighbour_runs)
+    # the fake: AdamW's best is lr 0.005 with its other parameters at 4x; GaLore's at 1x
+    by_key = {j.spec.key: j for j in recorder.jobs}
+    adamw_up = by_key[dict(plan.neighbours["adamw"])[1]]
+    assert (adamw_up.lr, adamw_up.ratio) == (0.01, 4.0)
+    tuned = dict((row.label, k) for row, k in plan.table_tuned)
+    assert results[tuned["Full-rank AdamW"]].identity["run"]["lr_other_ratio"] == 4.0
+    assert results[tuned["Full-rank AdamW"]].eval_ppl < results[plan.table[0][1]].eval_ppl
+    assert tuned["Full-rank AdamW"] not in order  # the winning ratio-grid run, reused
+    galore = results[tuned["GaLore"]]
+    assert "lr_other_ratio" not in galore.identity["run"] and galore.lr == 0.005
+    # GaLore's ratio-1 winner at 0.005 is its LR grid's run: the neighbours 0.01 and 0.0025
+    # at ratio 1 are one grid run reused and one new run
+    assert dict(plan.neighbours["galore_adamw"])[1] not in order
+    # rows tuned as GaLore train with its pair; the batch rows with their group's
+    d2 = by_key[dict((row.rank_divisor, k) for row, k in plan.table_tuned)[2]]
+    assert (d2.lr, d2.ratio, d2.spec.rank) == (0.005, 1.0, 32)
+    big = next(by_key[k] for m, _, k in plan.batch if m == "adamw")
+    assert (big.lr, big.ratio, big.spec.batch_size, big.spec.steps) == (0.005, 4.0, 8, 4)
+    # cached: nothing runs again
+    again = Recorder()
+    run_plan(plan, specs, out, jobs=1, execute=again, log=lambda m: None)
+    assert again.jobs == []
+    # the report: both protocols, the ratio grid, the tokens-per-step rows
+    from galorekit.reproduce.report import write_report
+
+    report = write_report(plan, out, sections=("table", "batch"), env={})
+    fair = report.data["per_group"]
+    assert fair["tuned"]["adamw"] == [0.005, 4.0] and fair["tuned"]["galore_adamw"] == [0.005, 1.0]
+    adamw = next(r for r in fair["table"] if r["method"] == "adamw")
+    assert (adamw["lr"], adamw["lr_other_ratio"]) == (0.005, 4.0)
+    assert [(r["method"], r["factor"]) for r in fair["batch"]] == [
+        ("adamw", 1), ("galore_adamw", 1), ("adamw", 2), ("galore_adamw", 2)
+    ]  # fmt: skip
+    md = report.markdown
+    assert "### Per-group-tuned LRs" in md and "### The paper's protocol (one LR per run)" in md
+    assert "0.005; other 0.02 (4×)" in md  # AdamW's per-group row
+    assert "| 256 (2×) | 8 seq × 4 steps |" in md
+    assert "**" in md.split("## Other-parameter LR ratio grid")[1].split("##")[0]
 
 
 def test_every_run_shares_seed_data_and_model():
@@ -226,7 +377,10 @@ def test_every_run_shares_seed_data_and_model():
     for c in configs:
         assert c.seed == 7 and c.data.seed == 7
         assert c.data == first.data and c.model == first.model
-        assert (c.batch_size, c.eval_every, c.warmup_ratio) == (8, 50, 0.1)
+        assert (c.batch_size * c.max_steps, c.eval_every, c.warmup_ratio) in (
+            (8 * 400, 50, 0.1),  # the tokens-per-step rows: k x the batch for 1/k the steps
+            (8 * 1600, 50, 0.1),  # the long run
+        )
     shared = {
         json.dumps(Job(s, 0.01, plan.config, "").identity["shared"]) for s in plan.runs.values()
     }
@@ -254,7 +408,9 @@ def test_steps_override_scales_grid_and_long_run():
     assert {plan.runs[k].steps for points in plan.grid.values() for _, k in points} == {200}
     short = build_plan(full_plan_config(steps=200, grid_fraction=0.25))
     assert {short.runs[k].steps for points in short.grid.values() for _, k in points} == {50}
-    assert not any(short.repeats_grid(s) for s in short.runs.values())
+    # short grid runs are no table row (the per-group search's runs are full-length: its
+    # rows are its runs)
+    assert not any(short.repeats_grid(s) for s in short.runs.values() if s.ratio == 1)
     assert plan.runs[plan.long[1][1]].steps == 800
     assert plan.config.eval_every == 25
 
@@ -266,7 +422,7 @@ def test_select_includes_the_grids_a_section_needs():
     assert theory_only[-1].kind == "theory"
     table = plan.select(["table"])
     assert {s.method for s in table if s.lr is not None} == {"adamw", "galore_adamw", "lora"}
-    with pytest.raises(ValueError, match="valid: table, ablations, theory"):
+    with pytest.raises(ValueError, match="valid: table, batch, ablations, theory"):
         plan.select(["tables"])
 
 
@@ -400,6 +556,23 @@ def test_output_dir_of_another_plan_is_refused_unless_overwrite(tmp_path):
     assert json.loads((out / "plan.json").read_text())["config"]["seed"] == 3
 
 
+def test_a_plan_recorded_before_a_setting_existed_still_matches(tmp_path):
+    """plan.json written before ``lr_neighbour_factor`` existed (its value None now) is this
+    plan's; one lacking a setting whose value is not None is not."""
+    out = tmp_path / "out"
+    plan = build_plan(tiny_config())
+    fresh(plan, out)
+    run_plan(plan, plan.select(["theory"]), out, jobs=1, execute=Recorder(), log=lambda m: None)
+    record = json.loads((out / "plan.json").read_text())
+    del record["config"]["lr_neighbour_factor"]
+    (out / "plan.json").write_text(json.dumps(record))
+    prepare_output_dir(plan, out, overwrite=False)
+    del record["config"]["lr_other_ratios"]  # () now: not the same as absent
+    (out / "plan.json").write_text(json.dumps(record))
+    with pytest.raises(PlanMismatchError, match=r"lr_other_ratios: null there, \[\] now"):
+        prepare_output_dir(plan, out, overwrite=False)
+
+
 def test_our_files_without_a_plan_are_refused(tmp_path):
     out = tmp_path / "out"
     (out / "runs").mkdir(parents=True)
@@ -458,7 +631,8 @@ def test_cli_only_runs_and_reports_the_chosen_sections(fake_cli, tmp_path, capsy
     assert rc == 0
     new = fake_cli.keys[before:]
     assert plan.theory not in new and set(new) == set(plan.runs) - set(expected)
-    assert json.loads((out / "results.json").read_text())["sections"] == list(SECTIONS)
+    sections = json.loads((out / "results.json").read_text())["sections"]
+    assert sections == ["table", "ablations", "theory"]
 
 
 def test_cli_flags_steps_seed_quick_and_command(fake_cli, tmp_path):
@@ -497,7 +671,7 @@ def test_cli_dry_run_writes_nothing(fake_cli, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--only", "tables"], "unknown section 'tables'; valid: table, ablations, theory"),
+        (["--only", "tables"], "unknown section 'tables'; valid: table, batch, ablations, theory"),
         (["--only", ","], "no section named"),
         (["--steps", "0"], "expected a positive integer, got 0"),
         (["--jobs", "two"], "expected a positive integer, got 'two'"),

@@ -12,6 +12,7 @@ exact SVD, and its projector objects are stored in checkpoints as tensors (see
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,6 @@ from galorekit.extras import MissingExtraError, install_hint, needs_extra
 from galorekit.methods.config import MethodConfig
 from galorekit.models.targets import (
     TargetSpec,
-    default_target_modules,
     max_adapter_rank,
     resolve_target_modules,
 )
@@ -111,6 +111,48 @@ def apply_adapters(
     return apply_low_rank(model, rank=rank, target_modules=target_modules), None
 
 
+def _is_matrix(name: str, p: torch.Tensor, targets: list[str]) -> bool:
+    """Whether parameter ``name`` is one of the method's matrices: a 2-D+ parameter inside a
+    targeted layer (its weight, or the adapter factors that replaced or wrap it; peft prefixes
+    the names with ``base_model.model.``, hence the match on whole name components)."""
+    dotted = f".{name}"
+    return p.ndim >= 2 and any(f".{t}." in dotted for t in targets)
+
+
+def lr_other_regroup(
+    model: nn.Module, cfg: MethodConfig, targets: list[str]
+) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None:
+    """The regrouping that gives the parameters outside the method's matrices (embeddings, head,
+    norms, biases) ``cfg.peak_lr_other``: each group is split into its other parameters (with
+    their own ``lr``) and its matrices; None when ``cfg.lr_other_ratio`` is 1 (groups unchanged).
+    ``targets``: the targeted layers' qualified names, resolved before any adapter was applied.
+    ``lr`` is a group's initial LR: ``LambdaLR`` schedules each group from its own, so the ratio
+    holds at every step."""
+    if cfg.lr_other_ratio == 1:
+        return None
+    named = dict(model.named_parameters())
+    matrices = {id(p) for n, p in named.items() if _is_matrix(n, p, targets)}
+    lr_other = cfg.peak_lr_other
+
+    def regroup(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for group in groups:
+            names = group.get("param_names") or [None] * len(group["params"])
+            pairs = list(zip(group["params"], names, strict=True))
+            other = [(p, n) for p, n in pairs if id(p) not in matrices]
+            mats = [(p, n) for p, n in pairs if id(p) in matrices]
+            for part, extra in ((other, {"lr": lr_other}), (mats, {})):
+                if not part:
+                    continue
+                split = {**group, **extra, "params": [p for p, _ in part]}
+                if "param_names" in group:
+                    split["param_names"] = [n for _, n in part]
+                out.append(split)
+        return out
+
+    return regroup
+
+
 def build_optimizer(
     model: nn.Module,
     cfg: MethodConfig,
@@ -118,6 +160,7 @@ def build_optimizer(
     rank: int,
     target_modules: TargetSpec = None,
     total_steps: int | None = None,
+    matrix_targets: list[str] | None = None,
 ) -> torch.optim.Optimizer:
     """``cfg.method``'s optimizer over ``model`` (already changed by :func:`apply_adapters`).
     ``total_steps``: the run's length (GoLore's ``random_after`` is a fraction of it).
@@ -125,16 +168,16 @@ def build_optimizer(
     GaLore methods put the targeted matrices (``target_modules``, default
     :func:`galorekit.models.default_target_modules`) in a GaLore group; the adapters train their
     trainable parameters with plain AdamW (GaLoreAdamW without a GaLore group), the paper's
-    baselines' optimizer."""
+    baselines' optimizer. ``cfg.lr_other_ratio`` gives every method's other parameters (those
+    outside the matrices ``matrix_targets``, the targeted layers' names before adapters were
+    applied; default: resolved on ``model``) their own LR (:func:`lr_other_regroup`)."""
     info = method_info(cfg.method)
-    if info.is_galore:
-        targets = (
-            default_target_modules(model)
-            if target_modules is None
-            else resolve_target_modules(model, target_modules)
-        )
-        if info.reference:
-            return _galore_torch_adamw(model, cfg, rank=rank, targets=targets)
+    targets = matrix_targets
+    if targets is None and (info.is_galore or cfg.lr_other_ratio != 1):
+        targets = resolve_target_modules(model, target_modules)  # None: the default targets
+    regroup = lr_other_regroup(model, cfg, targets or [])
+    if info.is_galore and info.reference:
+        return _galore_torch_adamw(model, cfg, rank=rank, targets=targets, regroup=regroup)
     extra: dict[str, Any] = {}
     if cfg.layerwise and cfg.max_grad_norm is not None:
         extra["max_grad_norm"] = cfg.max_grad_norm  # clipped in the hooks (previous-step norm)
@@ -151,6 +194,7 @@ def build_optimizer(
         weight_decay=cfg.weight_decay,
         layerwise=cfg.layerwise,
         accumulation_steps=cfg.accumulation_steps,
+        regroup=regroup,
         **extra,
     )
 
@@ -168,17 +212,29 @@ def setup(
     rank = cfg.rank if cfg.rank is not None else default_rank(model)
     if method_info(cfg.method).changes_model:
         rank = _clamp_adapter_rank(model, rank, cfg.method, target_modules)
+    # the matrices, named before adapters change the model (lr_other_ratio's split)
+    targets = resolve_target_modules(model, target_modules)
     model, relora = apply_adapters(
         model, cfg, rank=rank, total_steps=total_steps, target_modules=target_modules
     )
     optimizer = build_optimizer(
-        model, cfg, rank=rank, target_modules=target_modules, total_steps=total_steps
+        model,
+        cfg,
+        rank=rank,
+        target_modules=target_modules,
+        total_steps=total_steps,
+        matrix_targets=targets,
     )
     return MethodSetup(model, optimizer, relora)
 
 
 def _galore_torch_adamw(
-    model: nn.Module, cfg: MethodConfig, *, rank: int, targets: list[str]
+    model: nn.Module,
+    cfg: MethodConfig,
+    *,
+    rank: int,
+    targets: list[str],
+    regroup: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
 ) -> torch.optim.Optimizer:
     """galore-torch's GaLoreAdamW over galorekit's parameter groups (same targets, same keys)."""
     cls = _galore_torch_adamw_class()
@@ -190,6 +246,8 @@ def _galore_torch_adamw(
         proj_type=cfg.proj_type,
         target_modules=targets,
     )
+    if regroup is not None:
+        groups = regroup(groups)
     return cls(groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay, no_deprecation_warning=True)
 
 

@@ -42,6 +42,14 @@ class MethodConfig:
         + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
         + ")",
     )
+    lr_other_ratio: float = _opt(
+        1.0,
+        "learning rate of the parameters that are not the method's matrices (embeddings, output "
+        "head, norms, biases: everything outside the targeted matrices of GaLore / the "
+        "adapters) as a multiple of --lr; a ratio, so that it follows --lr and each method's "
+        "default, and the schedule scales both alike. Every method splits its parameters the "
+        "same way (full-rank AdamW too). 1: one LR for all (the paper's protocol)",
+    )
     weight_decay: float = _opt(0.0, "decoupled weight decay")
     rank: int | None = _opt(
         None,
@@ -147,6 +155,9 @@ class MethodConfig:
                 f"--layerwise applies to the optimizer methods ({', '.join(OPTIMIZER_NAMES)}), "
                 f"not to {self.method}"
             )
+        ratio = self.lr_other_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio < 1e30:
+            raise ValueError(f"lr_other_ratio must be a finite number > 0, got {ratio!r}")
         if self.moments not in MOMENT_POLICIES:
             raise ValueError(
                 f"unknown moments policy {self.moments!r}; valid: {', '.join(MOMENT_POLICIES)}"
@@ -219,6 +230,11 @@ class MethodConfig:
     @property
     def peak_lr(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    @property
+    def peak_lr_other(self) -> float:
+        """The peak LR of the parameters outside the method's matrices (``lr_other_ratio``)."""
+        return self.peak_lr * self.lr_other_ratio
 
     def galore_group(self, rank: int, *, total_steps: int | None = None) -> dict[str, Any]:
         """GaLore's parameter-group keys for this configuration (``svd`` only when set; the

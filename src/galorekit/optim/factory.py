@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,6 +54,7 @@ def create_optimizer(
     target_modules: TargetSpec = DEFAULT_TARGET_MODULES,
     layerwise: bool = False,
     accumulation_steps: int = 1,
+    regroup: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
     **extra: Any,
 ) -> torch.optim.Optimizer:
     """An optimizer for ``model``'s trainable parameters.
@@ -66,6 +68,8 @@ def create_optimizer(
     (``galorekit.names.SUCCESSOR_DEFAULTS``) found in ``extra``, over the method's own (e.g.
     ``"fira_adamw"`` sets ``residual="fira"``); the rest of ``extra`` (e.g. ``state_dtype``) goes
     to the optimizer's constructor.
+    ``regroup`` maps the parameter groups to those the optimizer gets (``galorekit.methods``
+    gives some parameters their own ``lr`` this way).
     """
     cls = optimizer_class(name)
     # the successors' options are GaLore group keys: the method's own, then the caller's
@@ -99,6 +103,8 @@ def create_optimizer(
         groups = [{"params": [p for _, p in named], "param_names": [n for n, _ in named]}]
     if (rounding := extra.pop("weight_rounding", None)) is not None:  # a group key (optim.rounding)
         groups = [{**g, "weight_rounding": rounding} for g in groups]
+    if regroup is not None:
+        groups = regroup(groups)
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay, **extra}
     if not name.endswith("adafactor"):
         kwargs["betas"] = betas

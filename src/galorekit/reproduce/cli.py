@@ -25,7 +25,12 @@ from galorekit.reproduce.plan import (
 from galorekit.reproduce.results import load_result
 from galorekit.reproduce.table import md_table, table_markdown
 
-SECTIONS = ("table", "ablations", "theory")  # = galorekit.reproduce.plan.SECTIONS (torch-free)
+SECTIONS = (
+    "table",
+    "batch",
+    "ablations",
+    "theory",
+)  # = galorekit.reproduce.plan.SECTIONS (torch-free)
 DEFAULT_OUTPUT = "benchmarks/results/reproduce"
 DEFAULT_QUICK_OUTPUT = "runs/reproduce-quick"
 
@@ -140,8 +145,15 @@ def _dry_run(plan, specs, out: Path, overwrite: bool) -> int:
     check_output_dir(plan, out, overwrite=overwrite)
     for spec in specs:
         cached = not overwrite and load_result(out, spec.key) is not None
+        status = "cached " if cached else ("reuses " if plan.repeats_grid(spec) else "to run ")
         lr = f"lr {spec.lr:g}" if spec.lr is not None else f"lr tuned ({spec.lr_group})"
-        print(f"  {'cached ' if cached else 'to run '} {spec.key}  [{spec.steps} steps, {lr}]")
+        if spec.lr_step:
+            lr += f" {'×' if spec.lr_step > 0 else '÷'} {plan.config.lr_neighbour_factor:g}"
+        if spec.ratio != 1:
+            lr += f", other params ×{spec.ratio:g}" if spec.ratio else ", other params' ratio tuned"
+        if spec.batch_size:
+            lr += f", batch {spec.batch_size}"
+        print(f"  {status} {spec.key}  [{spec.steps} steps, {lr}]")
     return 0
 
 

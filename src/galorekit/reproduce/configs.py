@@ -22,10 +22,19 @@ class Job:
     lr: float
     config: PlanConfig
     run_dir: str
+    ratio: float = 1.0  # the other parameters' LR / lr (--lr-other-ratio)
 
     @property
     def identity(self) -> dict[str, Any]:
-        return run_identity(self.config, self.spec, self.lr)
+        return run_identity(self.config, self.spec, self.lr, self.ratio)
+
+    @property
+    def batch_size(self) -> int:
+        return self.spec.batch_size or self.config.batch_size
+
+    @property
+    def tokens(self) -> int:
+        return self.spec.steps * self.batch_size * self.config.seq_len
 
 
 def data_config(cfg: PlanConfig):
@@ -40,10 +49,11 @@ def data_config(cfg: PlanConfig):
     )
 
 
-def method_config(spec: RunSpec, lr: float, cfg: PlanConfig):
+def method_config(spec: RunSpec, lr: float, cfg: PlanConfig, ratio: float = 1.0):
     return MethodConfig(
         method=spec.method,
         lr=lr,
+        lr_other_ratio=ratio,
         rank=spec.rank,
         update_proj_gap=spec.update_proj_gap
         or GALORE_DEFAULTS["update_proj_gap"],  # unused without GaLore
@@ -59,9 +69,9 @@ def pretrain_config(job: Job):
     return PretrainConfig(
         model=cfg.model,
         data=data_config(cfg),
-        method=method_config(spec, job.lr, cfg),
+        method=method_config(spec, job.lr, cfg, job.ratio),
         max_steps=spec.steps,
-        batch_size=cfg.batch_size,
+        batch_size=job.batch_size,
         eval_every=cfg.eval_every,
         save_every=0,
         keep_checkpoints=1,
@@ -76,8 +86,10 @@ def pretrain_config(job: Job):
     )
 
 
-def run_identity(cfg: PlanConfig, spec: RunSpec, lr: float) -> dict[str, Any]:
-    """Everything a run's result depends on (the plan's shared settings, the run, its LR)."""
+def run_identity(cfg: PlanConfig, spec: RunSpec, lr: float, ratio: float = 1.0) -> dict[str, Any]:
+    """Everything a run's result depends on (the plan's shared settings, the run, its LRs).
+    The ratio and the batch size appear only when they are not the plan's defaults, so that a
+    run's identity is the one it had before the per-group protocol existed."""
     shared = {
         name: value
         for name, value in cfg.to_dict().items()
@@ -99,6 +111,11 @@ def run_identity(cfg: PlanConfig, spec: RunSpec, lr: float) -> dict[str, Any]:
     }
     # the table length decides the evaluation cadence of every run
     shared["eval_every"] = cfg.eval_every
-    run = {k: v for k, v in spec.to_dict().items() if k not in ("key", "lr_group")}
+    planning = ("key", "lr_group", "ratio", "batch_size", "lr_step")
+    run = {k: v for k, v in spec.to_dict().items() if k not in planning}
     run["lr"] = lr
+    if ratio != 1:
+        run["lr_other_ratio"] = ratio
+    if spec.batch_size is not None:
+        run["batch_size"] = spec.batch_size
     return {"shared": shared, "run": run}

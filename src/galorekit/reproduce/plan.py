@@ -61,7 +61,7 @@ from typing import Any
 from galorekit.names import ALL_METHODS, DEFAULT_LR, GALORE_DEFAULTS, is_galore, method_info
 
 #: the sections of a plan, in report order (``--only`` picks among them)
-SECTIONS = ("table", "ablations", "theory")
+SECTIONS = ("table", "batch", "ablations", "theory")
 #: the paper's learning-rate grid (§5.1: tuned over this set)
 PAPER_LR_GRID = (0.01, 0.005, 0.001, 0.0005, 0.0001)
 #: measured CPU-seconds a step of the full plan's model and batch (module docstring)
@@ -131,6 +131,15 @@ class PlanConfig:
     long_rank_divisor: int | None = 8  # None: no "small rank for longer" run
     long_factor: int = 4
     theory_points: int = 40  # gradient measurements over the theory run
+    # per-group protocol: the other parameters' LR (embeddings, head, norms) is tuned as a
+    # multiple of the matrix LR over this grid (1 = the paper's protocol); (): not at all
+    lr_other_ratios: tuple[float, ...] = (1.0, 4.0, 16.0)
+    # then the matrix LR × and ÷ this factor at the chosen ratio (None: the LR is not revisited;
+    # the full plan cannot afford these 14 runs on a shared 2-core machine)
+    lr_neighbour_factor: float | None = None
+    # tokens-per-step sensitivity: GaLore and AdamW at these multiples of batch_size for the same
+    # tokens (steps // factor), per-group-tuned LRs; (): none
+    batch_factors: tuple[int, ...] = (4, 16)
 
     def __post_init__(self) -> None:
         errors = []
@@ -149,6 +158,23 @@ class PlanConfig:
         for row in self.table:
             if row.method not in ALL_METHODS:
                 errors.append(f"table row {row.label!r}: unknown method {row.method!r}")
+        if self.lr_other_ratios and (
+            1.0 not in self.lr_other_ratios or any(not r > 0 for r in self.lr_other_ratios)
+        ):
+            errors.append(
+                f"lr_other_ratios must be positive and include 1 (the paper's protocol), got "
+                f"{self.lr_other_ratios}"
+            )
+        if self.lr_neighbour_factor is not None and not self.lr_neighbour_factor > 1:
+            errors.append(
+                f"lr_neighbour_factor must be > 1 or None, got {self.lr_neighbour_factor}"
+            )
+        if self.batch_factors and not self.lr_other_ratios:
+            errors.append("batch_factors needs the per-group protocol (lr_other_ratios)")
+        for factor in self.batch_factors:
+            # steps // factor steps: the same tokens when factor divides steps (it does at 400)
+            if not (isinstance(factor, int) and 1 < factor <= self.steps):
+                errors.append(f"batch factor {factor!r} must be an integer in [2, steps]")
         if self.long_factor < 1:
             errors.append(f"long_factor must be ≥ 1, got {self.long_factor}")
         if errors:
@@ -157,6 +183,11 @@ class PlanConfig:
     @property
     def tuned(self) -> bool:
         return self.grid_fraction > 0
+
+    @property
+    def per_group(self) -> bool:
+        """Whether the plan has the per-group protocol (needs the LR grid)."""
+        return self.tuned and bool(self.lr_other_ratios)
 
     @property
     def grid_steps(self) -> int:
@@ -211,6 +242,8 @@ def quick_plan_config(**overrides: Any) -> PlanConfig:
         ablation_rank_divisors=(8, 4),
         long_rank_divisor=None,
         theory_points=12,
+        lr_other_ratios=(),
+        batch_factors=(),
     )
     return replace(base, **overrides)
 
@@ -218,7 +251,10 @@ def quick_plan_config(**overrides: Any) -> PlanConfig:
 # ---------------------------------------------------------------------------------------- runs
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run. ``lr`` None: the tuned LR of grid ``lr_group``; ``kind`` "theory" is the
+    """One training run. ``lr`` None: the tuned LR of grid ``lr_group``; ``ratio``: the other
+    parameters' LR as a multiple of it (``--lr-other-ratio``), None: the tuned one of
+    ``lr_group``'s ratio grid; ``lr_step`` ±1: a neighbour of the tuned LR (the per-group
+    search's last step); ``batch_size`` None: the plan's; ``kind`` "theory" is the
     instrumented loop, "pretrain" a ``galore pretrain`` run."""
 
     key: str
@@ -229,9 +265,24 @@ class RunSpec:
     lr: float | None = None
     lr_group: str | None = None
     kind: str = "pretrain"
+    ratio: float | None = 1.0
+    batch_size: int | None = None
+    lr_step: int = 0  # ±1: the tuned LR × / ÷ the plan's lr_neighbour_factor (at the tuned ratio)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def settings(self) -> tuple[Any, ...]:
+        """What the run trains apart from its LRs (two runs with equal settings and LRs are
+        the same run)."""
+        return (
+            self.method,
+            self.steps,
+            self.rank,
+            self.update_proj_gap,
+            self.kind,
+            self.batch_size,
+        )
 
 
 def uses_gap(method: str) -> bool:
@@ -246,16 +297,28 @@ def run_key(
     gap: int | None,
     lr: float | None,
     kind: str = "pretrain",
+    ratio: float | None = 1.0,
+    batch_size: int | None = None,
+    lr_step: int = 0,
 ) -> str:
-    """A readable, unique file name for a run: ``galore_adamw-r32-T50-400steps-lr_tuned``."""
+    """A readable, unique file name for a run: ``galore_adamw-r32-T50-400steps-lr_tuned``,
+    ``…-other4x`` (other parameters at 4× the LR), ``…-other_tuned``, ``…-b32`` (batch 32)."""
     parts = ["theory"] if kind == "theory" else []
     parts.append(method)
     if rank is not None:
         parts.append(f"r{rank}")
     if gap is not None:
         parts.append(f"T{gap}")
+    if batch_size is not None:
+        parts.append(f"b{batch_size}")
     parts.append(f"{steps}steps")
     parts.append("lr_tuned" if lr is None else f"lr{lr:g}")
+    if lr_step:
+        parts[-1] += "_up" if lr_step > 0 else "_down"
+    if ratio is None:
+        parts.append("other_tuned")
+    elif ratio != 1:
+        parts.append(f"other{ratio:g}x")
     return "-".join(parts)
 
 
@@ -269,15 +332,29 @@ def make_run(
     lr_group: str | None = None,
     kind: str = "pretrain",
     lr: float | None = None,
+    ratio: float | None = 1.0,
+    batch_size: int | None = None,
+    lr_step: int = 0,
 ) -> RunSpec:
     """A run whose LR is ``lr``, else the tuned one of ``lr_group`` (default: ``method``'s), or,
-    in an untuned plan, ``fixed_lrs``'s (else ``galore pretrain``'s default) for ``lr_group``."""
+    in an untuned plan, ``fixed_lrs``'s (else ``galore pretrain``'s default) for ``lr_group``;
+    ``ratio`` None: the per-group-tuned ratio of ``lr_group``."""
     rank = rank if method_info(method).uses_rank else None
     gap = (gap if gap is not None else cfg.update_proj_gap) if uses_gap(method) else None
     group = lr_group or method
     if lr is None and not cfg.tuned:
         lr = dict(cfg.fixed_lrs).get(group, DEFAULT_LR[group])
-    key = run_key(method, steps, rank=rank, gap=gap, lr=lr, kind=kind)
+    key = run_key(
+        method,
+        steps,
+        rank=rank,
+        gap=gap,
+        lr=lr,
+        kind=kind,
+        ratio=ratio,
+        batch_size=batch_size,
+        lr_step=lr_step,
+    )
     return RunSpec(
         key=key,
         method=method,
@@ -285,8 +362,11 @@ def make_run(
         rank=rank,
         update_proj_gap=gap,
         lr=lr,
-        lr_group=None if lr is not None else group,
+        lr_group=None if lr is not None and ratio is not None else group,
         kind=kind,
+        ratio=ratio,
+        batch_size=batch_size,
+        lr_step=lr_step,
     )
 
 
@@ -294,19 +374,29 @@ def make_run(
 class Plan:
     """The runs of a ``PlanConfig`` and which result plays which part.
 
-    ``runs``: every distinct run (key → spec); ``grid``: LR group → [(lr, key)]; ``table``:
-    [(row, key)]; ``gaps``: [(T, key)]; ``ranks``: [(divisor, key)]; ``long``: [(label, key)]
-    (rank d/2 for 1× and the small rank for ``long_factor``×); ``theory``: the theory run's key.
+    ``runs``: every distinct run (key → spec); ``grid``: LR group → [(lr, key)]; ``ratio_grid``:
+    LR group → [(ratio, key)] (the other parameters' LR multiple, at the group's tuned LR);
+    ``neighbours``: LR group → [(±1, key)] (its LR × / ÷ the factor, at the chosen ratio);
+    ``table`` / ``table_tuned``: [(row, key)] under the paper's protocol (one LR) / per-group
+    LRs; ``gaps``, ``ranks`` (and their ``_tuned`` twins): [(T or divisor, key)]; ``long``:
+    [(label, key)] (rank d/2 for 1× and the small rank for ``long_factor``×); ``batch``:
+    [(method, factor, key)] (tokens per step × factor, same tokens); ``theory``: its key.
     """
 
     config: PlanConfig
     hidden_size: int
     runs: dict[str, RunSpec] = field(default_factory=dict)
     grid: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    ratio_grid: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    neighbours: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     table: list[tuple[TableRow, str]] = field(default_factory=list)
+    table_tuned: list[tuple[TableRow, str]] = field(default_factory=list)
     gaps: list[tuple[int, str]] = field(default_factory=list)
     ranks: list[tuple[int, str]] = field(default_factory=list)
+    gaps_tuned: list[tuple[int, str]] = field(default_factory=list)
+    ranks_tuned: list[tuple[int, str]] = field(default_factory=list)
     long: list[tuple[str, str]] = field(default_factory=list)
+    batch: list[tuple[str, int, str]] = field(default_factory=list)
     theory: str | None = None
 
     def rank(self, divisor: int | None) -> int | None:
@@ -317,39 +407,59 @@ class Plan:
         return spec.key
 
     def section_keys(self, section: str) -> list[str]:
-        """Run keys a section reports (grid runs excluded)."""
+        """Run keys a section reports (grid runs excluded); per-group runs after the others,
+        the rank ablation's before T's (the order in which they start)."""
         if section == "table":
-            return [k for _, k in self.table]
+            return list(dict.fromkeys(k for _, k in [*self.table, *self.table_tuned]))
+        if section == "batch":
+            return [k for _, _, k in self.batch]
         if section == "ablations":
-            return list(dict.fromkeys(k for _, k in [*self.gaps, *self.ranks, *self.long]))
+            pairs = [*self.gaps, *self.ranks, *self.long, *self.ranks_tuned, *self.gaps_tuned]
+            return list(dict.fromkeys(k for _, k in pairs))
         if section == "theory":
             return [self.theory] if self.theory else []
         raise ValueError(f"unknown section {section!r}; valid: {', '.join(SECTIONS)}")
 
+    def tuning_keys(self, group: str) -> list[str]:
+        """The runs that tune ``group``: its LR grid, its ratio grid, its LR's neighbours."""
+        points = [
+            *self.grid.get(group, []),
+            *self.ratio_grid.get(group, []),
+            *self.neighbours.get(group, []),
+        ]
+        return list(dict.fromkeys(k for _, k in points))
+
     def select(self, sections: tuple[str, ...] | list[str]) -> list[RunSpec]:
-        """The runs ``sections`` need, their LR grids included (grid runs first)."""
+        """The runs ``sections`` need, their LR and ratio grids included (grid runs first)."""
         chosen = list(dict.fromkeys(k for s in sections for k in self.section_keys(s)))
         groups = list(dict.fromkeys(g for k in chosen if (g := self.runs[k].lr_group)))
-        grid = [key for g in groups for _, key in self.grid.get(g, [])]
-        return [self.runs[k] for k in dict.fromkeys([*grid, *chosen])]
-
-    def grid_twin(self, spec: RunSpec, lr: float) -> str | None:
-        """The key of the grid run that ``spec`` trained at ``lr`` would repeat exactly (grid runs
-        as long as table rows), or None: the runner reuses that run instead of training it."""
-        same = (spec.method, spec.steps, spec.rank, spec.update_proj_gap, spec.kind)
-        for point_lr, key in self.grid.get(spec.lr_group or "", []):
-            g = self.runs[key]
-            if point_lr == lr and (g.method, g.steps, g.rank, g.update_proj_gap, g.kind) == same:
-                return key
-        return None
+        lr_grid = [key for g in groups for _, key in self.grid.get(g, [])]
+        per_group = {
+            g for k in chosen if self.runs[k].ratio is None and (g := self.runs[k].lr_group)
+        }
+        ratio_grid = [key for g in groups if g in per_group for _, key in self.ratio_grid[g]]
+        steps = [key for g in groups if g in per_group for _, key in self.neighbours.get(g, [])]
+        return [self.runs[k] for k in dict.fromkeys([*lr_grid, *ratio_grid, *steps, *chosen])]
 
     def repeats_grid(self, spec: RunSpec) -> bool:
-        """Whether ``spec`` has a ``grid_twin`` at whichever LR of its grid wins."""
-        return any(self.grid_twin(spec, lr) for lr, _ in self.grid.get(spec.lr_group or "", []))
+        """Whether ``spec``, once its LR (and ratio) is resolved, is one of its group's tuning
+        runs whichever point wins (grid runs as long as table rows): the runner reuses that run
+        instead of training it."""
+        if spec.lr is not None:
+            return False
+        group = spec.lr_group or ""
+        pool = self.grid.get(group, []) if spec.ratio == 1 else []
+        if spec.ratio is None and not spec.lr_step:
+            pool = [*self.ratio_grid.get(group, []), *self.neighbours.get(group, [])]
+        return bool(pool) and all(self.runs[k].settings() == spec.settings() for _, k in pool)
+
+    def cost(self, spec: RunSpec) -> int:
+        """``spec``'s tokens in plan steps (a run at k× the batch costs k× a step)."""
+        return spec.steps * (spec.batch_size or self.config.batch_size) // self.config.batch_size
 
     def total_steps(self, specs: list[RunSpec]) -> int:
-        """Steps ``specs`` train (runs that repeat a grid run count once)."""
-        return sum(s.steps for s in specs if not self.repeats_grid(s))
+        """Plan steps ``specs`` train (runs that repeat a grid run count once)."""
+        return sum(self.cost(s) for s in specs if not self.repeats_grid(s))
 
 
 def build_plan(cfg: PlanConfig) -> Plan:
@@ -398,6 +508,8 @@ def build_plan(cfg: PlanConfig) -> Plan:
         )
     theory = make_run(cfg, "galore_adamw", steps, rank=galore_rank, kind="theory")
     plan.theory = plan._add(theory)
+    if cfg.per_group:
+        _add_per_group(plan)
 
     if cfg.tuned:
         groups = dict.fromkeys(s.lr_group for s in plan.runs.values() if s.lr_group)
@@ -408,7 +520,54 @@ def build_plan(cfg: PlanConfig) -> Plan:
                 spec = make_run(cfg, group, cfg.grid_steps, rank=rank, lr=float(lr))
                 points.append((float(lr), plan._add(spec)))
             plan.grid[group] = points
+            if cfg.per_group:  # the other parameters' ratio, at the group's tuned LR
+                plan.ratio_grid[group] = [
+                    (float(r), plan._add(make_run(cfg, group, steps, rank=rank, ratio=float(r))))
+                    for r in cfg.lr_other_ratios
+                ]
+            if cfg.per_group and cfg.lr_neighbour_factor:  # then the LR, at that ratio
+                plan.neighbours[group] = [
+                    (
+                        step,
+                        plan._add(make_run(cfg, group, steps, rank=rank, ratio=None, lr_step=step)),
+                    )
+                    for step in (1, -1)
+                ]
     return plan
+
+
+def _add_per_group(plan: Plan) -> None:
+    """The per-group protocol's runs: the table, the rank and T ablations and the
+    tokens-per-step rows, each at its group's tuned LR and ratio."""
+    cfg, steps, galore_rank = plan.config, plan.config.steps, plan.rank(4)
+    for row in cfg.table:
+        spec = make_run(
+            cfg,
+            row.method,
+            steps,
+            rank=plan.rank(row.rank_divisor),
+            lr_group=row.lr_group,
+            ratio=None,
+        )
+        plan.table_tuned.append((row, plan._add(spec)))
+    for divisor in cfg.ablation_rank_divisors:
+        spec = make_run(cfg, "galore_adamw", steps, rank=plan.rank(divisor), ratio=None)
+        plan.ranks_tuned.append((divisor, plan._add(spec)))
+    for gap in cfg.ablation_gaps:
+        spec = make_run(cfg, "galore_adamw", steps, rank=galore_rank, gap=gap, ratio=None)
+        plan.gaps_tuned.append((gap, plan._add(spec)))
+    for method in ("adamw", "galore_adamw"):
+        rank = galore_rank if method_info(method).uses_rank else None
+        for factor in cfg.batch_factors:
+            spec = make_run(
+                cfg,
+                method,
+                steps // factor,
+                rank=rank,
+                ratio=None,
+                batch_size=cfg.batch_size * factor,
+            )
+            plan.batch.append((method, factor, plan._add(spec)))
 
 
 def describe(plan: Plan, specs: list[RunSpec], jobs: int = 2) -> str:

@@ -54,6 +54,11 @@ class RunResult:
     def ok(self) -> bool:
         return self.status == "ok" and self.eval_ppl is not None
 
+    @property
+    def lr_other_ratio(self) -> float:
+        """The other parameters' LR as a multiple of ``lr`` (1 where the identity has none)."""
+        return float(self.identity.get("run", {}).get("lr_other_ratio", 1.0))
+
     def to_dict(self) -> dict[str, Any]:
         return finite_json(asdict(self))
 

@@ -37,7 +37,7 @@ from galorekit.reproduce.results import (
     run_dir,
     save_result,
 )
-from galorekit.reproduce.tuning import TuningError, ready, resolve_lr
+from galorekit.reproduce.tuning import TuningError, ready, resolve
 
 PLAN_FILE = "plan.json"
 PLAN_FORMAT = 1
@@ -102,8 +102,9 @@ def check_output_dir(plan: Plan, out: Path, *, overwrite: bool) -> list[str]:
         raise PlanMismatchError(
             f"{record_path} is unreadable ({err}); pass --overwrite to start again"
         ) from None
-    if record.get("format") != PLAN_FORMAT or record.get("config") != plan.config.to_dict():
-        diffs = _differences(record.get("config") or {}, plan.config.to_dict())
+    # a setting missing from the record (added to PlanConfig later) counts as None
+    diffs = _differences(record.get("config") or {}, plan.config.to_dict())
+    if record.get("format") != PLAN_FORMAT or diffs:
         raise PlanMismatchError(
             f"{out} holds the results of another plan ({'; '.join(diffs) or 'another format'}); "
             "pass --overwrite to replace them, or another --output-dir"
@@ -156,7 +157,7 @@ class _InlineExecutor:
 def _priority(plan: Plan, spec: RunSpec) -> tuple[int, int, int]:
     """Sort key among ready runs: grid runs first (by how many runs wait for their group), then
     the longest runs first (so that the last minutes are not one long run alone)."""
-    if spec.key in {k for points in plan.grid.values() for _, k in points}:
+    if spec.key in {k for group in plan.grid for k in plan.tuning_keys(group)}:
         group = spec.method
         waiting = sum(1 for s in plan.runs.values() if s.lr_group == group)
         return (0, -waiting, 0)
@@ -218,16 +219,16 @@ def run_plan(
                     break
                 pending.remove(spec)
                 try:
-                    lr = resolve_lr(plan, spec, results)
+                    lr, ratio = resolve(plan, spec, results)
                 except TuningError as err:
                     summary.blocked[spec.key] = str(err)
                     continue
-                cached = load_result(out, spec.key)  # a tuned run's LR is known only now
-                if cached is not None and not _same_identity(cached, plan, spec, lr):
+                cached = load_result(out, spec.key)  # a tuned run's LRs are known only now
+                if cached is not None and not _same_identity(cached, plan, spec, lr, ratio):
                     cached = None
-                twin = plan.grid_twin(spec, lr)
-                if cached is None and twin in results:
-                    # the winning grid run is this row (a full-length grid): stored under the
+                twin = _tuning_twin(plan, spec, lr, ratio, results)
+                if cached is None and twin is not None:
+                    # the winning tuning run is this row (full-length grids): stored under the
                     # row's key too, so that the report and the next invocation find it there
                     cached = replace(results[twin], key=spec.key)
                     save_result(out, cached)
@@ -236,7 +237,13 @@ def run_plan(
                     summary.cached.append(spec.key)
                     reused = True
                     continue
-                job = Job(spec=spec, lr=lr, config=plan.config, run_dir=str(run_dir(out, spec.key)))
+                job = Job(
+                    spec=spec,
+                    lr=lr,
+                    config=plan.config,
+                    run_dir=str(run_dir(out, spec.key)),
+                    ratio=ratio,
+                )
                 running[pool.submit(execute, job)] = spec
             if summary.interrupted and not running:
                 break
@@ -277,22 +284,42 @@ def run_plan(
 
 
 def _valid(plan: Plan, spec: RunSpec, results: dict[str, RunResult]) -> bool:
-    """A cached result is reused when its identity is the one the run would have now (its LR
-    resolved from the cached grid)."""
+    """A cached result is reused when its identity is the one the run would have now (its LRs
+    resolved from the cached grids)."""
     if not ready(plan, spec, results):
         return False
     try:
-        lr = resolve_lr(plan, spec, results)
+        lr, ratio = resolve(plan, spec, results)
     except TuningError:
         return False
-    return _same_identity(results[spec.key], plan, spec, lr)
+    return _same_identity(results[spec.key], plan, spec, lr, ratio)
 
 
-def _same_identity(result: RunResult, plan: Plan, spec: RunSpec, lr: float) -> bool:
-    job = Job(spec=spec, lr=lr, config=plan.config, run_dir="")
-    return result.status in ("ok", "diverged") and result.identity == json.loads(
-        json.dumps(job.identity)
+def _identity(plan: Plan, spec: RunSpec, lr: float, ratio: float) -> Any:
+    job = Job(spec=spec, lr=lr, config=plan.config, run_dir="", ratio=ratio)
+    return json.loads(json.dumps(job.identity))
+
+
+def _same_identity(
+    result: RunResult, plan: Plan, spec: RunSpec, lr: float, ratio: float = 1.0
+) -> bool:
+    return result.status in ("ok", "diverged") and result.identity == _identity(
+        plan, spec, lr, ratio
     )
+
+
+def _tuning_twin(
+    plan: Plan, spec: RunSpec, lr: float, ratio: float, results: dict[str, RunResult]
+) -> str | None:
+    """The finished tuning run of ``spec``'s group that ``spec`` at ``lr``, ``ratio`` would
+    repeat exactly, or None."""
+    if spec.lr_group is None:
+        return None
+    wanted = _identity(plan, spec, lr, ratio)
+    for key in plan.tuning_keys(spec.lr_group):
+        if key != spec.key and key in results and results[key].identity == wanted:
+            return key
+    return None
 
 
 def _progress_line(n: int, total: int, result: RunResult, started: float) -> str:

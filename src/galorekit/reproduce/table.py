@@ -84,6 +84,7 @@ def table_rows(plan: Plan, results: dict[str, RunResult]) -> list[dict[str, Any]
                 "key": key,
                 "status": result.status if result is not None else "not run",
                 "lr": result.lr if result is not None else None,
+                "lr_other_ratio": result.lr_other_ratio if result is not None else None,
                 "lr_source": lr_source(plan, row),
                 "eval_ppl": ppl,
                 "vs_full_rank": (ppl / full_ppl - 1) if ppl and full_ppl else None,
@@ -106,6 +107,15 @@ def table_rows(plan: Plan, results: dict[str, RunResult]) -> list[dict[str, Any]
             }
         )
     return rows
+
+
+def lr_cell(lr: float | None, ratio: float | None) -> str:
+    """``0.0025`` or, with other parameters at their own LR, ``0.0025; other 0.04 (16×)``."""
+    if lr is None:
+        return "–"
+    if ratio in (None, 1):
+        return f"{lr:g}"
+    return f"{lr:g}; other {lr * ratio:.3g} ({ratio:g}×)"
 
 
 def table_markdown(rows: list[dict[str, Any]]) -> str:
@@ -136,7 +146,7 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
         body.append(
             [
                 r["label"],
-                "–" if r["lr"] is None else f"{r['lr']:g}",
+                lr_cell(r["lr"], r.get("lr_other_ratio")),
                 ppl,
                 fmt_ratio(r["vs_full_rank"]),
                 paper,

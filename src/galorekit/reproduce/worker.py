@@ -105,7 +105,7 @@ def _pretrain(job: Job) -> RunResult:
         identity=job.identity,
         lr=job.lr,
         steps=job.spec.steps,
-        tokens=job.spec.steps * job.config.tokens_per_step,
+        tokens=job.tokens,
         eval_loss=eval_loss,
         eval_ppl=eval_ppl if eval_ppl is None or math.isfinite(eval_ppl) else None,
         train_loss=train_loss,
@@ -129,7 +129,7 @@ def execute(job: Job) -> dict[str, Any]:
                 identity=job.identity,
                 lr=job.lr,
                 steps=job.spec.steps,
-                tokens=job.spec.steps * job.config.tokens_per_step,
+                tokens=job.tokens,
                 error=str(err).splitlines()[0],
             )
         except SystemExit as stop:

@@ -362,6 +362,7 @@ _METHOD: dict[str, tuple[str, str, dict[str, Any]]] = {
     "method": ("str", "model", {"choices": ALL_METHODS, "aliases": ("--optimizer",)}),
     "layerwise": ("bool", "model", {}),
     "lr": ("float", "model", {}),
+    "lr_other_ratio": ("float", "model", {}),
     "weight_decay": ("float", "model", {}),
     "max_grad_norm": ("float", "model", {}),
     "state_dtype": ("str", "model", {"choices": STATE_DTYPES}),
