@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -16,9 +17,11 @@ from pathlib import Path
 from galorekit.extras import report_missing_extra
 from galorekit.names import GALORE_TORCH_INSTALL
 from galorekit.reproduce.plan import (
+    FULL_PLAN_CPU_S_PER_STEP,
     QUICK_NOTE,
+    Plan,
+    RunSpec,
     build_plan,
-    describe,
     full_plan_config,
     quick_plan_config,
 )
@@ -33,6 +36,34 @@ SECTIONS = (
 )  # = galorekit.reproduce.plan.SECTIONS (torch-free)
 DEFAULT_OUTPUT = "benchmarks/results/reproduce"
 DEFAULT_QUICK_OUTPUT = "runs/reproduce-quick"
+
+
+def describe(plan: Plan, specs: list[RunSpec], jobs: int = 2) -> str:
+    """Plan summary for the terminal: runs, steps and tokens, and the time estimate when the
+    plan's model and batch are the measured ones."""
+    cfg = plan.config
+    steps = plan.total_steps(specs)
+    lines = [
+        f"plan {cfg.name!r}: {cfg.model} (d = {plan.hidden_size}), {cfg.batch_size} × "
+        f"{cfg.seq_len} tokens a step, {cfg.steps} steps a row "
+        f"({cfg.steps * cfg.tokens_per_step:,} tokens), seed {cfg.seed}",
+        f"{sum(not plan.repeats_grid(s) for s in specs)} runs, {steps:,} steps "
+        f"({steps * cfg.tokens_per_step:,} tokens)",
+    ]
+    measured = (cfg.model, cfg.vocab_size, cfg.batch_size, cfg.seq_len) == (
+        "llama_9m",
+        4096,
+        8,
+        128,
+    )
+    if measured:
+        cpu = steps * FULL_PLAN_CPU_S_PER_STEP * 1.1  # + evaluations and start-up
+        lines.append(
+            f"≈ {math.ceil(cpu / 60):,} CPU-min (measured {FULL_PLAN_CPU_S_PER_STEP} CPU-s a "
+            f"step, + 10% for evaluations): ≈ {math.ceil(cpu / 60 / jobs):,} min with {jobs} "
+            "worker(s) on idle cores, more on a loaded machine"
+        )
+    return "\n".join(lines)
 
 
 def _sections(text: str) -> list[str]:

@@ -52,9 +52,12 @@ idle cores (6 minutes measured while other jobs loaded the machine). Its fixed L
 638 / 493 / 577.
 """
 
+# size: ~570 lines — about 60 of them the measurements behind the plan's settings (module
+# docstring and comments a reader of the report needs); the rest is one plan builder, each
+# kind of run (grid, table, ablations, per-group, batch) a screen or less
+
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -568,31 +571,3 @@ def _add_per_group(plan: Plan) -> None:
                 batch_size=cfg.batch_size * factor,
             )
             plan.batch.append((method, factor, plan._add(spec)))
-
-
-def describe(plan: Plan, specs: list[RunSpec], jobs: int = 2) -> str:
-    """Plan summary for the terminal: runs, steps and tokens, and the time estimate when the
-    plan's model and batch are the measured ones."""
-    cfg = plan.config
-    steps = plan.total_steps(specs)
-    lines = [
-        f"plan {cfg.name!r}: {cfg.model} (d = {plan.hidden_size}), {cfg.batch_size} × "
-        f"{cfg.seq_len} tokens a step, {cfg.steps} steps a row "
-        f"({cfg.steps * cfg.tokens_per_step:,} tokens), seed {cfg.seed}",
-        f"{sum(not plan.repeats_grid(s) for s in specs)} runs, {steps:,} steps "
-        f"({steps * cfg.tokens_per_step:,} tokens)",
-    ]
-    measured = (cfg.model, cfg.vocab_size, cfg.batch_size, cfg.seq_len) == (
-        "llama_9m",
-        4096,
-        8,
-        128,
-    )
-    if measured:
-        cpu = steps * FULL_PLAN_CPU_S_PER_STEP * 1.1  # + evaluations and start-up
-        lines.append(
-            f"≈ {math.ceil(cpu / 60):,} CPU-min (measured {FULL_PLAN_CPU_S_PER_STEP} CPU-s a "
-            f"step, + 10% for evaluations): ≈ {math.ceil(cpu / 60 / jobs):,} min with {jobs} "
-            "worker(s) on idle cores, more on a loaded machine"
-        )
-    return "\n".join(lines)
