@@ -1,0 +1,455 @@
+"""``galore sft``: supervised fine-tuning of a pretrained causal LM, top to bottom.
+
+config (``sft_config``) → model (``models.pretrained``: a hub id, a directory or a GGUF file) →
+data (``data.sft``: chat / prompt-completion / Alpaca, loss on the answers) → method
+(``methods.setup``: GaLore, full AdamW, LoRA, … with ``--layerwise``) → measure before → the loop
+core (``train.loop``: accumulation, clipping, divergence checks, the stop signal) → measure after →
+summary. Measured before and after: the validation loss on the answer tokens and the accuracy of
+greedily generated answers to held-out questions (``sft_eval``).
+
+Why galorekit's loop and not TRL's ``SFTTrainer``: the trainer's optimizer step cannot run inside
+backward (``--layerwise``, the memory GaLore's paper measures), and its checkpoints do not hold
+galorekit's optimizer states (projectors, 8-bit moments) for a bit-identical resume; what TRL
+and transformers do well is used instead — chat templates (transformers) and packing (TRL's
+``pack_dataset``), see ``galorekit.data.sft``.
+
+A checkpoint holds the model, the optimizer (with GaLore's projectors), the scheduler, every RNG
+and the step; the batch order is a function of the seed and the micro-batch index, so ``--resume``
+continues bit-identically. The run directory follows ``galore pretrain``'s rules (``run_dir``):
+a directory holding a run is refused unless ``--resume`` or ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from galorekit.atomic import atomic_write_text
+from galorekit.data.config import resolve_cache_dir
+from galorekit.data.sft import SFTData, load_sft_data
+from galorekit.data.sources import epoch_seed
+from galorekit.extras import needs_extra
+from galorekit.methods import setup
+from galorekit.models import count_parameters
+from galorekit.models.pretrained import (
+    context_length,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_causal_lm,
+)
+from galorekit.train.checkpoint import (
+    CheckpointError,
+    checkpoint_name,
+    load_checkpoint,
+    load_module_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from galorekit.train.logging import (
+    MetricsLogger,
+    read_metrics,
+    summary_table,
+    write_run_config,
+)
+from galorekit.train.loop import (
+    Loop,
+    StopFlag,
+    autocast_for,
+    due,
+    peak_memory_bytes,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from galorekit.train.run_dir import prepare_output_dir, truncate_metrics
+from galorekit.train.run_lock import RunLock
+from galorekit.train.schedule import pretrain_schedule
+from galorekit.train.sft_config import RESUME_KEYS, SFTConfig, config_values, default_output_dir
+from galorekit.train.sft_eval import collate, generation_accuracy, sft_loss, validation_loss
+
+with needs_extra("train"):
+    from tqdm.auto import tqdm
+
+
+@dataclass
+class SFTResult:
+    output_dir: Path
+    steps: int
+    train_loss: float
+    before: dict[str, Any]  # val_loss, accuracy (None when not measured)
+    after: dict[str, Any]
+    tokens_per_s: float
+    seconds: float
+    summary: str
+    model: Any = field(default=None, repr=False)  # the trained model (the adapters' wrapper)
+    tokenizer: Any = field(default=None, repr=False)
+
+
+class Batches:
+    """Training micro-batches as a function of their index: epoch ``i // per_epoch`` is a
+    permutation seeded by ``epoch_seed(seed, epoch)`` (a resumed run draws the same ones)."""
+
+    def __init__(self, examples: list, batch_size: int, seed: int, pad_id: int) -> None:
+        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self.per_epoch = math.ceil(len(examples) / batch_size)
+        self._order: tuple[int, list[int]] | None = None
+        self.index = 0  # the next micro-batch
+        self.last_tokens = 0
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if self._order is None or self._order[0] != epoch:
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+            self._order = (epoch, torch.randperm(len(self.examples), generator=gen).tolist())
+        return self._order[1]
+
+    def next(self) -> dict[str, torch.Tensor]:
+        epoch, k = divmod(self.index, self.per_epoch)
+        order = self._permutation(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
+        self.index += 1
+        chosen = [self.examples[i] for i in order]
+        self.last_tokens = sum(len(e.input_ids) for e in chosen)  # padding not counted
+        return collate(chosen, self.pad_id)
+
+
+def data_fingerprint(data: SFTData) -> str:
+    """SHA-256 (16 hex) of the training tokens and labels: a resumed run trains on the same."""
+    digest = hashlib.sha256()
+    for e in data.train:
+        digest.update(repr((e.input_ids, e.labels, e.position_ids)).encode())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- the run
+@dataclass
+class _Run:
+    cfg: SFTConfig
+    out: Path
+    device: torch.device
+    model: Any
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    data: SFTData
+    batches: Batches
+    identity: dict[str, Any]
+    autocast: Any
+    max_steps: int
+    logger: Any = None
+
+
+def sft(cfg: SFTConfig) -> SFTResult:
+    """Run ``cfg`` (module docstring): the run directory is locked for the run's lifetime."""
+    target = default_output_dir(cfg) if cfg.output_dir is None else Path(cfg.output_dir)
+    with contextlib.ExitStack() as held:
+        out = prepare_output_dir(cfg, lock=lambda p: held.enter_context(RunLock(p)), out=target)
+        return _start(cfg, out)
+
+
+def _build(cfg: SFTConfig, out: Path) -> _Run:
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    location = resolve_causal_lm(
+        cfg.model, cache_dir=resolve_cache_dir(), trust_remote_code=cfg.trust_remote_code
+    )
+    tokenizer = load_tokenizer(location, trust_remote_code=cfg.trust_remote_code)
+    model = load_causal_lm(location, trust_remote_code=cfg.trust_remote_code)
+    data = load_sft_data(
+        cfg.data, tokenizer, context_length(model.config, tokenizer), prompts=cfg.generate_eval
+    )
+    for note in data.notes:
+        print(f"note: {note}")
+    model.to(device)
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / cfg.accumulation_steps))
+    method = setup(model, replace(cfg.method, lr=cfg.peak_lr), total_steps=max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        method.optimizer,
+        pretrain_schedule(
+            warmup_ratio=cfg.warmup_ratio, total=max_steps, min_ratio=cfg.min_lr_ratio
+        ),
+    )
+    batches = Batches(data.train, cfg.batch_size, cfg.seed, tokenizer.pad_token_id)
+    identity = {
+        "model": cfg.model,
+        "method": cfg.method.method,
+        "batch_size": cfg.batch_size,
+        "total_batch_size": cfg.batch_size * cfg.accumulation_steps,
+        "data_fingerprint": data_fingerprint(data),
+    }
+    return _Run(
+        cfg,
+        out,
+        device,
+        method.model,
+        tokenizer,
+        method.optimizer,
+        scheduler,
+        data,
+        batches,
+        identity,
+        autocast_for(cfg.precision, device),
+        max_steps,
+    )
+
+
+def _start(cfg: SFTConfig, out: Path) -> SFTResult:
+    run = _build(cfg, out)
+    step = _resume(run) if cfg.resume is not None else 0
+    write_run_config(out, {**config_values(cfg), "run": {"output_dir": str(out), **run.identity}})
+    run.logger = MetricsLogger(out, tensorboard=cfg.tensorboard)
+    try:
+        return _train(run, step)
+    finally:
+        run.logger.close()
+
+
+def _measure(run: _Run, step: int, when: str) -> dict[str, Any]:
+    """The validation loss and the generated answers' accuracy now, logged and printed."""
+    cfg = run.cfg
+    val = validation_loss(
+        run.model,
+        run.data.validation,
+        cfg.batch_size * 2,
+        run.tokenizer.pad_token_id,
+        run.device,
+        run.autocast,
+    )
+    run.logger.log({"event": "eval", "step": step, "eval_loss": val})
+    result: dict[str, Any] = {"val_loss": val, "accuracy": None}
+    if cfg.generate_eval and run.data.prompts:
+        score = generation_accuracy(
+            run.model,
+            run.tokenizer,
+            run.data.prompts,
+            run.device,
+            max_new_tokens=cfg.max_new_tokens,
+            samples=cfg.samples,
+        )
+        run.logger.log({"event": "generate", "step": step, "when": when, **score.as_event()})
+        result.update(accuracy=score.accuracy, n=score.n, samples=score.samples)
+        tqdm.write(
+            f"{when}: validation loss {val:.4f}, accuracy of generated answers "
+            f"{score.accuracy:.3f} on {score.n} {run.data.prompts_split} examples"
+        )
+        for s in score.samples:
+            tqdm.write(
+                f"  {s['question']!r}\n    → {s['generated']!r} (reference {s['reference']!r})"
+            )
+    else:
+        tqdm.write(f"{when}: validation loss {val:.4f}")
+    return result
+
+
+def _logged_before(out: Path) -> dict[str, Any]:
+    """The measurements of step 0 a resumed run logged when it started."""
+    before: dict[str, Any] = {"val_loss": None, "accuracy": None}
+    for event in read_metrics(out) if (out / "metrics.jsonl").exists() else []:
+        if event.get("step") == 0 and event.get("event") == "eval":
+            before["val_loss"] = event["eval_loss"]
+        if event.get("step") == 0 and event.get("event") == "generate":
+            before.update(accuracy=event["accuracy"], n=event["n"], samples=event["samples"])
+    return before
+
+
+def _train(run: _Run, step: int) -> SFTResult:
+    cfg, logger = run.cfg, run.logger
+    started = time.perf_counter()
+    if step == 0:
+        logger.log(
+            {
+                "event": "start",
+                "step": 0,
+                "params": count_parameters(run.model),
+                "trainable": count_parameters(run.model, trainable_only=True),
+                "train_examples": len(run.data.train),
+                "steps": run.max_steps,
+            }
+        )
+        before = _measure(run, 0, "before")
+    else:
+        before = _logged_before(run.out)
+    tokens = [0]
+
+    def next_batch() -> dict[str, torch.Tensor]:
+        batch = run.batches.next()
+        tokens[0] += run.batches.last_tokens
+        return {k: v.to(run.device) for k, v in batch.items()}
+
+    bar = tqdm(
+        total=run.max_steps, initial=step, disable=not cfg.progress, desc=f"sft {cfg.method.method}"
+    )
+    train_loss, train_seconds, trained_tokens = math.nan, 0.0, 0
+    with StopFlag() as stop:
+        loop = Loop(
+            run.model,
+            run.optimizer,
+            run.scheduler,
+            next_batch,
+            sft_loss,
+            accumulation=cfg.accumulation_steps,
+            max_grad_norm=cfg.method.max_grad_norm,
+            layerwise=cfg.method.layerwise,
+            autocast=run.autocast,
+            stop=stop,
+            hint=f"lower --lr (now {cfg.peak_lr:g})",
+            step=step,
+        )
+        while loop.step < run.max_steps:
+            tokens[0] = 0
+            out = loop.train_step()
+            step, train_loss = out.step, out.loss
+            train_seconds += out.seconds
+            trained_tokens += tokens[0]
+            bar.update(1)
+            if due(step, cfg.log_every, run.max_steps):
+                logger.log(
+                    {
+                        "event": "train",
+                        "step": step,
+                        "loss": out.loss,
+                        "lr": out.lr,
+                        "grad_norm": out.grad_norm,
+                        "tokens_per_s": tokens[0] / out.seconds,
+                        "peak_memory_bytes": peak_memory_bytes(run.device),
+                    }
+                )
+                bar.set_postfix(loss=f"{out.loss:.3f}")
+            if cfg.eval_every and due(step, cfg.eval_every, run.max_steps) and step < run.max_steps:
+                val = validation_loss(
+                    run.model,
+                    run.data.validation,
+                    cfg.batch_size * 2,
+                    run.tokenizer.pad_token_id,
+                    run.device,
+                    run.autocast,
+                )
+                logger.log({"event": "eval", "step": step, "eval_loss": val})
+            if due(step, cfg.save_every, run.max_steps) or out.stopping:
+                _save(run, step)
+            if out.stopping:
+                bar.close()
+                logger.log({"event": "interrupted", "step": step})
+                print(
+                    f"\nstopped at step {step}; continue with: galore sft --resume "
+                    f"--output-dir {run.out}",
+                    file=sys.stderr,
+                )
+                raise SystemExit(128 + (stop.signal or signal.SIGTERM))
+    bar.close()
+    after = _measure(run, step, "after")
+    seconds = time.perf_counter() - started
+    tokens_per_s = trained_tokens / train_seconds if train_seconds else math.nan
+    logger.log({"event": "end", "step": step, "seconds": seconds, "tokens_per_s": tokens_per_s})
+    summary = _summary(run, step, train_loss, before, after, tokens_per_s, seconds)
+    return SFTResult(
+        run.out,
+        step,
+        train_loss,
+        before,
+        after,
+        tokens_per_s,
+        seconds,
+        summary,
+        run.model,
+        run.tokenizer,
+    )
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _save(run: _Run, step: int) -> Path:
+    state = {
+        "step": step,
+        "identity": run.identity,
+        "config": config_values(run.cfg),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "batches": run.batches.index,
+        "rng": rng_state(),
+    }
+    path = run.out / "checkpoints" / checkpoint_name(step)
+    return save_checkpoint(path, state, keep_last=run.cfg.keep_checkpoints)
+
+
+def _resume(run: _Run) -> int:
+    """Load the checkpoint ``--resume`` names into the run; the step it was taken at."""
+    where = resolve_checkpoint(
+        run.out / "checkpoints" if run.cfg.resume == "latest" else run.cfg.resume
+    )
+    ckpt = load_checkpoint(where, map_location=run.device, required_keys=("model", "optimizer"))
+    mismatched = [
+        f"{k}: checkpoint {ckpt['identity'].get(k)!r} vs now {run.identity[k]!r}"
+        for k in RESUME_KEYS
+        if ckpt.get("identity", {}).get(k) != run.identity[k]
+    ]
+    if mismatched:
+        raise CheckpointError(
+            f"checkpoint {where} belongs to another run: " + "; ".join(mismatched)
+        )
+    load_module_state(run.model, ckpt["model"], what="model")
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.batches.index = int(ckpt["batches"])
+    set_rng_state(ckpt["rng"])
+    step = int(ckpt["step"])
+    truncate_metrics(run.out / "metrics.jsonl", step)
+    return step
+
+
+# ---------------------------------------------------------------------------- summary
+def _summary(
+    run: _Run,
+    step: int,
+    train_loss: float,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    tokens_per_s: float,
+    seconds: float,
+) -> str:
+    cfg = run.cfg
+    method = cfg.method.method + (" (layer-wise)" if cfg.method.layerwise else "")
+    table = summary_table(
+        [
+            {
+                "model": cfg.model,
+                "method": method,
+                "steps": step,
+                "train_loss": train_loss,
+                "val_loss before": before.get("val_loss"),
+                "val_loss after": after.get("val_loss"),
+                "accuracy before": before.get("accuracy"),
+                "accuracy after": after.get("accuracy"),
+                "tokens/s": tokens_per_s,
+                "peak_mem_GiB": peak_memory_bytes(run.device) / 2**30,
+                "seconds": seconds,
+            }
+        ],
+        title=f"galore sft — {run.out}",
+    )
+    lines = [table]
+    if after.get("accuracy") is not None:
+        lines.append(
+            f"\naccuracy: greedily generated answers to {after['n']} held-out "
+            f"{run.data.prompts_split} examples of {run.data.source}"
+        )
+        for when, result in (("before", before), ("after", after)):
+            for s in result.get("samples") or []:
+                lines.append(
+                    f"{when}: {s['question']!r} → {s['generated']!r} (ref {s['reference']!r})"
+                )
+    summary = "\n".join(lines)
+    atomic_write_text(run.out / "summary.md", f"```\n{summary}\n```\n")
+    return summary
