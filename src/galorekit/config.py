@@ -22,9 +22,15 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_FORMATS = (".toml", ".yaml", ".yml", ".json")
-#: ``--precision`` of the training commands: fp32, or bf16 autocast over fp32 weights and states
-#: (``galore memory``'s bf16-true, bf16 weights, is not a training mode here)
-PRECISIONS = ("fp32", "bf16-mixed")
+#: ``--precision`` of the training commands (``galorekit.train.precision``): fp32; bf16-mixed,
+#: bf16 autocast over fp32 weights and states; bf16-true, bf16 weights (no fp32 master copy)
+PRECISIONS = ("fp32", "bf16-mixed", "bf16-true")
+#: the help text of ``--precision``, the same in every training command
+PRECISION_HELP = (
+    "fp32; bf16-mixed (bfloat16 autocast of forward/backward over fp32 weights and states); or "
+    "bf16-true (the paper's setting: bfloat16 weights and gradients, no fp32 master copy, "
+    "moments per --state-dtype). bf16 is for GPUs: slow on most CPUs"
+)
 
 
 class ConfigFileError(ValueError):

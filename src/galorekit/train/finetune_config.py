@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from galorekit.config import PRECISIONS, Flag, flags_of, flatten, option
+from galorekit.config import PRECISION_HELP, PRECISIONS, Flag, flags_of, flatten, option
 from galorekit.data.classification import (
     GLUE_TASKS,
     PROBLEM_TYPES,
@@ -152,8 +152,7 @@ class FinetuneConfig:
     )
     precision: str = option(
         "fp32",
-        "fp32, or bf16-mixed (bfloat16 autocast of the training forward/backward, fp32 weights "
-        "and states; for GPUs, slow on most CPUs)",
+        PRECISION_HELP,
         group="optim",
         choices=PRECISIONS,
     )

@@ -38,7 +38,8 @@ from galorekit.train.finetune_model import (
 )
 from galorekit.train.glue_metrics import compute_metrics, is_better, primary_metric
 from galorekit.train.logging import MetricsLogger
-from galorekit.train.loop import Loop, autocast_for, due
+from galorekit.train.loop import Loop, due
+from galorekit.train.precision import apply_precision
 from galorekit.train.schedule import warmup_linear  # re-exported: tests import it from here
 
 with needs_extra("train"):  # the progress bar
@@ -238,6 +239,7 @@ def train_and_evaluate(
     set_seed(cfg.seed)  # same head initialisation and batch order for every method
     model = load_model(location, data.task, inputs.tokenizer)
     total_params = count_parameters(model)
+    autocast = apply_precision(model, cfg.precision, next(model.parameters()).device)
     model, optimizer, method_info = build_method(model, cfg)
     trainable = count_parameters(model, trainable_only=True)
     model.train()
@@ -278,7 +280,7 @@ def train_and_evaluate(
         lambda module, batch: module(**batch).loss,
         max_grad_norm=cfg.max_grad_norm or None,
         layerwise=cfg.layerwise,
-        autocast=autocast_for(cfg.precision, next(model.parameters()).device),
+        autocast=autocast,
         hint=f"lower --lr (now {cfg.lr:g}) or check the labels",
     )
     for out in loop.steps(total_steps):

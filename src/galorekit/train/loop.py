@@ -150,13 +150,6 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
-def autocast_for(precision: str, device: torch.device) -> Callable[[], AbstractContextManager]:
-    """The forward/backward context of ``--precision``: fp32 runs as is, bf16-mixed autocasts."""
-    if precision == "bf16-mixed":
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
 # ------------------------------------------------------------------------------ the loop
 @dataclass
 class StepOutput:

@@ -64,13 +64,13 @@ from galorekit.train.loop import (
     NonFiniteError,
     StepOutput,
     StopFlag,
-    autocast_for,
     due,
     lm_loss,
     peak_memory_bytes,
     resolve_device,
     seed_everything,
 )
+from galorekit.train.precision import apply_precision
 from galorekit.train.pretrain_config import (  # noqa: F401  (re-exported)
     GALORE_METHODS,
     RESUME_KEYS,
@@ -219,6 +219,7 @@ def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         device=device,
         trust_remote_code=cfg.trust_remote_code,
     )
+    autocast = apply_precision(model, cfg.precision, device)  # before the optimizer holds it
     if cfg.activation_checkpointing:
         _enable_activation_checkpointing(model)
         model.config.use_cache = False
@@ -277,7 +278,7 @@ def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         eval_forwards,
         identity,
         fsdp,
-        autocast_for(cfg.precision, device),
+        autocast,
     )
     run.vocab_size = data.vocab_size
     return run

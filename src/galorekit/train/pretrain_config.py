@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from galorekit.config import (
+    PRECISION_HELP,
     PRECISIONS,
     Flag,
     differences,
@@ -53,7 +54,8 @@ GROUPS = {
 #: old spellings, refused with a pointer
 RENAMED = {
     "--grad-clip": "use --max-grad-norm (0: off)",
-    "--dtype": "use --precision fp32|bf16-mixed (bfloat16 autocast is bf16-mixed)",
+    "--dtype": "use --precision fp32|bf16-mixed|bf16-true (bfloat16 autocast is bf16-mixed, bfloat16 "
+    "weights bf16-true)",
 }
 
 
@@ -118,8 +120,7 @@ class PretrainConfig:
     )
     precision: str = option(
         "fp32",
-        "fp32, or bf16-mixed (bfloat16 autocast of forward/backward, fp32 weights and states; "
-        "for GPUs, slow on most CPUs)",
+        PRECISION_HELP,
         group="loop",
         choices=PRECISIONS,
         trajectory=True,
