@@ -24,9 +24,10 @@ examples apart.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,21 @@ class SFTData:
 
 
 # ---------------------------------------------------------------------------- reading rows
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """datasets' per-operation progress bars off (a data file is read in a moment)."""
+    with needs_extra("train"):
+        from datasets.utils import logging as ds_logging
+
+    was = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            ds_logging.enable_progress_bar()
+
+
 def _load_file(path: str) -> list[dict[str, Any]]:
     p = Path(path).expanduser()
     if not p.is_file():
@@ -168,7 +184,8 @@ def _load_file(path: str) -> list[dict[str, Any]]:
 
     kwargs = {"delimiter": "\t"} if p.suffix.lower() == ".tsv" else {}
     try:
-        ds = datasets.load_dataset(builder, data_files=str(p), split="train", **kwargs)
+        with _quiet_datasets():
+            ds = datasets.load_dataset(builder, data_files=str(p), split="train", **kwargs)
     except Exception as err:
         reason = " ".join(str(err).split())[:300]
         raise SFTDataError(f"cannot read {p} as {builder}: {reason}") from None
@@ -425,7 +442,8 @@ def pack(examples: list[Example], seq_len: int) -> list[Example]:
     ds = Dataset.from_dict(
         {"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]}
     )
-    packed = pack_dataset(ds, seq_len, strategy="bfd")
+    with _quiet_datasets():
+        packed = pack_dataset(ds, seq_len, strategy="bfd")
     out = []
     for row in packed:
         positions = [p for n in row["seq_lengths"] for p in range(n)]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import signal
 import sys
@@ -38,7 +39,8 @@ from galorekit.data.config import resolve_cache_dir
 from galorekit.data.sft import SFTData, load_sft_data
 from galorekit.data.sources import epoch_seed
 from galorekit.extras import needs_extra
-from galorekit.methods import setup
+from galorekit.methods import MethodConfig, setup
+from galorekit.methods.build import MethodSetup, adapter_rank, build_optimizer, default_rank
 from galorekit.models import count_parameters
 from galorekit.models.pretrained import (
     context_length,
@@ -54,6 +56,7 @@ from galorekit.train.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from galorekit.train.export import EXPORT_FILE, check_export_target, export_hf
 from galorekit.train.logging import (
     MetricsLogger,
     read_metrics,
@@ -63,7 +66,6 @@ from galorekit.train.logging import (
 from galorekit.train.loop import (
     Loop,
     StopFlag,
-    autocast_for,
     due,
     peak_memory_bytes,
     resolve_device,
@@ -71,8 +73,10 @@ from galorekit.train.loop import (
     seed_everything,
     set_rng_state,
 )
+from galorekit.train.precision import apply_precision
+from galorekit.train.pretrain import _enable_activation_checkpointing
 from galorekit.train.run_dir import prepare_output_dir, truncate_metrics
-from galorekit.train.run_lock import RunLock
+from galorekit.train.run_lock import LOCK_FILE, RunLock
 from galorekit.train.schedule import pretrain_schedule
 from galorekit.train.sft_config import RESUME_KEYS, SFTConfig, config_values, default_output_dir
 from galorekit.train.sft_eval import collate, generation_accuracy, sft_loss, validation_loss
@@ -145,14 +149,31 @@ class _Run:
     autocast: Any
     max_steps: int
     logger: Any = None
+    best_loss: float = math.inf  # of the --export-dir best export
 
 
 def sft(cfg: SFTConfig) -> SFTResult:
     """Run ``cfg`` (module docstring): the run directory is locked for the run's lifetime."""
     target = default_output_dir(cfg) if cfg.output_dir is None else Path(cfg.output_dir)
-    with contextlib.ExitStack() as held:
-        out = prepare_output_dir(cfg, lock=lambda p: held.enter_context(RunLock(p)), out=target)
-        return _start(cfg, out)
+    if cfg.export_dir is not None:  # before anything is written or trained
+        for which in ("final", "best"):
+            check_export_target(
+                Path(cfg.export_dir) / which, cfg.overwrite or cfg.resume is not None
+            )
+    created = [p for p in (target, *target.parents) if not p.exists()]
+    try:
+        with contextlib.ExitStack() as held:
+            out = prepare_output_dir(cfg, lock=lambda p: held.enter_context(RunLock(p)), out=target)
+            return _start(cfg, out)
+    except BaseException:
+        # a run refused before it wrote anything leaves no folder behind (rmdir: only if empty)
+        if created and {p.name for p in target.glob("*")} | {LOCK_FILE} == {LOCK_FILE}:
+            with contextlib.suppress(OSError):
+                (target / LOCK_FILE).unlink()
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
 
 
 def _build(cfg: SFTConfig, out: Path) -> _Run:
@@ -169,12 +190,12 @@ def _build(cfg: SFTConfig, out: Path) -> _Run:
     for note in data.notes:
         print(f"note: {note}")
     model.to(device)
+    autocast = apply_precision(model, cfg.precision, device)  # before the optimizer holds it
     if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        _enable_activation_checkpointing(model)
     per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / cfg.accumulation_steps))
-    method = setup(model, replace(cfg.method, lr=cfg.peak_lr), total_steps=max_steps)
+    method = _setup_method(model, replace(cfg.method, lr=cfg.peak_lr), max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         method.optimizer,
         pretrain_schedule(
@@ -200,14 +221,35 @@ def _build(cfg: SFTConfig, out: Path) -> _Run:
         data,
         batches,
         identity,
-        autocast_for(cfg.precision, device),
+        autocast,
         max_steps,
     )
+
+
+def _setup_method(model: Any, method: MethodConfig, total_steps: int) -> MethodSetup:
+    """``methods.setup``, except for LoRA: fine-tuning's LoRA trains the adapters alone (the
+    pre-training baseline of ``methods.setup`` also trains the embeddings and norms)."""
+    if method.method != "lora":
+        return setup(model, method, total_steps=total_steps)
+    from galorekit.methods.adapters import apply_lora  # peft: only for LoRA
+
+    rank, note = adapter_rank(model, method.rank or default_rank(model))
+    if note is not None:
+        print(f"note: lora: {note}")
+    model = apply_lora(
+        model,
+        rank=rank,
+        alpha=method.lora_alpha,
+        dropout=method.lora_dropout,
+        train_non_targeted=False,
+    )
+    return MethodSetup(model, build_optimizer(model, method, rank=rank))
 
 
 def _start(cfg: SFTConfig, out: Path) -> SFTResult:
     run = _build(cfg, out)
     step = _resume(run) if cfg.resume is not None else 0
+    run.best_loss = _previous_best(cfg)
     write_run_config(out, {**config_values(cfg), "run": {"output_dir": str(out), **run.identity}})
     run.logger = MetricsLogger(out, tensorboard=cfg.tensorboard)
     try:
@@ -337,6 +379,7 @@ def _train(run: _Run, step: int) -> SFTResult:
                     run.autocast,
                 )
                 logger.log({"event": "eval", "step": step, "eval_loss": val})
+                _export_best(run, step, val)
             if due(step, cfg.save_every, run.max_steps) or out.stopping:
                 _save(run, step)
             if out.stopping:
@@ -350,6 +393,10 @@ def _train(run: _Run, step: int) -> SFTResult:
                 raise SystemExit(128 + (stop.signal or signal.SIGTERM))
     bar.close()
     after = _measure(run, step, "after")
+    if cfg.export_dir is not None:
+        _export_best(run, step, after["val_loss"])
+        path = _export(run, "final", step, after["val_loss"])
+        tqdm.write(f"exported the final model to {path}")
     seconds = time.perf_counter() - started
     tokens_per_s = trained_tokens / train_seconds if train_seconds else math.nan
     logger.log({"event": "end", "step": step, "seconds": seconds, "tokens_per_s": tokens_per_s})
@@ -366,6 +413,39 @@ def _train(run: _Run, step: int) -> SFTResult:
         run.model,
         run.tokenizer,
     )
+
+
+# ---------------------------------------------------------------------------- exports
+def _export(run: _Run, which: str, step: int, val_loss: float) -> Path:
+    """``--export-dir``/``which`` (final, best): the model as a Hugging Face directory."""
+    return export_hf(
+        run.model,
+        Path(run.cfg.export_dir) / which,
+        tokenizer=run.tokenizer,
+        merge_adapters=not run.cfg.export_adapters,
+        overwrite=True,
+        metadata={"step": step, "eval_loss": val_loss, "model": run.cfg.model},
+    )
+
+
+def _export_best(run: _Run, step: int, val_loss: float) -> None:
+    """``--export-dir``/best when ``val_loss`` is the lowest of the run's periodic evaluations
+    (without --eval-every the final model is the only candidate: no best directory)."""
+    if run.cfg.export_dir is None or not run.cfg.eval_every:
+        return
+    if run.best_loss <= val_loss:
+        return
+    _export(run, "best", step, val_loss)
+    run.best_loss = val_loss
+
+
+def _previous_best(cfg: SFTConfig) -> float:
+    """The validation loss of the best export of the run a resume continues (inf: none)."""
+    record = Path(cfg.export_dir or ".") / "best" / EXPORT_FILE
+    if cfg.resume is None or cfg.export_dir is None or not record.is_file():
+        return math.inf
+    loss = json.loads(record.read_text(encoding="utf-8")).get("eval_loss")
+    return float(loss) if isinstance(loss, int | float) else math.inf
 
 
 # ---------------------------------------------------------------------------- checkpoints

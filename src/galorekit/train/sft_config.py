@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from galorekit.config import PRECISIONS, Flag, flags_of, flatten, option
+from galorekit.config import PRECISION_HELP, PRECISIONS, Flag, flags_of, flatten, option
 from galorekit.data.sft import SFTDataConfig
 from galorekit.methods.config import MethodConfig
 from galorekit.models.pretrained import DEFAULT_MODEL
@@ -74,12 +74,7 @@ class SFTConfig:
         0.1, "the cosine schedule decays to this × the peak", group="loop", trajectory=True
     )
     precision: str = option(
-        "fp32",
-        "fp32, or bf16-mixed (bfloat16 autocast of forward/backward, fp32 weights and states; "
-        "for GPUs, slow on most CPUs)",
-        group="loop",
-        choices=PRECISIONS,
-        trajectory=True,
+        "fp32", PRECISION_HELP, group="loop", choices=PRECISIONS, trajectory=True
     )
     activation_checkpointing: bool = option(
         False, "recompute activations in backward (less memory, more time)", group="loop"
@@ -111,6 +106,20 @@ class SFTConfig:
     keep_checkpoints: int = option(2, "checkpoints kept (older ones are pruned)", group="output")
     output_dir: str | None = option(
         None, "run directory (default: runs/sft-MODEL-METHOD-TIME)", group="output"
+    )
+    export_dir: str | None = option(
+        None,
+        "also write the model as Hugging Face directories (config.json, safetensors, tokenizer, "
+        "generation config): DIR/final at the end and, with --eval-every, DIR/best at each "
+        "evaluation that improves the validation loss",
+        group="output",
+        metavar="DIR",
+    )
+    export_adapters: bool = option(
+        False,
+        "--export-dir: save LoRA adapters as a peft adapter instead of merging them into the "
+        "weights",
+        group="output",
     )
     resume: str | None = option(None, cli=False)  # "latest" or a checkpoint path
     overwrite: bool = option(False, "replace a run in --output-dir", group="output")
@@ -161,6 +170,8 @@ def _errors(cfg: SFTConfig) -> list[str]:
         value = getattr(cfg.data, name)
         if value is not None and value < 1:
             errors.append(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
+    if cfg.export_adapters and cfg.export_dir is None:
+        errors.append("--export-adapters applies to --export-dir: give the directory too")
     if cfg.resume is not None and cfg.overwrite:
         errors.append("--resume and --overwrite contradict each other")
     return errors
