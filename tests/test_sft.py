@@ -58,7 +58,10 @@ def test_each_method_trains_and_reports_before_and_after(tiny, tmp_path, capsys,
     assert [e["step"] for e in evals] == [0, 4]
     assert evals[1]["eval_loss"] < evals[0]["eval_loss"]  # it learned something
     generated = _events(out, "generate")
-    assert [(g["when"], g["n"]) for g in generated] == [("before", 5), ("after", 5)]  # the validation split
+    assert [(g["when"], g["n"]) for g in generated] == [
+        ("before", 5),
+        ("after", 5),
+    ]  # the validation split
     assert [e["step"] for e in _events(out, "train")][-1] == 4
     assert (out / "summary.md").read_text().count("before:") == 3  # the printed samples
     start = _events(out, "start")[0]

@@ -97,6 +97,8 @@ class SFTResult:
     summary: str
     model: Any = field(default=None, repr=False)  # the trained model (the adapters' wrapper)
     tokenizer: Any = field(default=None, repr=False)
+    optimizer: Any = field(default=None, repr=False)
+    batches: Any = field(default=None, repr=False)  # the training batches (``Batches``)
 
 
 class Batches:
@@ -412,6 +414,8 @@ def _train(run: _Run, step: int) -> SFTResult:
         summary,
         run.model,
         run.tokenizer,
+        run.optimizer,
+        run.batches,
     )
 
 
