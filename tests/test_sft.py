@@ -215,3 +215,17 @@ def test_a_directory_holding_a_run_is_refused(tiny, tmp_path, capsys):
     capsys.readouterr()
     _refused(capsys, _args(tiny, out, "--method", "adamw"), "already holds a run", "--overwrite")
     assert (out / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_two_processes_compute_what_one_does_with_accumulation(tiny, tmp_path):
+    """DDP through torchrun (gloo): 2 ranks × batch 2 = 1 process × batch 2 × accumulation 2."""
+    extra = ("--method", "galore_adamw", "--lr", "3e-3", "--batch-size", "2", "--max-steps", "2")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*_args(tiny, one, *extra), "--total-batch-size", "4", "--generate-eval", "0"]) == 0
+    assert main([*_args(tiny, two, *extra), "--nproc-per-node", "2", "--generate-eval", "0"]) == 0
+    a, b = _trained_weights(one, 2), _trained_weights(two, 2)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    losses = [[e["eval_loss"] for e in _events(out, "eval")] for out in (one, two)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)

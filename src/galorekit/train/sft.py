@@ -38,6 +38,17 @@ from galorekit.atomic import atomic_write_text
 from galorekit.data.config import resolve_cache_dir
 from galorekit.data.sft import SFTData, load_sft_data
 from galorekit.data.sources import epoch_seed
+from galorekit.distributed.context import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    gather_objects,
+    init_distributed,
+    main_first,
+    run_on_main,
+    shutdown,
+)
+from galorekit.distributed.data_parallel import setup_data_parallel
 from galorekit.extras import needs_extra
 from galorekit.methods import MethodConfig, setup
 from galorekit.methods.build import MethodSetup, adapter_rank, build_optimizer, default_rank
@@ -74,12 +85,12 @@ from galorekit.train.loop import (
     set_rng_state,
 )
 from galorekit.train.precision import apply_precision
-from galorekit.train.pretrain import _enable_activation_checkpointing
+from galorekit.train.pretrain import _enable_activation_checkpointing, _NullLogger
 from galorekit.train.run_dir import prepare_output_dir, truncate_metrics
 from galorekit.train.run_lock import LOCK_FILE, RunLock
 from galorekit.train.schedule import pretrain_schedule
 from galorekit.train.sft_config import RESUME_KEYS, SFTConfig, config_values, default_output_dir
-from galorekit.train.sft_eval import collate, generation_accuracy, sft_loss, validation_loss
+from galorekit.train.sft_eval import collate, generation_accuracy, sft_loss, validation_sums
 
 with needs_extra("train"):
     from tqdm.auto import tqdm
@@ -103,10 +114,15 @@ class SFTResult:
 
 class Batches:
     """Training micro-batches as a function of their index: epoch ``i // per_epoch`` is a
-    permutation seeded by ``epoch_seed(seed, epoch)`` (a resumed run draws the same ones)."""
+    permutation seeded by ``epoch_seed(seed, epoch)`` (a resumed run draws the same ones). Rank r
+    of W processes takes the global micro-batches r, r+W, …: W ranks with batch b compute what one
+    process with batch b and W× the accumulation does."""
 
-    def __init__(self, examples: list, batch_size: int, seed: int, pad_id: int) -> None:
+    def __init__(
+        self, examples: list, batch_size: int, seed: int, pad_id: int, rank: int = 0, world: int = 1
+    ) -> None:
         self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self.rank, self.world = rank, world  # under torchrun rank r draws micro-batches r, r+W, …
         self.per_epoch = math.ceil(len(examples) / batch_size)
         self._order: tuple[int, list[int]] | None = None
         self.index = 0  # the next micro-batch
@@ -119,7 +135,7 @@ class Batches:
         return self._order[1]
 
     def next(self) -> dict[str, torch.Tensor]:
-        epoch, k = divmod(self.index, self.per_epoch)
+        epoch, k = divmod(self.index * self.world + self.rank, self.per_epoch)
         order = self._permutation(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
         self.index += 1
         chosen = [self.examples[i] for i in order]
@@ -139,9 +155,11 @@ def data_fingerprint(data: SFTData) -> str:
 @dataclass
 class _Run:
     cfg: SFTConfig
+    ctx: DistContext
     out: Path
     device: torch.device
-    model: Any
+    model: Any  # unwrapped (state dicts, evaluation, export)
+    parallel: Any  # DataParallelModel: the module to call, clipping, accumulation
     tokenizer: Any
     optimizer: Any
     scheduler: Any
@@ -155,7 +173,26 @@ class _Run:
 
 
 def sft(cfg: SFTConfig) -> SFTResult:
-    """Run ``cfg`` (module docstring): the run directory is locked for the run's lifetime."""
+    """Run ``cfg`` in this process — alone, or as one rank of a torchrun job (DDP)."""
+    device = resolve_device(cfg.device)
+    ctx = init_distributed(device.type)
+    try:
+        if ctx.world_size != cfg.world_size:
+            raise ValueError(
+                f"the config was built for {cfg.world_size} processes but this job has "
+                f"{ctx.world_size}; build the config inside the job (world_size=None)"
+            )
+        if ctx.enabled and device.type == "cuda":
+            device = torch.device("cuda", ctx.local_rank)
+        result = _sft(cfg, ctx, device)
+        barrier(ctx)
+        return result
+    finally:
+        shutdown(ctx)
+
+
+def _sft(cfg: SFTConfig, ctx: DistContext, device: torch.device) -> SFTResult:
+    """The run directory is locked (by rank 0) for the run's lifetime."""
     target = default_output_dir(cfg) if cfg.output_dir is None else Path(cfg.output_dir)
     if cfg.export_dir is not None:  # before anything is written or trained
         for which in ("final", "best"):
@@ -165,37 +202,45 @@ def sft(cfg: SFTConfig) -> SFTResult:
     created = [p for p in (target, *target.parents) if not p.exists()]
     try:
         with contextlib.ExitStack() as held:
-            out = prepare_output_dir(cfg, lock=lambda p: held.enter_context(RunLock(p)), out=target)
-            return _start(cfg, out)
+
+            def prepare() -> str:
+                lock = lambda p: held.enter_context(RunLock(p))  # noqa: E731
+                return str(prepare_output_dir(cfg, lock=lock, out=target))
+
+            return _start(cfg, ctx, device, Path(run_on_main(ctx, prepare)))
     except BaseException:
         # a run refused before it wrote anything leaves no folder behind (rmdir: only if empty)
-        if created and {p.name for p in target.glob("*")} | {LOCK_FILE} == {LOCK_FILE}:
+        if (
+            ctx.is_main
+            and created
+            and {p.name for p in target.glob("*")} | {LOCK_FILE} == {LOCK_FILE}
+        ):
             with contextlib.suppress(OSError):
                 (target / LOCK_FILE).unlink()
-        for path in created:
+        for path in created if ctx.is_main else []:
             with contextlib.suppress(OSError):
                 path.rmdir()
         raise
 
 
-def _build(cfg: SFTConfig, out: Path) -> _Run:
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    location = resolve_causal_lm(
-        cfg.model, cache_dir=resolve_cache_dir(), trust_remote_code=cfg.trust_remote_code
-    )
-    tokenizer = load_tokenizer(location, trust_remote_code=cfg.trust_remote_code)
-    model = load_causal_lm(location, trust_remote_code=cfg.trust_remote_code)
-    data = load_sft_data(
-        cfg.data, tokenizer, context_length(model.config, tokenizer), prompts=cfg.generate_eval
-    )
-    for note in data.notes:
+def _build(cfg: SFTConfig, ctx: DistContext, device: torch.device, out: Path) -> _Run:
+    seed_everything(cfg.seed)  # every rank: the same adapters, the same batch order
+    with main_first(ctx):  # rank 0 converts a GGUF file into the cache, the others read it
+        location = resolve_causal_lm(
+            cfg.model, cache_dir=resolve_cache_dir(), trust_remote_code=cfg.trust_remote_code
+        )
+        tokenizer = load_tokenizer(location, trust_remote_code=cfg.trust_remote_code)
+        model = load_causal_lm(location, trust_remote_code=cfg.trust_remote_code)
+        data = load_sft_data(
+            cfg.data, tokenizer, context_length(model.config, tokenizer), prompts=cfg.generate_eval
+        )
+    for note in data.notes if ctx.is_main else []:
         print(f"note: {note}")
     model.to(device)
     autocast = apply_precision(model, cfg.precision, device)  # before the optimizer holds it
     if cfg.activation_checkpointing:
         _enable_activation_checkpointing(model)
-    per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    per_epoch = math.ceil(len(data.train) / (cfg.batch_size * ctx.world_size))
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / cfg.accumulation_steps))
     method = _setup_method(model, replace(cfg.method, lr=cfg.peak_lr), max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -204,19 +249,25 @@ def _build(cfg: SFTConfig, out: Path) -> _Run:
             warmup_ratio=cfg.warmup_ratio, total=max_steps, min_ratio=cfg.min_lr_ratio
         ),
     )
-    batches = Batches(data.train, cfg.batch_size, cfg.seed, tokenizer.pad_token_id)
+    parallel = setup_data_parallel(
+        method.model, method.optimizer, ctx, device, layerwise=cfg.method.layerwise
+    )
+    pad = tokenizer.pad_token_id
+    batches = Batches(data.train, cfg.batch_size, cfg.seed, pad, ctx.rank, ctx.world_size)
     identity = {
         "model": cfg.model,
         "method": cfg.method.method,
         "batch_size": cfg.batch_size,
-        "total_batch_size": cfg.batch_size * cfg.accumulation_steps,
+        "total_batch_size": cfg.global_batch_size,
         "data_fingerprint": data_fingerprint(data),
     }
     return _Run(
         cfg,
+        ctx,
         out,
         device,
         method.model,
+        parallel,
         tokenizer,
         method.optimizer,
         scheduler,
@@ -248,11 +299,15 @@ def _setup_method(model: Any, method: MethodConfig, total_steps: int) -> MethodS
     return MethodSetup(model, build_optimizer(model, method, rank=rank))
 
 
-def _start(cfg: SFTConfig, out: Path) -> SFTResult:
-    run = _build(cfg, out)
+def _start(cfg: SFTConfig, ctx: DistContext, device: torch.device, out: Path) -> SFTResult:
+    run = _build(cfg, ctx, device, out)
     step = _resume(run) if cfg.resume is not None else 0
     run.best_loss = _previous_best(cfg)
-    write_run_config(out, {**config_values(cfg), "run": {"output_dir": str(out), **run.identity}})
+    if not ctx.is_main:  # rank 0 alone writes the run directory
+        run.logger = _NullLogger()
+        return _train(run, step)
+    record = {**config_values(cfg), "world_size": ctx.world_size}
+    write_run_config(out, {**record, "run": {"output_dir": str(out), **run.identity}})
     run.logger = MetricsLogger(out, tensorboard=cfg.tensorboard)
     try:
         return _train(run, step)
@@ -263,16 +318,13 @@ def _start(cfg: SFTConfig, out: Path) -> SFTResult:
 def _measure(run: _Run, step: int, when: str) -> dict[str, Any]:
     """The validation loss and the generated answers' accuracy now, logged and printed."""
     cfg = run.cfg
-    val = validation_loss(
-        run.model,
-        run.data.validation,
-        cfg.batch_size * 2,
-        run.tokenizer.pad_token_id,
-        run.device,
-        run.autocast,
-    )
+    val = _validation_loss(run)
     run.logger.log({"event": "eval", "step": step, "eval_loss": val})
     result: dict[str, Any] = {"val_loss": val, "accuracy": None}
+    if not run.ctx.is_main:  # rank 0 generates (and reports), the others wait for it
+        if cfg.generate_eval and run.data.prompts:
+            barrier(run.ctx)
+        return result
     if cfg.generate_eval and run.data.prompts:
         score = generation_accuracy(
             run.model,
@@ -292,9 +344,38 @@ def _measure(run: _Run, step: int, when: str) -> dict[str, Any]:
             tqdm.write(
                 f"  {s['question']!r}\n    → {s['generated']!r} (reference {s['reference']!r})"
             )
+        barrier(run.ctx)
     else:
         tqdm.write(f"{when}: validation loss {val:.4f}")
     return result
+
+
+def _validation_loss(run: _Run) -> float:
+    """The validation loss, split over the ranks and summed (equals the one-process value)."""
+    ctx = run.ctx
+    total, count = validation_sums(
+        run.model,
+        run.data.validation[ctx.rank :: ctx.world_size],
+        run.cfg.batch_size * 2,
+        run.tokenizer.pad_token_id,
+        run.device,
+        run.autocast,
+    )
+    total, count = all_reduce_sum(ctx, [total, float(count)], run.device)
+    return total / max(count, 1)
+
+
+def _sync(run: _Run) -> Any:
+    """Under torchrun one collective per step: the global batch's loss and whether any rank was
+    signalled (every rank stops at the same step)."""
+    if not run.ctx.enabled:
+        return None
+
+    def sync(loss: float, stopping: bool) -> tuple[float, bool]:
+        total, signalled = all_reduce_sum(run.ctx, [loss, float(stopping)], run.device)
+        return total / run.ctx.world_size, signalled > 0
+
+    return sync
 
 
 def _logged_before(out: Path) -> dict[str, Any]:
@@ -332,13 +413,17 @@ def _train(run: _Run, step: int) -> SFTResult:
         tokens[0] += run.batches.last_tokens
         return {k: v.to(run.device) for k, v in batch.items()}
 
+    ctx = run.ctx
     bar = tqdm(
-        total=run.max_steps, initial=step, disable=not cfg.progress, desc=f"sft {cfg.method.method}"
+        total=run.max_steps,
+        initial=step,
+        disable=not (cfg.progress and ctx.is_main),
+        desc=f"sft {cfg.method.method}" + (f" ×{ctx.world_size}" if ctx.enabled else ""),
     )
     train_loss, train_seconds, trained_tokens = math.nan, 0.0, 0
     with StopFlag() as stop:
         loop = Loop(
-            run.model,
+            run.parallel.module,
             run.optimizer,
             run.scheduler,
             next_batch,
@@ -347,6 +432,10 @@ def _train(run: _Run, step: int) -> SFTResult:
             max_grad_norm=cfg.method.max_grad_norm,
             layerwise=cfg.method.layerwise,
             autocast=run.autocast,
+            clip_grad_norm=run.parallel.clip_grad_norm_,
+            accumulate=lambda last: run.parallel.accumulate(last=last),
+            sync=_sync(run),
+            check_loss_locally=not ctx.enabled,
             stop=stop,
             hint=f"lower --lr (now {cfg.peak_lr:g})",
             step=step,
@@ -366,20 +455,13 @@ def _train(run: _Run, step: int) -> SFTResult:
                         "loss": out.loss,
                         "lr": out.lr,
                         "grad_norm": out.grad_norm,
-                        "tokens_per_s": tokens[0] / out.seconds,
+                        "tokens_per_s": tokens[0] * ctx.world_size / out.seconds,
                         "peak_memory_bytes": peak_memory_bytes(run.device),
                     }
                 )
                 bar.set_postfix(loss=f"{out.loss:.3f}")
             if cfg.eval_every and due(step, cfg.eval_every, run.max_steps) and step < run.max_steps:
-                val = validation_loss(
-                    run.model,
-                    run.data.validation,
-                    cfg.batch_size * 2,
-                    run.tokenizer.pad_token_id,
-                    run.device,
-                    run.autocast,
-                )
+                val = _validation_loss(run)
                 logger.log({"event": "eval", "step": step, "eval_loss": val})
                 _export_best(run, step, val)
             if due(step, cfg.save_every, run.max_steps) or out.stopping:
@@ -387,22 +469,27 @@ def _train(run: _Run, step: int) -> SFTResult:
             if out.stopping:
                 bar.close()
                 logger.log({"event": "interrupted", "step": step})
-                print(
-                    f"\nstopped at step {step}; continue with: galore sft --resume "
-                    f"--output-dir {run.out}",
-                    file=sys.stderr,
-                )
+                if ctx.is_main:
+                    print(
+                        f"\nstopped at step {step}; continue with: galore sft --resume "
+                        f"--output-dir {run.out}",
+                        file=sys.stderr,
+                    )
                 raise SystemExit(128 + (stop.signal or signal.SIGTERM))
     bar.close()
     after = _measure(run, step, "after")
-    if cfg.export_dir is not None:
+    if cfg.export_dir is not None and ctx.is_main:
         _export_best(run, step, after["val_loss"])
         path = _export(run, "final", step, after["val_loss"])
         tqdm.write(f"exported the final model to {path}")
     seconds = time.perf_counter() - started
-    tokens_per_s = trained_tokens / train_seconds if train_seconds else math.nan
+    tokens_per_s = trained_tokens * ctx.world_size / train_seconds if train_seconds else math.nan
     logger.log({"event": "end", "step": step, "seconds": seconds, "tokens_per_s": tokens_per_s})
-    summary = _summary(run, step, train_loss, before, after, tokens_per_s, seconds)
+    summary = (
+        ""
+        if not ctx.is_main
+        else _summary(run, step, train_loss, before, after, tokens_per_s, seconds)
+    )
     return SFTResult(
         run.out,
         step,
@@ -435,7 +522,7 @@ def _export(run: _Run, which: str, step: int, val_loss: float) -> Path:
 def _export_best(run: _Run, step: int, val_loss: float) -> None:
     """``--export-dir``/best when ``val_loss`` is the lowest of the run's periodic evaluations
     (without --eval-every the final model is the only candidate: no best directory)."""
-    if run.cfg.export_dir is None or not run.cfg.eval_every:
+    if run.cfg.export_dir is None or not run.cfg.eval_every or not run.ctx.is_main:
         return
     if run.best_loss <= val_loss:
         return
@@ -454,6 +541,8 @@ def _previous_best(cfg: SFTConfig) -> float:
 
 # ---------------------------------------------------------------------------- checkpoints
 def _save(run: _Run, step: int) -> Path:
+    """Rank 0 writes (the states are the same on every rank); every rank's RNG is kept."""
+    rngs = gather_objects(run.ctx, rng_state())
     state = {
         "step": step,
         "identity": run.identity,
@@ -462,10 +551,14 @@ def _save(run: _Run, step: int) -> Path:
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "batches": run.batches.index,
-        "rng": rng_state(),
+        "rng": rngs[0],
+        "rng_ranks": rngs,
     }
     path = run.out / "checkpoints" / checkpoint_name(step)
-    return save_checkpoint(path, state, keep_last=run.cfg.keep_checkpoints)
+    if run.ctx.is_main:
+        save_checkpoint(path, state, keep_last=run.cfg.keep_checkpoints)
+    barrier(run.ctx)
+    return path
 
 
 def _resume(run: _Run) -> int:
@@ -487,9 +580,12 @@ def _resume(run: _Run) -> int:
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.batches.index = int(ckpt["batches"])
-    set_rng_state(ckpt["rng"])
+    per_rank = ckpt.get("rng_ranks")
+    same_world = isinstance(per_rank, list) and len(per_rank) == run.ctx.world_size
+    set_rng_state(per_rank[run.ctx.rank] if same_world else ckpt["rng"])
     step = int(ckpt["step"])
-    truncate_metrics(run.out / "metrics.jsonl", step)
+    if run.ctx.is_main:
+        truncate_metrics(run.out / "metrics.jsonl", step)
     return step
 
 

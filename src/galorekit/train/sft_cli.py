@@ -17,7 +17,7 @@ from galorekit.train.failures import failure
 from galorekit.train.sft_config import FLAGS, GROUPS, SFTConfig, build_config
 
 #: keys of config.json that are records of the run, not settings
-_RUN_RECORDS = ("run",)
+_RUN_RECORDS = ("run", "world_size")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,17 +77,56 @@ def config_from_args(args: argparse.Namespace) -> SFTConfig:
     return build_config({**saved, **values, **explicit, "resume": resume})
 
 
+def _relaunch(args: argparse.Namespace, cfg: SFTConfig) -> int:
+    """Check what a worker would refuse, then run the job through torchrun (as pretrain)."""
+    from galorekit.distributed.launch import check_nproc, launch, namespace_to_argv
+    from galorekit.train.loop import resolve_device
+    from galorekit.train.run_dir import check_output_dir
+    from galorekit.train.sft_config import default_output_dir
+
+    check_nproc(cfg.nproc_per_node, resolve_device(cfg.device).type)
+    if args.output_dir == UNSET:  # one name for every rank, and printed here
+        args.output_dir = str(default_output_dir(cfg))
+    check_output_dir(cfg, Path(args.output_dir))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    worker_argv = namespace_to_argv(parser, args)
+    if "--nproc-per-node" in worker_argv:  # absent when it came from a file or config.json
+        i = worker_argv.index("--nproc-per-node")
+        del worker_argv[i : i + 2]
+    print(
+        f"galore sft: launching {cfg.nproc_per_node} processes through torchrun "
+        f"(output: {args.output_dir})",
+        file=sys.stderr,
+    )
+    return launch(cfg.nproc_per_node, ["galorekit", "sft", *worker_argv])
+
+
 def run(args: argparse.Namespace) -> int:
+    from galorekit.distributed.context import env_world_size, inside_torchrun
     from galorekit.train.sft import sft  # torch, transformers: not at --help time
 
     try:
-        result = sft(config_from_args(args))
+        nproc = getattr(args, "nproc_per_node", UNSET)
+        if inside_torchrun() and nproc not in (UNSET, env_world_size()):
+            raise ValueError(
+                f"--nproc-per-node {nproc} inside a torchrun job of {env_world_size()} "
+                "processes: drop the flag (torchrun decides the process count)"
+            )
+        if inside_torchrun():
+            args.nproc_per_node = UNSET
+        cfg = config_from_args(args)
+        if cfg.nproc_per_node > 1 and not inside_torchrun():
+            return _relaunch(args, cfg)
+        result = sft(cfg)
     except Exception as err:
         code, message = failure(err)
         if code is None:
             raise
         print(f"galore sft: error: {message}", file=sys.stderr)
         return code
+    if not result.summary:  # not rank 0 of a torchrun job: rank 0 reports
+        return 0
     print(result.summary)
     print(f"\nmetrics: {result.output_dir / 'metrics.jsonl'}")
     return 0

@@ -32,6 +32,7 @@ GROUPS = {
     "baselines": "baselines (lora, relora, low_rank)",
     "data": "data",
     "loop": "loop",
+    "parallel": "data parallelism (torch.distributed)",
     "eval": "evaluation",
     "output": "output",
 }
@@ -86,6 +87,14 @@ class SFTConfig:
         group="loop",
         trajectory=True,
     )
+    nproc_per_node: int = option(
+        1,
+        "processes on this machine, launched through torchrun (DistributedDataParallel; gloo on "
+        "CPU, NCCL on CUDA, one GPU each); --batch-size is then per process and "
+        "--total-batch-size global",
+        group="parallel",
+    )
+    world_size: int | None = option(None, cli=False)  # None: torchrun's WORLD_SIZE or nproc
     eval_every: int = option(
         0,
         "optimizer steps between validation losses (0: before and after training only)",
@@ -127,14 +136,24 @@ class SFTConfig:
     tensorboard: bool = option(True, "no TensorBoard event files", group="output")
 
     def __post_init__(self) -> None:
+        # torch: when a configuration is built, not when --help imports this module
+        from galorekit.distributed.context import env_world_size, inside_torchrun
+
+        if self.world_size is None:
+            self.world_size = env_world_size() if inside_torchrun() else self.nproc_per_node
         errors = _errors(self)
         if errors:
             raise ValueError("invalid sft config: " + "; ".join(errors))
         self.method.accumulation_steps = self.accumulation_steps
 
     @property
+    def global_batch_size(self) -> int:
+        """Sequences per optimizer step over all processes."""
+        return self.total_batch_size or self.batch_size * (self.world_size or 1)
+
+    @property
     def accumulation_steps(self) -> int:
-        return (self.total_batch_size or self.batch_size) // self.batch_size
+        return self.global_batch_size // (self.batch_size * (self.world_size or 1))
 
     @property
     def peak_lr(self) -> float:
@@ -159,11 +178,14 @@ def _errors(cfg: SFTConfig) -> list[str]:
         errors.append(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
     if not 0.0 <= cfg.min_lr_ratio <= 1.0:
         errors.append(f"--min-lr-ratio must be in [0, 1], got {cfg.min_lr_ratio}")
-    total = cfg.total_batch_size
-    if total is not None and (total < cfg.batch_size or total % cfg.batch_size):
+    total, per_step = cfg.total_batch_size, cfg.batch_size * max(cfg.world_size or 1, 1)
+    if total is not None and (total < per_step or total % per_step):
         errors.append(
-            f"--total-batch-size ({total}) must be a multiple of --batch-size ({cfg.batch_size})"
+            f"--total-batch-size ({total}) must be a multiple of --batch-size × processes "
+            f"({cfg.batch_size} × {cfg.world_size} = {per_step})"
         )
+    if cfg.nproc_per_node < 1:
+        errors.append(f"--nproc-per-node must be ≥ 1, got {cfg.nproc_per_node}")
     if cfg.data.max_seq_len < 2:
         errors.append(f"--max-seq-len must be ≥ 2, got {cfg.data.max_seq_len}")
     for name in ("max_train_samples", "max_eval_samples"):
@@ -216,7 +238,7 @@ def build_config(values: dict[str, Any]) -> SFTConfig:
         data=SFTDataConfig(**parts["data"], seed=seed),
         method=MethodConfig(**method),
         **parts[""],
-        **({"resume": values["resume"]} if "resume" in values else {}),
+        **{k: values[k] for k in ("resume", "world_size") if k in values},
     )
 
 

@@ -43,15 +43,16 @@ def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validation_loss(
+def validation_sums(
     model: nn.Module,
     examples: Sequence[Example],
     batch_size: int,
     pad_id: int,
     device: torch.device,
     autocast: Callable[[], AbstractContextManager],
-) -> float:
-    """Token-weighted mean cross-entropy over the labelled tokens of ``examples``."""
+) -> tuple[float, int]:
+    """(token-weighted sum of the cross-entropy, tokens) over the labelled tokens of
+    ``examples``: sums add over ranks."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -65,7 +66,7 @@ def validation_loss(
         total += loss * tokens
         count += tokens
     model.train(was_training)
-    return total / max(count, 1)
+    return total, count
 
 
 @dataclass
