@@ -2,8 +2,10 @@
 methods side by side: wall time, training tokens/s, generated-answer accuracy and validation loss
 before/after, and memory.
 
-Each method runs in its own process, one after the other, exactly as ``galore sft --method M``
-runs it (the converted GGUF weights come from the cache, so conversion is not timed). Memory:
+Each method runs in its own process, exactly as ``galore sft --method M`` runs it (the converted
+GGUF weights come from the cache, so conversion is not timed); the methods run at the same time
+(``--threads`` torch threads each), so that on a shared machine they see the same load. CPU time
+is recorded beside the wall time: on a busy machine it is the better measure of the cost. Memory:
 
 - *tensor memory* (measured, labelled so): weights + optimizer state (the bytes of the tensors
   they hold after training, ``galorekit.analysis.state_bytes``) + the peak of what one more
@@ -27,7 +29,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 METHODS = {
@@ -78,6 +79,9 @@ def worker(flags: list[str], run_dir: Path, result_path: Path) -> None:
         "step_peak_bytes": step_peak,
         "tensor_memory_bytes": resident + step_peak,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "cpu_seconds": (lambda r: r.ru_utime + r.ru_stime)(
+            resource.getrusage(resource.RUSAGE_SELF)
+        ),
         "torch_threads": torch.get_num_threads(),
         "samples_after": result.after.get("samples"),
     }
@@ -98,15 +102,16 @@ def report(results: dict[str, dict], meta: dict) -> str:
         f"{meta['load_after']} (shared by other jobs: wall times and tokens/s are inflated and "
         "noisy; compare accuracy, loss and memory first).",
         "",
-        "| method | steps | wall (s) | tokens/s | acc. before | acc. after | val loss before | "
+        "| method | steps | wall (s) | CPU (s) | tokens/s | acc. before | acc. after | val loss before | "
         "val loss after | weights GiB | opt. state GiB | tensor memory GiB (measured) | "
         "× adamw | peak RSS GiB (process) |",
-        "|---|" + "---|" * 12,
+        "|---|" + "---|" * 13,
     ]
     for name, r in results.items():
         ratio = r["tensor_memory_bytes"] / base["tensor_memory_bytes"] if base else float("nan")
         lines.append(
-            f"| {name} | {r['steps']} | {r['seconds_total']:.0f} | {r['tokens_per_s']:.0f} | "
+            f"| {name} | {r['steps']} | {r['seconds_total']:.0f} | {r['cpu_seconds']:.0f} | "
+            f"{r['tokens_per_s']:.0f} | "
             f"{r['accuracy_before']:.3f} | {r['accuracy_after']:.3f} | "
             f"{r['val_loss_before']:.3f} | {r['val_loss_after']:.3f} | "
             f"{_gib(r['weights_bytes'])} | {_gib(r['optimizer_state_bytes'])} | "
@@ -129,11 +134,20 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more sft flags")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-name", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per method (OMP_NUM_THREADS); the methods run at the same time, "
+        "side by side under the same load",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     if args.worker:
         runs = Path(tempfile.gettempdir()) / "galore-sft-default-runs"  # GBs: not committed
-        worker(json.loads(args.worker), runs / "current", out / "current.json")
+        name = args.worker_name
+        worker(json.loads(args.worker), runs / name, out / f".{name}.json")
         return
     out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -141,18 +155,22 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "load_before": round(os.getloadavg()[0], 1),
     }
-    results = {}
-    for name in args.methods:
+    procs = {}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for name in args.methods:  # at the same time: every method sees the same machine load
         flags = METHODS[name] + args.extra
-        started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, __file__, "--out", str(out), "--worker", json.dumps(flags)],
-            check=True,
+        command = [sys.executable, __file__, "--out", str(out), "--worker", json.dumps(flags)]
+        log = open(out / f"{name}.log", "w", encoding="utf-8")  # noqa: SIM115
+        procs[name] = subprocess.Popen(
+            [*command, "--worker-name", name], env=env, stdout=log, stderr=subprocess.STDOUT
         )
-        results[name] = json.loads((out / "current.json").read_text(encoding="utf-8"))
-        results[name]["process_seconds"] = time.perf_counter() - started
-        (out / "current.json").unlink()
-        print(f"{name}: {results[name]['accuracy_after']}", flush=True)
+    results = {}
+    for name, proc in procs.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"{name} failed: see {out / (name + '.log')}")
+        path = out / f".{name}.json"
+        results[name] = json.loads(path.read_text(encoding="utf-8"))
+        path.unlink()
     meta["load_after"] = round(os.getloadavg()[0], 1)
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (out / "results.md").write_text(report(results, meta), encoding="utf-8")

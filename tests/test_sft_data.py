@@ -12,15 +12,13 @@ from galorekit.data.sft import (
     IGNORE,
     SFTDataConfig,
     SFTDataError,
-    answer_choices,
     detect_shape,
     load_sft_data,
-    normalize,
     pack,
-    parse_answer,
     render,
     tokenize,
 )
+from galorekit.train.sft_eval import answer_choices, normalize, parse_answer
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +193,10 @@ def test_config_json_roundtrip_of_the_data_flags():
     cfg = build_config({"max_seq_len": 64, "packing": True, "method": "lora", "lr": 1e-3})
     again = build_config(json.loads(json.dumps(config_values(cfg))))
     assert again == cfg
+
+
+def test_the_default_model_of_the_command_is_a_bundled_alias():
+    from galorekit.models.pretrained import MODEL_ALIASES
+    from galorekit.train.sft_config import DEFAULT_MODEL, SFTConfig
+
+    assert SFTConfig().model == DEFAULT_MODEL and DEFAULT_MODEL in MODEL_ALIASES

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -493,31 +492,3 @@ def load_sft_data(cfg: SFTDataConfig, tokenizer: Any, context: int, *, prompts: 
     kind = detect_shape(list(held[0]), where) if held else shape
     questions = [prompt_of(row, kind, tokenizer, where) for row in held]
     return SFTData(train, tokenized["validation"], questions, held_split, source, shape, notes)
-
-
-# ---------------------------------------------------------------------------- scoring answers
-def normalize(text: str) -> str:
-    """Lower case, punctuation and surrounding space dropped, spaces collapsed."""
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-def parse_answer(generated: str, choices: Sequence[str] | None) -> str:
-    """The answer a generation gives: with a closed set of ``choices``, the one it names first
-    (as whole words; "" if none), else the whole generation, normalized."""
-    text = normalize(generated)
-    if not choices:
-        return text
-    found = [
-        (m.start(), c)
-        for c in choices
-        for m in [re.search(rf"\b{re.escape(normalize(c))}\b", text)]
-        if m is not None
-    ]
-    return normalize(min(found)[1]) if found else ""
-
-
-def answer_choices(prompts: Sequence[Prompt], limit: int = 20) -> list[str] | None:
-    """The distinct reference answers when there are few (a classification-like task), else
-    None (answers are compared whole)."""
-    distinct = sorted({normalize(p.answer) for p in prompts})
-    return distinct if 1 < len(distinct) <= limit else None

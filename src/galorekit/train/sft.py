@@ -22,8 +22,6 @@ a directory holding a run is refused unless ``--resume`` or ``--overwrite``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import signal
 import sys
@@ -34,15 +32,12 @@ from typing import Any
 
 import torch
 
-from galorekit.atomic import atomic_write_text
 from galorekit.data.config import resolve_cache_dir
 from galorekit.data.sft import SFTData, load_sft_data
-from galorekit.data.sources import epoch_seed
 from galorekit.distributed.context import (
     DistContext,
     all_reduce_sum,
     barrier,
-    gather_objects,
     init_distributed,
     main_first,
     run_on_main,
@@ -59,19 +54,10 @@ from galorekit.models.pretrained import (
     load_tokenizer,
     resolve_causal_lm,
 )
-from galorekit.train.checkpoint import (
-    CheckpointError,
-    checkpoint_name,
-    load_checkpoint,
-    load_module_state,
-    resolve_checkpoint,
-    save_checkpoint,
-)
-from galorekit.train.export import EXPORT_FILE, check_export_target, export_hf
+from galorekit.train import sft_state
+from galorekit.train.export import check_export_target
 from galorekit.train.logging import (
     MetricsLogger,
-    read_metrics,
-    summary_table,
     write_run_config,
 )
 from galorekit.train.loop import (
@@ -80,17 +66,21 @@ from galorekit.train.loop import (
     due,
     peak_memory_bytes,
     resolve_device,
-    rng_state,
     seed_everything,
-    set_rng_state,
 )
 from galorekit.train.precision import apply_precision
 from galorekit.train.pretrain import _enable_activation_checkpointing, _NullLogger
-from galorekit.train.run_dir import prepare_output_dir, truncate_metrics
+from galorekit.train.run_dir import prepare_output_dir
 from galorekit.train.run_lock import LOCK_FILE, RunLock
 from galorekit.train.schedule import pretrain_schedule
-from galorekit.train.sft_config import RESUME_KEYS, SFTConfig, config_values, default_output_dir
-from galorekit.train.sft_eval import collate, generation_accuracy, sft_loss, validation_sums
+from galorekit.train.sft_config import SFTConfig, config_values, default_output_dir
+from galorekit.train.sft_eval import (
+    Batches,
+    data_fingerprint,
+    generation_accuracy,
+    sft_loss,
+    validation_sums,
+)
 
 with needs_extra("train"):
     from tqdm.auto import tqdm
@@ -110,45 +100,6 @@ class SFTResult:
     tokenizer: Any = field(default=None, repr=False)
     optimizer: Any = field(default=None, repr=False)
     batches: Any = field(default=None, repr=False)  # the training batches (``Batches``)
-
-
-class Batches:
-    """Training micro-batches as a function of their index: epoch ``i // per_epoch`` is a
-    permutation seeded by ``epoch_seed(seed, epoch)`` (a resumed run draws the same ones). Rank r
-    of W processes takes the global micro-batches r, r+W, …: W ranks with batch b compute what one
-    process with batch b and W× the accumulation does."""
-
-    def __init__(
-        self, examples: list, batch_size: int, seed: int, pad_id: int, rank: int = 0, world: int = 1
-    ) -> None:
-        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
-        self.rank, self.world = rank, world  # under torchrun rank r draws micro-batches r, r+W, …
-        self.per_epoch = math.ceil(len(examples) / batch_size)
-        self._order: tuple[int, list[int]] | None = None
-        self.index = 0  # the next micro-batch
-        self.last_tokens = 0
-
-    def _permutation(self, epoch: int) -> list[int]:
-        if self._order is None or self._order[0] != epoch:
-            gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-            self._order = (epoch, torch.randperm(len(self.examples), generator=gen).tolist())
-        return self._order[1]
-
-    def next(self) -> dict[str, torch.Tensor]:
-        epoch, k = divmod(self.index * self.world + self.rank, self.per_epoch)
-        order = self._permutation(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
-        self.index += 1
-        chosen = [self.examples[i] for i in order]
-        self.last_tokens = sum(len(e.input_ids) for e in chosen)  # padding not counted
-        return collate(chosen, self.pad_id)
-
-
-def data_fingerprint(data: SFTData) -> str:
-    """SHA-256 (16 hex) of the training tokens and labels: a resumed run trains on the same."""
-    digest = hashlib.sha256()
-    for e in data.train:
-        digest.update(repr((e.input_ids, e.labels, e.position_ids)).encode())
-    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------- the run
@@ -301,8 +252,8 @@ def _setup_method(model: Any, method: MethodConfig, total_steps: int) -> MethodS
 
 def _start(cfg: SFTConfig, ctx: DistContext, device: torch.device, out: Path) -> SFTResult:
     run = _build(cfg, ctx, device, out)
-    step = _resume(run) if cfg.resume is not None else 0
-    run.best_loss = _previous_best(cfg)
+    step = sft_state.resume(run) if cfg.resume is not None else 0
+    run.best_loss = sft_state.previous_best(cfg)
     if not ctx.is_main:  # rank 0 alone writes the run directory
         run.logger = _NullLogger()
         return _train(run, step)
@@ -378,17 +329,6 @@ def _sync(run: _Run) -> Any:
     return sync
 
 
-def _logged_before(out: Path) -> dict[str, Any]:
-    """The measurements of step 0 a resumed run logged when it started."""
-    before: dict[str, Any] = {"val_loss": None, "accuracy": None}
-    for event in read_metrics(out) if (out / "metrics.jsonl").exists() else []:
-        if event.get("step") == 0 and event.get("event") == "eval":
-            before["val_loss"] = event["eval_loss"]
-        if event.get("step") == 0 and event.get("event") == "generate":
-            before.update(accuracy=event["accuracy"], n=event["n"], samples=event["samples"])
-    return before
-
-
 def _train(run: _Run, step: int) -> SFTResult:
     cfg, logger = run.cfg, run.logger
     started = time.perf_counter()
@@ -405,7 +345,7 @@ def _train(run: _Run, step: int) -> SFTResult:
         )
         before = _measure(run, 0, "before")
     else:
-        before = _logged_before(run.out)
+        before = sft_state.logged_before(run.out)
     tokens = [0]
 
     def next_batch() -> dict[str, torch.Tensor]:
@@ -463,9 +403,9 @@ def _train(run: _Run, step: int) -> SFTResult:
             if cfg.eval_every and due(step, cfg.eval_every, run.max_steps) and step < run.max_steps:
                 val = _validation_loss(run)
                 logger.log({"event": "eval", "step": step, "eval_loss": val})
-                _export_best(run, step, val)
+                sft_state.export_best(run, step, val)
             if due(step, cfg.save_every, run.max_steps) or out.stopping:
-                _save(run, step)
+                sft_state.save(run, step)
             if out.stopping:
                 bar.close()
                 logger.log({"event": "interrupted", "step": step})
@@ -479,8 +419,8 @@ def _train(run: _Run, step: int) -> SFTResult:
     bar.close()
     after = _measure(run, step, "after")
     if cfg.export_dir is not None and ctx.is_main:
-        _export_best(run, step, after["val_loss"])
-        path = _export(run, "final", step, after["val_loss"])
+        sft_state.export_best(run, step, after["val_loss"])
+        path = sft_state.export(run, "final", step, after["val_loss"])
         tqdm.write(f"exported the final model to {path}")
     seconds = time.perf_counter() - started
     tokens_per_s = trained_tokens * ctx.world_size / train_seconds if train_seconds else math.nan
@@ -488,7 +428,7 @@ def _train(run: _Run, step: int) -> SFTResult:
     summary = (
         ""
         if not ctx.is_main
-        else _summary(run, step, train_loss, before, after, tokens_per_s, seconds)
+        else sft_state.summary(run, step, train_loss, before, after, tokens_per_s, seconds)
     )
     return SFTResult(
         run.out,
@@ -504,132 +444,3 @@ def _train(run: _Run, step: int) -> SFTResult:
         run.optimizer,
         run.batches,
     )
-
-
-# ---------------------------------------------------------------------------- exports
-def _export(run: _Run, which: str, step: int, val_loss: float) -> Path:
-    """``--export-dir``/``which`` (final, best): the model as a Hugging Face directory."""
-    return export_hf(
-        run.model,
-        Path(run.cfg.export_dir) / which,
-        tokenizer=run.tokenizer,
-        merge_adapters=not run.cfg.export_adapters,
-        overwrite=True,
-        metadata={"step": step, "eval_loss": val_loss, "model": run.cfg.model},
-    )
-
-
-def _export_best(run: _Run, step: int, val_loss: float) -> None:
-    """``--export-dir``/best when ``val_loss`` is the lowest of the run's periodic evaluations
-    (without --eval-every the final model is the only candidate: no best directory)."""
-    if run.cfg.export_dir is None or not run.cfg.eval_every or not run.ctx.is_main:
-        return
-    if run.best_loss <= val_loss:
-        return
-    _export(run, "best", step, val_loss)
-    run.best_loss = val_loss
-
-
-def _previous_best(cfg: SFTConfig) -> float:
-    """The validation loss of the best export of the run a resume continues (inf: none)."""
-    record = Path(cfg.export_dir or ".") / "best" / EXPORT_FILE
-    if cfg.resume is None or cfg.export_dir is None or not record.is_file():
-        return math.inf
-    loss = json.loads(record.read_text(encoding="utf-8")).get("eval_loss")
-    return float(loss) if isinstance(loss, int | float) else math.inf
-
-
-# ---------------------------------------------------------------------------- checkpoints
-def _save(run: _Run, step: int) -> Path:
-    """Rank 0 writes (the states are the same on every rank); every rank's RNG is kept."""
-    rngs = gather_objects(run.ctx, rng_state())
-    state = {
-        "step": step,
-        "identity": run.identity,
-        "config": config_values(run.cfg),
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "batches": run.batches.index,
-        "rng": rngs[0],
-        "rng_ranks": rngs,
-    }
-    path = run.out / "checkpoints" / checkpoint_name(step)
-    if run.ctx.is_main:
-        save_checkpoint(path, state, keep_last=run.cfg.keep_checkpoints)
-    barrier(run.ctx)
-    return path
-
-
-def _resume(run: _Run) -> int:
-    """Load the checkpoint ``--resume`` names into the run; the step it was taken at."""
-    where = resolve_checkpoint(
-        run.out / "checkpoints" if run.cfg.resume == "latest" else run.cfg.resume
-    )
-    ckpt = load_checkpoint(where, map_location=run.device, required_keys=("model", "optimizer"))
-    mismatched = [
-        f"{k}: checkpoint {ckpt['identity'].get(k)!r} vs now {run.identity[k]!r}"
-        for k in RESUME_KEYS
-        if ckpt.get("identity", {}).get(k) != run.identity[k]
-    ]
-    if mismatched:
-        raise CheckpointError(
-            f"checkpoint {where} belongs to another run: " + "; ".join(mismatched)
-        )
-    load_module_state(run.model, ckpt["model"], what="model")
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.batches.index = int(ckpt["batches"])
-    per_rank = ckpt.get("rng_ranks")
-    same_world = isinstance(per_rank, list) and len(per_rank) == run.ctx.world_size
-    set_rng_state(per_rank[run.ctx.rank] if same_world else ckpt["rng"])
-    step = int(ckpt["step"])
-    if run.ctx.is_main:
-        truncate_metrics(run.out / "metrics.jsonl", step)
-    return step
-
-
-# ---------------------------------------------------------------------------- summary
-def _summary(
-    run: _Run,
-    step: int,
-    train_loss: float,
-    before: dict[str, Any],
-    after: dict[str, Any],
-    tokens_per_s: float,
-    seconds: float,
-) -> str:
-    cfg = run.cfg
-    method = cfg.method.method + (" (layer-wise)" if cfg.method.layerwise else "")
-    table = summary_table(
-        [
-            {
-                "model": cfg.model,
-                "method": method,
-                "steps": step,
-                "train_loss": train_loss,
-                "val_loss before": before.get("val_loss"),
-                "val_loss after": after.get("val_loss"),
-                "accuracy before": before.get("accuracy"),
-                "accuracy after": after.get("accuracy"),
-                "tokens/s": tokens_per_s,
-                "peak_mem_GiB": peak_memory_bytes(run.device) / 2**30,
-                "seconds": seconds,
-            }
-        ],
-        title=f"galore sft — {run.out}",
-    )
-    lines = [table]
-    if after.get("accuracy") is not None:
-        lines.append(
-            f"\naccuracy: greedily generated answers to {after['n']} held-out "
-            f"{run.data.prompts_split} examples of {run.data.source}"
-        )
-        for when, result in (("before", before), ("after", after)):
-            for s in result.get("samples") or []:
-                lines.append(
-                    f"{when}: {s['question']!r} → {s['generated']!r} (ref {s['reference']!r})"
-                )
-    summary = "\n".join(lines)
-    atomic_write_text(run.out / "summary.md", f"```\n{summary}\n```\n")
-    return summary

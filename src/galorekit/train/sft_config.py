@@ -17,10 +17,12 @@ from typing import Any
 from galorekit.config import PRECISION_HELP, PRECISIONS, Flag, flags_of, flatten, option
 from galorekit.data.sft import SFTDataConfig
 from galorekit.methods.config import MethodConfig
-from galorekit.models.pretrained import DEFAULT_MODEL
 from galorekit.names import method_info
 from galorekit.train.pretrain_config import _method_flags
 
+#: the offline default model (an alias of ``galorekit.models.pretrained.MODEL_ALIASES``; not
+#: imported from there: galorekit.models imports torch, and ``galore --help`` imports this module)
+DEFAULT_MODEL = "smollm2-135m-instruct"
 #: peak learning rates of fine-tuning when --lr is not given, per method family (picked on the
 #: default task's validation split: benchmarks/results/sft_default)
 SFT_LR = {"full": 2e-5, "galore": 1e-4, "adapter": 5e-4}

@@ -1,8 +1,11 @@
-"""What ``galore sft`` measures: batches of examples, the validation loss on the answer tokens, and
+"""What ``galore sft`` feeds and measures: batches of examples (in a resumable order), the validation loss on the answer tokens, and
 the accuracy of greedily generated answers to held-out questions."""
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -11,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from galorekit.data.sft import IGNORE, Example, Prompt, answer_choices, normalize, parse_answer
+from galorekit.data.sft import IGNORE, Example, Prompt, SFTData
+from galorekit.data.sources import epoch_seed
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -34,6 +38,45 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
             extra[i, :n] = 1
     key = "position_ids" if packed else "attention_mask"
     return {"input_ids": ids, "labels": labels, key: extra}
+
+
+class Batches:
+    """Training micro-batches as a function of their index: epoch ``i // per_epoch`` is a
+    permutation seeded by ``epoch_seed(seed, epoch)`` (a resumed run draws the same ones). Rank r
+    of W processes takes the global micro-batches r, r+W, …: W ranks with batch b compute what one
+    process with batch b and W× the accumulation does."""
+
+    def __init__(
+        self, examples: list, batch_size: int, seed: int, pad_id: int, rank: int = 0, world: int = 1
+    ) -> None:
+        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self.rank, self.world = rank, world  # under torchrun rank r draws micro-batches r, r+W, …
+        self.per_epoch = math.ceil(len(examples) / batch_size)
+        self._order: tuple[int, list[int]] | None = None
+        self.index = 0  # the next micro-batch
+        self.last_tokens = 0
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if self._order is None or self._order[0] != epoch:
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+            self._order = (epoch, torch.randperm(len(self.examples), generator=gen).tolist())
+        return self._order[1]
+
+    def next(self) -> dict[str, torch.Tensor]:
+        epoch, k = divmod(self.index * self.world + self.rank, self.per_epoch)
+        order = self._permutation(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
+        self.index += 1
+        chosen = [self.examples[i] for i in order]
+        self.last_tokens = sum(len(e.input_ids) for e in chosen)  # padding not counted
+        return collate(chosen, self.pad_id)
+
+
+def data_fingerprint(data: SFTData) -> str:
+    """SHA-256 (16 hex) of the training tokens and labels: a resumed run trains on the same."""
+    digest = hashlib.sha256()
+    for e in data.train:
+        digest.update(repr((e.input_ids, e.labels, e.position_ids)).encode())
+    return digest.hexdigest()[:16]
 
 
 def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -140,3 +183,31 @@ def generation_accuracy(
 def _shorten(text: str, width: int = 90) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# ---------------------------------------------------------------------------- scoring answers
+def normalize(text: str) -> str:
+    """Lower case, punctuation and surrounding space dropped, spaces collapsed."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def parse_answer(generated: str, choices: Sequence[str] | None) -> str:
+    """The answer a generation gives: with a closed set of ``choices``, the one it names first
+    (as whole words; "" if none), else the whole generation, normalized."""
+    text = normalize(generated)
+    if not choices:
+        return text
+    found = [
+        (m.start(), c)
+        for c in choices
+        for m in [re.search(rf"\b{re.escape(normalize(c))}\b", text)]
+        if m is not None
+    ]
+    return normalize(min(found)[1]) if found else ""
+
+
+def answer_choices(prompts: Sequence[Prompt], limit: int = 20) -> list[str] | None:
+    """The distinct reference answers when there are few (a classification-like task), else
+    None (answers are compared whole)."""
+    distinct = sorted({normalize(p.answer) for p in prompts})
+    return distinct if 1 < len(distinct) <= limit else None
