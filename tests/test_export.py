@@ -137,3 +137,16 @@ def test_a_failed_overwrite_leaves_the_previous_export(tmp_path, monkeypatch):
     monkeypatch.undo()
     export_hf(model, out, overwrite=True, metadata={"step": 2})
     assert json.loads((out / export.EXPORT_FILE).read_text())["step"] == 2
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_init_from_loads_an_export_with_the_trained_logits(tmp_path, merge):
+    from galorekit.train.init_from import load_init_model
+
+    model = _trained("lora")
+    out = export_hf(model, tmp_path / "hf", merge_adapters=merge)
+    loaded = load_init_model(str(out), vocab_size=VOCAB, seq_len=16, device=torch.device("cpu"))
+    assert type(loaded).__name__ == "LlamaForCausalLM"  # an adapter is merged on load
+    torch.testing.assert_close(
+        _logits(loaded.eval(), IDS), _logits(model, IDS), atol=1e-5, rtol=1e-5
+    )

@@ -18,7 +18,8 @@ sibling in its layer or anything above):
    all build their methods there);
 6. ``data`` (corpora, tokenisation, loaders) and ``memory`` (the estimator: methods, never train);
 7. ``train`` — the training loops, checkpoints, logging;
-8. ``bench`` and ``reproduce`` — commands built on everything below;
+8. ``bench`` and ``reproduce`` — commands built on everything below; ``integrations`` —
+   galorekit inside other libraries' trainers (transformers, TRL, galore-torch's name);
 9. ``cli`` — the ``galore`` entry point (10: ``__main__``, ``python -m galorekit``).
 """
 
@@ -40,7 +41,7 @@ LAYERS: list[set[str]] = [
     {"methods"},
     {"data", "memory"},
     {"train"},
-    {"bench", "reproduce"},
+    {"bench", "reproduce", "integrations"},
     {"cli"},
     {"__main__"},
 ]

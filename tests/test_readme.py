@@ -67,4 +67,4 @@ def test_extras_of_the_package_are_those_the_code_names():
     assert set(EXTRAS) <= set(extras)
     assert project["dependencies"][0] == "torch>=2.4"
     assert not [d for d in project["dependencies"] if d.split(">")[0] in ("transformers", "rich")]
-    assert extras["all"] == ["galorekit[8bit,train,reference]"]
+    assert extras["all"] == ["galorekit[8bit,train,reference,integrations]"]

@@ -32,6 +32,10 @@ PRECISION_HELP = (
     "moments per --state-dtype). bf16 is for GPUs: slow on most CPUs"
 )
 
+#: ``--device`` of every training command (``galorekit.train.loop.resolve_device``)
+DEVICE_DEFAULT = "auto"
+DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps"
+
 
 class ConfigFileError(ValueError):
     """A config file that cannot be read or names an unknown setting; the message says which."""

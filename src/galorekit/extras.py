@@ -40,6 +40,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "tqdm",
     ),
     "reference": ("galore_torch",),
+    "integrations": ("accelerate", "trl", "lightning", "wandb", "deepspeed"),
 }
 
 

@@ -119,6 +119,8 @@ GALORE_DEFAULTS = {
 MOMENT_POLICIES = ("keep", "align", "project", "reset")
 #: dtypes an optimizer may keep its moments in (``state_dtype``; None: the parameter's dtype)
 STATE_DTYPES = ("float32", "bfloat16", "float16")
+#: how a bf16 weight's update is rounded (``weight_rounding``; ``galorekit.optim.rounding``)
+WEIGHT_ROUNDINGS = ("nearest", "stochastic")
 #: data-parallel strategies (``galore pretrain --distributed``)
 DISTRIBUTED_STRATEGIES = ("ddp", "fsdp")
 

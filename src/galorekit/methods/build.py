@@ -140,6 +140,8 @@ def build_optimizer(
         extra.update(cfg.galore_group(rank), target_modules=targets)
     if cfg.state_dtype is not None:
         extra["state_dtype"] = cfg.state_dtype
+    if cfg.weight_rounding != "nearest":
+        extra["weight_rounding"] = cfg.weight_rounding
     return create_optimizer(
         model,
         info.optimizer,

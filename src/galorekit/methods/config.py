@@ -16,6 +16,7 @@ from galorekit.names import (
     REFERENCE_METHODS,
     STATE_DTYPES,
     SVD_METHOD_NAMES,
+    WEIGHT_ROUNDINGS,
     method_info,
 )
 
@@ -61,6 +62,12 @@ class MethodConfig:
         "dtype of the optimizer's moments (default: the parameters'; float32 keeps bf16 "
         "weights' second moment decaying)",
     )
+    weight_rounding: str = _opt(
+        "nearest",
+        "how bf16 weights (--precision bf16-true) take their updates: nearest, or stochastic "
+        "(w + update computed in fp32 and rounded up or down at random, so that updates below "
+        "bf16's spacing still count in expectation)",
+    )
     layerwise: bool = _opt(
         False, "update each parameter during backward and free its gradient (optimizer methods)"
     )
@@ -96,6 +103,13 @@ class MethodConfig:
             raise ValueError(
                 f"unknown state dtype {self.state_dtype!r}; valid: {', '.join(STATE_DTYPES)}"
             )
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise ValueError(
+                f"unknown weight rounding {self.weight_rounding!r}; valid: "
+                + ", ".join(WEIGHT_ROUNDINGS)
+            )
+        if self.method in REFERENCE_METHODS and self.weight_rounding != "nearest":
+            raise ValueError(f"{self.method} (galore-torch's code) rounds its updates to nearest")
         if self.method in REFERENCE_METHODS and self.svd not in (None, "exact"):
             raise ValueError(
                 f"{self.method} always refreshes with an exact SVD (torch.linalg.svd); "

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from galorekit.names import GALORE_DEFAULTS
+from galorekit.optim.rounding import rounds_stochastically, stochastically_rounded
 from galorekit.optim.sharding import (
     all_reduce_sum_,
     check_row_sharded,
@@ -126,7 +127,9 @@ class GaLoreOptimizer(torch.optim.Optimizer):
     # ---- groups -------------------------------------------------------------------------------
     #: group keys any galorekit optimizer takes besides its defaults' ("initial_lr" is what
     #: torch's LR schedulers add)
-    _COMMON_GROUP_KEYS = frozenset({"params", "param_names", "rank", "initial_lr"})
+    _COMMON_GROUP_KEYS = frozenset(
+        {"params", "param_names", "rank", "initial_lr", "weight_rounding"}
+    )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if isinstance(param_group, dict):
@@ -323,10 +326,14 @@ class GaLoreOptimizer(torch.optim.Optimizer):
     ) -> None:
         """p += alpha · update, projected back (and scaled) for a GaLore group."""
         weight = local(p)
+        if rounds_stochastically(group, weight):  # bf16: w + Δ exact in fp32, rounded randomly
+            with stochastically_rounded(weight) as exact:
+                return self._apply_update(exact, update, group, state, alpha)
         update = update.to(weight.dtype)  # moments may be kept in another dtype (state_dtype)
         if "rank" in group:
             side = Side(state["proj_side"])
-            left, right = state.get("proj_left"), state.get("proj_right")
+            left, right = (state.get(k) for k in ("proj_left", "proj_right"))
+            left, right = (t if t is None else t.to(weight.dtype) for t in (left, right))
             alpha = alpha * group["scale"]
             if weight.dim() == 2 or weight.is_contiguous():
                 add_projected_(as_matrix(weight), update, side, left, right, alpha)

@@ -74,6 +74,8 @@ def create_optimizer(
     else:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         groups = [{"params": [p for _, p in named], "param_names": [n for n, _ in named]}]
+    if (rounding := extra.pop("weight_rounding", None)) is not None:  # a group key (optim.rounding)
+        groups = [{**g, "weight_rounding": rounding} for g in groups]
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay, **extra}
     if not name.endswith("adafactor"):
         kwargs["betas"] = betas

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from galorekit.extras import import_bitsandbytes_functional
 from galorekit.optim.base import GaLoreOptimizer, validate_betas
+from galorekit.optim.rounding import rounds_stochastically
 from galorekit.optim.sharding import local
 from galorekit.projection.alignment import rotate_first, rotate_second
 
@@ -136,7 +137,9 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         if low_rank is None:
             return
         lr, wd = float(group["lr"]), group["weight_decay"]
-        if "rank" not in group:  # low_rank is the gradient itself (this process's shard)
+        # low_rank is the gradient itself (this process's shard); stochastic rounding takes the
+        # buffer path below (bitsandbytes would round its in-place update to nearest)
+        if "rank" not in group and not rounds_stochastically(group, local(p)):
             weight = local(p)
             if "state1" not in state:
                 self._init_state(state, weight)

@@ -52,6 +52,7 @@ def export_hf(
     dtype: torch.dtype | str | None = None,
     overwrite: bool = False,
     metadata: Mapping[str, Any] | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``model`` (a transformers model, optionally wrapped by peft adapters, galorekit's
     Low-Rank factors, DDP or ``torch.compile``) to ``output_dir`` as a Hugging Face directory.
@@ -61,6 +62,8 @@ def export_hf(
     ``dtype``: cast the saved floating-point weights (default: as trained). ``overwrite``: replace
     an existing non-empty ``output_dir`` (only once the new export is complete). ``metadata``:
     JSON-able facts recorded in ``galorekit_export.json`` (step, eval loss, ...).
+    ``state_dict``: the weights to write instead of the model's own, under its own keys (FSDP:
+    the full state dict gathered from the shards, see :func:`full_state_dict`).
     Returns the directory; raises :class:`ExportError` for a refused target or model.
     """
     out = Path(output_dir)
@@ -68,6 +71,8 @@ def export_hf(
     module = unwrap(model)
     cast = _dtype(dtype)
     peft_model = _peft_model(module)
+    if state_dict is not None and peft_model is not None:
+        raise ExportError("state_dict= is for plain models; peft models export their own")
     if not merge_adapters and peft_model is None:
         raise ExportError(
             f"{type(module).__name__} has no peft adapters to save unmerged; export it merged"
@@ -76,23 +81,23 @@ def export_hf(
     with atomic_directory(out) as tmp:
         if merge_adapters:
             base = peft_model.get_base_model() if peft_model is not None else module
-            _save(base, tmp, merged_state_dict(module), cast, tokenizer)
+            state = dict(state_dict) if state_dict is not None else merged_state_dict(module)
+            _save(base, tmp, state, cast, tokenizer)
         else:
             record["base"] = _save_adapter(peft_model, tmp, out, cast, tokenizer)
         atomic_write_json(tmp / EXPORT_FILE, record, indent=2, sort_keys=True)
     return out
 
 
-def check_export_target(out: Path, overwrite: bool) -> None:
+def check_export_target(
+    out: Path, overwrite: bool, hint: str = "choose another directory or pass overwrite=True"
+) -> None:
     """Refuse a target that is a file, or a non-empty directory without ``overwrite`` (a
     command checks this before it trains, so that a long run cannot end in a refused export)."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"export target {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ExportError(
-            f"export target {out} exists and is not empty; choose another directory or allow "
-            "overwriting it"
-        )
+        raise ExportError(f"export target {out} exists and is not empty; {hint}")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -104,6 +109,64 @@ def unwrap(model: nn.Module) -> nn.Module:
         if inner is None:
             return model
         model = inner
+
+
+class ExportDirs:
+    """``--export-dir`` of a training command: ``DIR/final`` written at the end, ``DIR/best`` at
+    each evaluation the command finds better. ``check`` refuses, before training, targets that
+    hold something else; a resumed or overwritten run replaces its own exports."""
+
+    def __init__(self, root: str | os.PathLike[str], *, merge_adapters: bool = True) -> None:
+        self.root = Path(root)
+        self.merge_adapters = merge_adapters
+
+    def check(self, replace: bool) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise ExportError(f"--export-dir {self.root} exists and is not a directory")
+        for which in ("final", "best"):
+            check_export_target(
+                self.root / which,
+                replace,
+                "choose another --export-dir, or pass --overwrite (--resume replaces the exports "
+                "of the run it continues)",
+            )
+
+    def previous(self, which: str) -> dict[str, Any] | None:
+        """The record of an earlier export (a resumed run continues its best), None if none."""
+        path = self.root / which / EXPORT_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def write(
+        self,
+        which: str,
+        model: nn.Module,
+        *,
+        tokenizer: Any = None,
+        state_dict: Mapping[str, torch.Tensor] | None = None,
+        **metadata: Any,
+    ) -> Path:
+        return export_hf(
+            model,
+            self.root / which,
+            tokenizer=tokenizer,
+            merge_adapters=self.merge_adapters,
+            overwrite=True,
+            metadata=metadata,
+            state_dict=state_dict,
+        )
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """An FSDP2-sharded model's full state dict on the CPU (collective: every rank calls it;
+    ranks other than 0 get an empty dict); None for a model that is not sharded."""
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options)
 
 
 # ------------------------------------------------------------------------------ state dicts

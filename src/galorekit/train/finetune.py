@@ -32,6 +32,7 @@ from galorekit.data.classification import (
     ClassificationData,
     load_classification_data,
 )
+from galorekit.train.export import ExportDirs
 from galorekit.train.finetune_cli import add_arguments, resolve_config, run  # noqa: F401
 from galorekit.train.finetune_config import (
     METHODS,
@@ -59,6 +60,7 @@ from galorekit.train.logging import (
     to_jsonable,
     write_run_config,
 )
+from galorekit.train.loop import resolve_device
 from galorekit.train.run_lock import RunLock
 
 RESULTS_FILE = "results.json"
@@ -165,7 +167,7 @@ def _run_method(
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(out_dir, config_values(cfg))
-    with MetricsLogger(out_dir, tensorboard=cfg.tensorboard) as logger:
+    with MetricsLogger.for_run(out_dir, cfg) as logger:
         result = train_and_evaluate(cfg, data, inputs, location, out_dir, logger)
     atomic_write_json(out_dir / RESULTS_FILE, to_jsonable(result))
     return result
@@ -181,6 +183,11 @@ def finetune(cfg: FinetuneConfig) -> list[RunResult]:
     out = Path(cfg.output_dir)
     # everything that can be refused is checked before a previous run is deleted
     check_output_dir(out, cfg.overwrite)
+    resolve_device(cfg.device)  # a device that does not exist is refused before any work
+    for method in compare_methods(cfg.method) if cfg.compare else (cfg.method,):
+        exports = _export_dir(cfg, method)
+        if exports is not None:
+            ExportDirs(exports).check(replace=cfg.overwrite)
     location = resolve_model(cfg.model, cfg.trust_remote_code)
     data = load_classification_data(resolved.data)
     # the presets of the sample limits are resolved (every method sees the same examples)
@@ -199,6 +206,14 @@ def finetune(cfg: FinetuneConfig) -> list[RunResult]:
             return _run_all(cfg, data, inputs, location)
 
 
+def _export_dir(cfg: FinetuneConfig, method: str) -> str | None:
+    """Where ``method``'s exports go: ``--export-dir`` itself, or (``--compare``) a directory
+    per method in it."""
+    if cfg.export_dir is None:
+        return None
+    return str(Path(cfg.export_dir) / method) if cfg.compare else cfg.export_dir
+
+
 def _run_all(
     cfg: FinetuneConfig, data: ClassificationData, inputs: TokenizedData, location: str
 ) -> list[RunResult]:
@@ -212,7 +227,13 @@ def _run_all(
     results: list[RunResult] = []
     with MetricsLogger(out, tensorboard=False) as logger:
         for method in compare_methods(cfg.method):
-            sub = replace(cfg, method=method, output_dir=str(out / method), compare=False)
+            sub = replace(
+                cfg,
+                method=method,
+                output_dir=str(out / method),
+                export_dir=_export_dir(cfg, method),
+                compare=False,
+            )
             result = _run_method(resolve_presets(sub), data, inputs, location)
             logger.log({"event": "compare", "step": result.steps, **asdict(result), **result.best})
             results.append(result)

@@ -12,7 +12,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from galorekit.config import PRECISION_HELP, PRECISIONS, Flag, flags_of, flatten, option
+from galorekit.config import (
+    DEVICE_DEFAULT,
+    DEVICE_HELP,
+    PRECISION_HELP,
+    PRECISIONS,
+    Flag,
+    flags_of,
+    flatten,
+    option,
+)
 from galorekit.data.classification import (
     GLUE_TASKS,
     PROBLEM_TYPES,
@@ -20,13 +29,16 @@ from galorekit.data.classification import (
     TASK_CHOICES,
     ClassificationDataConfig,
 )
-from galorekit.names import PROJ_TYPES
+from galorekit.methods.config import MethodConfig, field_help
+from galorekit.names import PROJ_TYPES, STATE_DTYPES, WEIGHT_ROUNDINGS
+from galorekit.train.logging import REPORT_TO_HELP, report_to_error
 
 #: full-rank AdamW is ``adamw`` in every command (``full`` is refused with a pointer)
 METHODS = ("adamw", "galore_adamw", "galore_adamw8bit", "galore_adafactor", "lora")
 RENAMED_METHODS = {"full": "adamw"}
 MINILM_ALIASES = ("minilm-l6", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 T = TypeVar("T")
+_METHOD_HELP = field_help(MethodConfig)
 
 
 class ConfigError(ValueError):
@@ -150,17 +162,32 @@ class FinetuneConfig:
         "step is used, since updates happen during backward)",
         group="optim",
     )
-    precision: str = option(
-        "fp32",
-        PRECISION_HELP,
-        group="optim",
-        choices=PRECISIONS,
+    precision: str = option("fp32", PRECISION_HELP, group="optim", choices=PRECISIONS)
+    state_dtype: str | None = option(
+        None, _METHOD_HELP["state_dtype"], group="optim", choices=STATE_DTYPES
     )
+    weight_rounding: str = option(
+        "nearest", _METHOD_HELP["weight_rounding"], group="optim", choices=WEIGHT_ROUNDINGS
+    )
+    device: str = option(DEVICE_DEFAULT, DEVICE_HELP, group="run")
     seed: int = option(0, "seeds the split, the subsets, the head and the batch order", group="run")
     output_dir: str | None = option(
         None, "run directory (default: runs/finetune/<task>-<method>-<time>)", group="run"
     )
     overwrite: bool = option(False, "replace a run in --output-dir", group="run")
+    export_dir: str | None = option(
+        None,
+        "also write the model as Hugging Face directories (config.json, safetensors, tokenizer): "
+        "DIR/final at the end and DIR/best at each evaluation that improves the task's metric "
+        "(--compare: DIR/<method>/...)",
+        group="run",
+        metavar="DIR",
+    )
+    export_adapters: bool = option(
+        False,
+        "--export-dir: save LoRA as a peft adapter instead of merging it into the weights",
+        group="run",
+    )
     eval_every: int | None = option(
         None,
         "optimizer steps between evaluations, 0: only at the end "
@@ -181,6 +208,7 @@ class FinetuneConfig:
         group="run",
     )
     tensorboard: bool = option(True, "only write metrics.jsonl", group="run")
+    report_to: str = option("tensorboard", REPORT_TO_HELP, group="run")
     progress: bool = option(True, "no progress bar", group="run")
     threads: int = option(
         0,
@@ -275,12 +303,21 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ConfigError(
             f"--precision must be one of {', '.join(PRECISIONS)}, not {cfg.precision!r}"
         )
+    if cfg.weight_rounding != "nearest" and cfg.precision != "bf16-true":
+        raise ConfigError(
+            f"--weight-rounding {cfg.weight_rounding} rounds bf16 weights: it needs --precision "
+            "bf16-true"
+        )
+    if cfg.export_adapters and cfg.export_dir is None:
+        raise ConfigError("--export-adapters applies to --export-dir: give the directory too")
     if not 0 <= cfg.warmup_ratio < 1:
         raise ConfigError(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
     if cfg.weight_decay < 0 or cfg.max_grad_norm < 0 or cfg.eval_every < 0 or cfg.threads < 0:
         raise ConfigError(
             "--weight-decay, --max-grad-norm, --eval-every and --threads must be >= 0"
         )
+    if (report := report_to_error(cfg.report_to)) is not None:
+        raise ConfigError(report)
 
 
 # --------------------------------------------------------------------------- the flags

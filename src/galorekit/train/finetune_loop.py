@@ -27,6 +27,7 @@ from galorekit.data.classification import ClassificationData, TaskSpec, tokenize
 from galorekit.data.sources import epoch_seed
 from galorekit.extras import needs_extra
 from galorekit.models import count_parameters
+from galorekit.train.export import ExportDirs
 from galorekit.train.finetune_config import FinetuneConfig
 from galorekit.train.finetune_methods import build_method
 from galorekit.train.finetune_model import (
@@ -38,7 +39,7 @@ from galorekit.train.finetune_model import (
 )
 from galorekit.train.glue_metrics import compute_metrics, is_better, primary_metric
 from galorekit.train.logging import MetricsLogger
-from galorekit.train.loop import Loop, due
+from galorekit.train.loop import Loop, due, resolve_device
 from galorekit.train.precision import apply_precision
 from galorekit.train.schedule import warmup_linear  # re-exported: tests import it from here
 
@@ -92,6 +93,11 @@ def epoch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) 
     return list(LengthGroupedSampler(batch_size, lengths=list(lengths), generator=generator))
 
 
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """A collated batch's tensors on ``device``."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def _eval_batches(
     examples: list[dict[str, Any]], batch_size: int, collate: Any
 ) -> Iterator[dict[str, Any]]:
@@ -112,6 +118,7 @@ def evaluate(
 
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     results: dict[str, float] = {}
     with torch.inference_mode():
         for i, (name, examples) in enumerate(eval_sets.items()):
@@ -119,9 +126,9 @@ def evaluate(
             labels: list[torch.Tensor] = []
             loss_sum = 0.0
             for batch in _eval_batches(examples, batch_size, collate):
-                out = model(**batch)
+                out = model(**to_device(batch, device))
                 loss_sum += float(out.loss) * len(batch["labels"])
-                logits = out.logits.float()
+                logits = out.logits.float().cpu()
                 preds.append(logits.squeeze(-1) if task.is_regression else logits.argmax(-1))
                 labels.append(batch["labels"])
             prefix = "eval_" if i == 0 else f"eval_{name}_"
@@ -194,6 +201,20 @@ class _BestKeeper:
         self.best: dict[str, float] = {}
         self.best_step = 0
         self.final: dict[str, float] = {}
+        self.exports = (
+            ExportDirs(cfg.export_dir, merge_adapters=not cfg.export_adapters)
+            if cfg.export_dir
+            else None
+        )
+
+    def export(self, which: str, step: int, metrics: Mapping[str, float]) -> None:
+        """``--export-dir``: ``DIR/which`` (best, final) as a Hugging Face directory."""
+        if self.exports is not None:
+            meta = {"method": self.cfg.method, "task": self.data.task.name, "metrics": metrics}
+            path = self.exports.write(
+                which, self.model, tokenizer=self.tokenizer, step=step, **meta
+            )
+            self.logger.log({"event": "export", "step": step, "which": which, "path": str(path)})
 
     def evaluate(self, step: int, epoch: float) -> None:
         cfg, task, key = self.cfg, self.data.task, self.metric_key
@@ -217,6 +238,7 @@ class _BestKeeper:
                     "label_names": task.label_names,
                 },
             )
+            self.export("best", step, metrics)
         self.bar.set_postfix_str(f"{key}={metrics[key]:.4f}")
 
 
@@ -237,9 +259,10 @@ def train_and_evaluate(
 
     started, cpu_started = time.perf_counter(), time.process_time()
     set_seed(cfg.seed)  # same head initialisation and batch order for every method
-    model = load_model(location, data.task, inputs.tokenizer)
+    device = resolve_device(cfg.device)
+    model = load_model(location, data.task, inputs.tokenizer).to(device)
     total_params = count_parameters(model)
-    autocast = apply_precision(model, cfg.precision, next(model.parameters()).device)
+    autocast = apply_precision(model, cfg.precision, device)  # before the optimizer holds it
     model, optimizer, method_info = build_method(model, cfg)
     trainable = count_parameters(model, trainable_only=True)
     model.train()
@@ -276,7 +299,7 @@ def train_and_evaluate(
         model,
         optimizer,
         scheduler,
-        functools.partial(next, batches),
+        lambda: to_device(next(batches), device),
         lambda module, batch: module(**batch).loss,
         max_grad_norm=cfg.max_grad_norm or None,
         layerwise=cfg.layerwise,
@@ -310,6 +333,7 @@ def train_and_evaluate(
         if due(step, cfg.eval_every, total_steps) or epoch_end:
             keeper.evaluate(step, step / steps_per_epoch)
     bar.close()
+    keeper.export("final", loop.step, keeper.final)
     result = RunResult(
         method=cfg.method,
         metric=keeper.metric_key,

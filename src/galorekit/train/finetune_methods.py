@@ -59,6 +59,8 @@ def method_config(cfg: FinetuneConfig, method: str) -> MethodConfig:
         # backward, so the loop cannot)
         max_grad_norm=cfg.max_grad_norm if cfg.max_grad_norm > 0 else None,
         lora_alpha=cfg.lora_alpha,
+        state_dtype=cfg.state_dtype,
+        weight_rounding=cfg.weight_rounding,
     )
 
 

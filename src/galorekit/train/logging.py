@@ -1,9 +1,12 @@
-"""Run logging shared by the training commands: ``metrics.jsonl``, TensorBoard, run config, tables.
+"""Run logging shared by the training commands: ``metrics.jsonl``, TensorBoard, wandb, run config,
+tables.
 
 ``MetricsLogger.log({"event": "eval", "step": 100, "eval_accuracy": 0.91})`` appends one JSON
 object per line to ``OUTPUT_DIR/metrics.jsonl`` (flushed at once, so ``tail -f`` and a crashed
-run both see every event) and mirrors its numeric values to TensorBoard as ``<event>/<key>``
-at ``step``.
+run both see every event) and mirrors its numeric values as ``<event>/<key>`` at ``step`` to the
+trackers of ``--report-to`` (``REPORT_TARGETS``: TensorBoard event files in
+``OUTPUT_DIR/tensorboard``, a wandb run whose local files are in ``OUTPUT_DIR/wandb``).
+A command opens its logger with one call, ``MetricsLogger.for_run(output_dir, cfg)``.
 """
 
 from __future__ import annotations
@@ -15,15 +18,50 @@ import json
 import math
 import os
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from galorekit.atomic import atomic_write_json
+from galorekit.atomic import atomic_write_json, atomic_write_text
+from galorekit.extras import needs_extra
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"
+#: the trackers ``--report-to`` takes (comma-separated), besides ``none``
+REPORT_TARGETS = ("tensorboard", "wandb")
+#: ``--report-to``'s help (the commands' config fields share it)
+REPORT_TO_HELP = (
+    "where metrics go besides metrics.jsonl: tensorboard, wandb (a comma-separated list; wandb "
+    "reads WANDB_PROJECT, WANDB_MODE=offline, …) or none"
+)
+
+
+def parse_report_to(value: str | Sequence[str]) -> tuple[str, ...]:
+    """``"tensorboard,wandb"`` → ``("tensorboard", "wandb")``; ``"none"`` → ``()``. Raises
+    ``ValueError`` naming the valid values."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(item).strip().lower() for item in items if str(item).strip()]
+    if names == ["none"]:
+        return ()
+    wrong = [n for n in names if n not in REPORT_TARGETS]
+    if wrong or not names:
+        raise ValueError(
+            f"--report-to {','.join(map(str, items)) if not isinstance(value, str) else value!r}: "
+            f"valid are {', '.join(REPORT_TARGETS)} (comma-separated) or none"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def report_to_error(value: str | Sequence[str]) -> str | None:
+    """What is wrong with a ``--report-to`` value, or None (for the configs' checks)."""
+    try:
+        parse_report_to(value)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def to_jsonable(value: Any) -> Any:
@@ -68,25 +106,90 @@ def _scalars(event: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+class _Wandb:
+    """A wandb run mirroring the scalars; its files in ``OUTPUT_DIR/wandb``. A run directory keeps
+    its wandb run id there, so a resumed run continues the same wandb run."""
+
+    def __init__(self, output_dir: Path, config: Any, name: str | None) -> None:
+        with needs_extra("integrations"):
+            import wandb
+
+        root = output_dir / WANDB_DIR
+        root.mkdir(parents=True, exist_ok=True)
+        id_file = root / "galorekit-run-id"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+        try:
+            self.run = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "galorekit"),
+                name=name or output_dir.resolve().name,
+                id=run_id,
+                resume="allow",
+                dir=str(output_dir),
+                config=to_jsonable(config) if config is not None else None,
+                reinit="create_new",
+            )
+        except Exception as err:  # wandb's own errors (no login, no network) name no fix
+            raise ValueError(
+                f"--report-to wandb: wandb could not start a run ({err}); run `wandb login`, "
+                "or set WANDB_MODE=offline to keep the run local"
+            ) from err
+        atomic_write_text(id_file, run_id)
+
+    def log(self, prefix: str, step: int | None, scalars: dict[str, float]) -> None:
+        tagged = {f"{prefix}/{k}": v for k, v in scalars.items()}
+        if step is None:  # an event outside the step sequence (wandb's steps only increase)
+            self.run.summary.update(tagged)
+        else:
+            self.run.log(tagged, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 class MetricsLogger:
-    """Append-only JSON-lines metrics log with an optional TensorBoard mirror.
+    """Append-only JSON-lines metrics log mirrored to TensorBoard and/or wandb.
 
     Each event gets a ``time`` (Unix seconds) unless it has one. An event's ``event`` field (default
-    ``"metrics"``) prefixes its TensorBoard tags; its ``step`` is the TensorBoard step. Use as a
+    ``"metrics"``) prefixes its tags; its ``step`` is the trackers' step. ``report_to``
+    (``REPORT_TARGETS`` or ``"none"``; default: TensorBoard) picks the trackers, ``tensorboard=
+    False`` drops TensorBoard from them; ``run_config`` is the wandb run's config. Use as a
     context manager or call ``close()``.
     """
 
-    def __init__(self, output_dir: str | os.PathLike[str], tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike[str],
+        tensorboard: bool = True,
+        *,
+        report_to: str | Sequence[str] = "tensorboard",
+        run_config: Any = None,
+        run_name: str | None = None,
+    ) -> None:
+        targets = parse_report_to(report_to)
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.output_dir / METRICS_FILE
         self._file: io.TextIOWrapper | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._writer: Any = None
-        if tensorboard:
+        self._wandb: _Wandb | None = None
+        if tensorboard and "tensorboard" in targets:
             # Imported here: tensorboard costs seconds to import and is optional for callers.
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(self.output_dir / TENSORBOARD_DIR))
+        if "wandb" in targets:
+            self._wandb = _Wandb(self.output_dir, run_config, run_name)
+
+    @classmethod
+    def for_run(cls, output_dir: str | os.PathLike[str], cfg: Any) -> MetricsLogger:
+        """The logger of a command's run: ``cfg.report_to`` (default TensorBoard), without
+        TensorBoard when ``cfg.tensorboard`` is False, ``cfg`` as the wandb run's config."""
+        return cls(
+            output_dir,
+            tensorboard=getattr(cfg, "tensorboard", True),
+            report_to=getattr(cfg, "report_to", "tensorboard"),
+            run_config=cfg,
+        )
 
     def log(self, event: Mapping[str, Any]) -> None:
         """Append ``event`` (a flat or nested dict) as one JSON line and mirror its scalars."""
@@ -95,17 +198,23 @@ class MetricsLogger:
         record = {"time": time.time(), **event} if "time" not in event else dict(event)
         self._file.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
         self._file.flush()
+        if self._writer is None and self._wandb is None:
+            return
+        step = event.get("step")
+        step = int(step) if isinstance(step, int | float) and not isinstance(step, bool) else None
+        prefix = str(event.get("event", "metrics"))
+        scalars = _scalars(event)
         if self._writer is not None:
-            step = event.get("step")
-            step = (
-                int(step) if isinstance(step, int | float) and not isinstance(step, bool) else None
-            )
-            prefix = str(event.get("event", "metrics"))
-            for key, value in _scalars(event).items():
+            for key, value in scalars.items():
                 self._writer.add_scalar(f"{prefix}/{key}", value, global_step=step)
+        if self._wandb is not None and scalars:
+            self._wandb.log(prefix, step, scalars)
 
     def close(self) -> None:
-        """Flush and close the log (and TensorBoard writer); further ``log`` calls raise."""
+        """Flush and close the log (and the trackers); further ``log`` calls raise."""
+        if self._wandb is not None:
+            self._wandb.close()
+            self._wandb = None
         if self._writer is not None:
             self._writer.flush()
             self._writer.close()

@@ -58,6 +58,8 @@ from galorekit.extras import needs_extra
 from galorekit.methods import setup
 from galorekit.models import build_model, count_parameters
 from galorekit.train import pretrain_state
+from galorekit.train.export import ExportDirs, full_state_dict
+from galorekit.train.init_from import check_architecture, load_init_model
 from galorekit.train.logging import MetricsLogger, read_metrics, summary_table
 from galorekit.train.loop import (
     Loop,
@@ -188,6 +190,8 @@ class _Run:
     autocast: Callable[[], Any]
     logger: Any = None
     vocab_size: int = 2
+    tokenizer: Any = None
+    exports: ExportDirs | None = None
     warnings: list[str] = field(default_factory=list)  # LossWatch's, for the summary
 
 
@@ -211,14 +215,23 @@ def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
     with main_first(ctx):
         tokenizer = build_tokenizer(cfg.data)
         data = load_pretraining_data(cfg.data, tokenizer)
-    model = build_model(
-        cfg.model,
-        vocab_size=data.vocab_size,
-        max_position_embeddings=max(cfg.data.seq_len, 1024),
-        seed=cfg.seed,
-        device=device,
-        trust_remote_code=cfg.trust_remote_code,
-    )
+    if cfg.init_from is not None:
+        model = load_init_model(
+            cfg.init_from,
+            vocab_size=data.vocab_size,
+            seq_len=cfg.data.seq_len,
+            device=device,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    else:
+        model = build_model(
+            cfg.model,
+            vocab_size=data.vocab_size,
+            max_position_embeddings=max(cfg.data.seq_len, 1024),
+            seed=cfg.seed,
+            device=device,
+            trust_remote_code=cfg.trust_remote_code,
+        )
     autocast = apply_precision(model, cfg.precision, device)  # before the optimizer holds it
     if cfg.activation_checkpointing:
         _enable_activation_checkpointing(model)
@@ -280,7 +293,9 @@ def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         fsdp,
         autocast,
     )
-    run.vocab_size = data.vocab_size
+    run.vocab_size, run.tokenizer = data.vocab_size, tokenizer
+    if cfg.export_dir is not None:
+        run.exports = ExportDirs(cfg.export_dir, merge_adapters=not cfg.export_adapters)
     return run
 
 
@@ -334,6 +349,11 @@ def _open_run_dir(cfg: PretrainConfig, held: contextlib.ExitStack, target: Path)
     """Rank 0: the run directory, locked for this process's lifetime (``run_lock``), crash
     leftovers removed; a finished run is refused with ``RunFinished`` before anything is
     written."""
+    if cfg.init_from is not None:  # a missing or conflicting model, before the tokenizer
+        check_architecture(cfg.model, cfg.init_from, cfg.trust_remote_code)
+    if cfg.export_dir is not None:  # before anything is written or trained
+        exports = ExportDirs(cfg.export_dir)
+        exports.check(replace=cfg.overwrite or cfg.resume is not None)
     out = prepare_output_dir(cfg, lock=lambda path: held.enter_context(RunLock(path)), out=target)
     if cfg.resume == "latest":
         at = finished_step(out, cfg.max_steps)
@@ -354,7 +374,7 @@ def _start(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         changes = {**in_checkpoint, **changes}
     if ctx.is_main:
         pretrain_state.write_config(run, step, changes)
-    run.logger = MetricsLogger(out, tensorboard=cfg.tensorboard) if ctx.is_main else _NullLogger()
+    run.logger = MetricsLogger.for_run(out, cfg) if ctx.is_main else _NullLogger()
     if changes:
         run.logger.log(
             {
@@ -403,6 +423,7 @@ def _train(run: _Run, step: int) -> PretrainResult:
     traffic: list[int] = []  # per step: the bytes this rank communicated
     last_save = time.monotonic()
     watch = LossWatch(run.vocab_size, settle_step=int(cfg.warmup_ratio * cfg.max_steps))
+    best_loss = _previous_best(run)
     with StopFlag() as stop, counter:
         loop = Loop(
             run.parallel.module,
@@ -472,6 +493,9 @@ def _train(run: _Run, step: int) -> PretrainResult:
                 eval_loss = _evaluate(run)
                 ppl = math.exp(min(eval_loss, 50.0))
                 logger.log({"event": "eval", "step": step, "eval_loss": eval_loss, "eval_ppl": ppl})
+                if run.exports is not None and eval_loss < best_loss:
+                    best_loss = eval_loss
+                    _export(run, "best", step, eval_loss)
             if due(step, cfg.save_every, cfg.max_steps) or _save_time(run, step, last_save):
                 last_save = time.monotonic()
                 try:
@@ -483,6 +507,8 @@ def _train(run: _Run, step: int) -> PretrainResult:
     bar.close()
     if math.isnan(eval_loss):  # resumed at the end (a kill after the final checkpoint)
         eval_loss, train_loss = _final_values(run, step, eval_loss, train_loss)
+    if run.exports is not None:
+        _export(run, "final", step, eval_loss)
     seconds = time.perf_counter() - started
     end = {"event": "end", "step": step, "seconds": seconds}
     if ctx.enabled:
@@ -494,6 +520,31 @@ def _train(run: _Run, step: int) -> PretrainResult:
         return PretrainResult(run.out, step, eval_loss, eval_ppl, train_loss, seconds, "")
     summary = _summary(run, step, n_params, n_trainable, train_loss, eval_loss, eval_ppl, seconds)
     return PretrainResult(run.out, step, eval_loss, eval_ppl, train_loss, seconds, summary)
+
+
+def _previous_best(run: _Run) -> float:
+    """The validation loss of the run's ``DIR/best`` export (a resumed run keeps improving on
+    it); infinity when there is none."""
+    record = run.exports.previous("best") if run.exports is not None else None
+    return float(record.get("eval_loss", math.inf)) if record else math.inf
+
+
+def _export(run: _Run, which: str, step: int, eval_loss: float) -> None:
+    """``--export-dir``: ``DIR/which`` from rank 0 (FSDP: gathered from every rank's shards)."""
+    state = full_state_dict(run.model) if run.fsdp else None  # collective
+    if run.ctx.is_main:
+        path = run.exports.write(
+            which,
+            run.model,
+            tokenizer=run.tokenizer,
+            state_dict=state,
+            step=step,
+            eval_loss=eval_loss if math.isfinite(eval_loss) else None,
+            trained_from=run.cfg.model,
+            method=run.cfg.method.method,
+            precision=run.cfg.precision,
+        )
+        run.logger.log({"event": "export", "step": step, "which": which, "path": str(path)})
 
 
 def _save_time(run: _Run, step: int, last_save: float) -> bool:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from galorekit.config import (
+    DEVICE_DEFAULT,
+    DEVICE_HELP,
     PRECISION_HELP,
     PRECISIONS,
     Flag,
@@ -35,7 +37,9 @@ from galorekit.names import (
     MOMENT_POLICIES,
     PROJ_TYPES,
     STATE_DTYPES,
+    WEIGHT_ROUNDINGS,
 )
+from galorekit.train.logging import REPORT_TO_HELP, report_to_error
 
 #: fields that must match between a checkpoint and the run resuming from it
 RESUME_KEYS = ("model", "method", "seq_len", "batch_size", "total_batch_size", "data_fingerprint")
@@ -68,6 +72,16 @@ class PretrainConfig:
         "named config (llama_tiny, llama_9m, llama_20m, llama_60m, llama_130m, llama_350m, "
         "llama_1b, llama_3b, llama_7b), a JSON config file, or a Hugging Face config name/path",
         group="model",
+        trajectory=True,
+    )
+    init_from: str | None = option(
+        None,
+        "start from the weights of this Hugging Face model: an --export-dir export "
+        "(DIR/final), a save_pretrained or peft adapter directory, or a Hub name; its "
+        "architecture is the model's (a --model naming another one is an error) and its "
+        "tokenizer is used unless --tokenizer is given",
+        group="model",
+        metavar="DIR",
         trajectory=True,
     )
     data: DataConfig = field(default_factory=DataConfig)
@@ -110,6 +124,20 @@ class PretrainConfig:
     output_dir: str | None = option(
         None, "run directory (default: runs/pretrain-MODEL-METHOD-TIME)", group="output"
     )
+    export_dir: str | None = option(
+        None,
+        "also write the model as Hugging Face directories (config.json, safetensors, tokenizer, "
+        "generation config): DIR/final at the end and DIR/best at each evaluation that improves "
+        "the validation loss",
+        group="output",
+        metavar="DIR",
+    )
+    export_adapters: bool = option(
+        False,
+        "--export-dir: save LoRA/ReLoRA adapters as a peft adapter (base in DIR/*/base) instead "
+        "of merging them into the weights",
+        group="output",
+    )
     resume: str | None = option(None, cli=False)  # "latest" or a checkpoint path
     overwrite: bool = option(False, "replace a run in --output-dir", group="output")
     allow_config_change: bool = option(
@@ -128,7 +156,7 @@ class PretrainConfig:
     activation_checkpointing: bool = option(
         False, "recompute activations in backward (less memory, more time)", group="loop"
     )
-    device: str = option("auto", "auto, cpu, cuda, cuda:1, …", group="loop")
+    device: str = option(DEVICE_DEFAULT, DEVICE_HELP, group="loop")
     seed: int = option(
         0, "seeds the model, the data order and every RNG", group="loop", trajectory=True
     )
@@ -140,6 +168,7 @@ class PretrainConfig:
     )
     progress: bool = option(True, "no progress bar", group="output")
     tensorboard: bool = option(True, "no TensorBoard event files", group="output")
+    report_to: str = option("tensorboard", REPORT_TO_HELP, group="output")
     plot: bool = option(True, "no curves.png at the end", group="output")
     nproc_per_node: int = option(
         1,
@@ -235,8 +264,17 @@ def _errors(cfg: PretrainConfig) -> list[str]:
             + ", ".join(DISTRIBUTED_STRATEGIES)
         )
     errors += _parallel_errors(cfg)
+    if cfg.method.weight_rounding != "nearest" and cfg.precision != "bf16-true":
+        errors.append(
+            f"--weight-rounding {cfg.method.weight_rounding} rounds bf16 weights: it needs "
+            f"--precision bf16-true (the weights are {cfg.precision}'s float32)"
+        )
+    if cfg.export_adapters and cfg.export_dir is None:
+        errors.append("--export-adapters applies to --export-dir: give the directory too")
     if cfg.resume is not None and cfg.overwrite:
         errors.append("--resume and --overwrite contradict each other")
+    if (report := report_to_error(cfg.report_to)) is not None:
+        errors.append(report)
     return errors
 
 
@@ -323,6 +361,7 @@ _METHOD: dict[str, tuple[str, str, dict[str, Any]]] = {
     "weight_decay": ("float", "model", {}),
     "max_grad_norm": ("float", "model", {}),
     "state_dtype": ("str", "model", {"choices": STATE_DTYPES}),
+    "weight_rounding": ("str", "model", {"choices": WEIGHT_ROUNDINGS}),
     "rank": ("int", "galore", {}),
     "update_proj_gap": ("int", "galore", {}),
     "scale": ("float", "galore", {}),
@@ -378,6 +417,11 @@ def build_config(values: dict[str, Any]) -> PretrainConfig:
         data["streaming"] = _STREAMING[data["streaming"]]
     if "max_grad_norm" in method and not method["max_grad_norm"]:
         method["max_grad_norm"] = None  # 0: off
+    init_from = values.get("init_from")
+    if init_from is not None:  # the checkpoint's architecture and tokenizer, unless given
+        parts[""].setdefault("model", init_from)
+        if _has_tokenizer(init_from):
+            data.setdefault("tokenizer", init_from)
     seed = values.get("seed", 0)
     return PretrainConfig(
         data=DataConfig(
@@ -387,6 +431,14 @@ def build_config(values: dict[str, Any]) -> PretrainConfig:
         **parts[""],
         **{k: values[k] for k in ("resume", "world_size") if k in values},
     )
+
+
+def _has_tokenizer(location: str) -> bool:
+    """Whether ``location`` ships a tokenizer: a directory with its files, or a Hub name."""
+    path = Path(location).expanduser()
+    if not path.exists():
+        return True
+    return any((path / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
 
 
 def config_values(cfg: PretrainConfig) -> dict[str, Any]:

@@ -77,6 +77,8 @@ FIXED_ON_RESUME = frozenset(
         "svd",
         "moments",
         "state_dtype",
+        "weight_rounding",  # a param-group key: the checkpoint's groups are restored
+        "precision",  # the checkpoint's weights and moments are in its dtypes
         "layerwise",
         "weight_decay",
         "lora_alpha",

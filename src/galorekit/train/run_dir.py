@@ -17,13 +17,14 @@ from galorekit.train.checkpoint import (
 )
 from galorekit.train.logging import metrics_lines
 
-RUN_FILES = ("metrics.jsonl", "config.json", "checkpoints", "tensorboard", "summary.md")
+RUN_FILES = ("metrics.jsonl", "config.json", "checkpoints", "tensorboard", "wandb", "summary.md")
 
 
 def default_output_dir(cfg: Any) -> Path:
     """``runs/pretrain-<model>-<method>-<time>``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"pretrain-{cfg.model}-{cfg.method.method}-{stamp}"
+    model = Path(str(cfg.model)).name or str(cfg.model)  # a path or hub name: its last part
+    return Path("runs") / f"pretrain-{model}-{cfg.method.method}-{stamp}"
 
 
 def _checkpoint_steps(out: Path) -> list[int]:
