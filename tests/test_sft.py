@@ -207,7 +207,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tiny, tmp_path, capsys):
     _refused(capsys, [*base, "--max-seq-len", "8", "--overlong", "refuse"], "longer than 8")
     if not torch.cuda.is_available():
         _refused(capsys, [*base, "--device", "cuda"], "no CUDA device")
-    _refused(capsys, [*base, "--device", "tpu9"], "unknown device")
+    _refused(capsys, [*base, "--device", "tpu9"], "unknown --device")
     assert not out.exists()  # nothing was left behind by the refused runs
 
 

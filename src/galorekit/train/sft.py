@@ -55,7 +55,7 @@ from galorekit.models.pretrained import (
     resolve_causal_lm,
 )
 from galorekit.train import sft_state
-from galorekit.train.export import check_export_target
+from galorekit.train.export import ExportDirs
 from galorekit.train.logging import (
     MetricsLogger,
     write_run_config,
@@ -146,10 +146,7 @@ def _sft(cfg: SFTConfig, ctx: DistContext, device: torch.device) -> SFTResult:
     """The run directory is locked (by rank 0) for the run's lifetime."""
     target = default_output_dir(cfg) if cfg.output_dir is None else Path(cfg.output_dir)
     if cfg.export_dir is not None:  # before anything is written or trained
-        for which in ("final", "best"):
-            check_export_target(
-                Path(cfg.export_dir) / which, cfg.overwrite or cfg.resume is not None
-            )
+        ExportDirs(cfg.export_dir).check(replace=cfg.overwrite or cfg.resume is not None)
     created = [p for p in (target, *target.parents) if not p.exists()]
     try:
         with contextlib.ExitStack() as held:

@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from galorekit.config import PRECISION_HELP, PRECISIONS, Flag, flags_of, flatten, option
+from galorekit.config import (
+    DEVICE_DEFAULT,
+    DEVICE_HELP,
+    PRECISION_HELP,
+    PRECISIONS,
+    Flag,
+    flags_of,
+    flatten,
+    option,
+)
 from galorekit.data.sft import SFTDataConfig
 from galorekit.methods.config import MethodConfig
 from galorekit.names import method_info
@@ -82,7 +91,7 @@ class SFTConfig:
     activation_checkpointing: bool = option(
         False, "recompute activations in backward (less memory, more time)", group="loop"
     )
-    device: str = option("auto", "auto, cpu, cuda, cuda:1, …", group="loop")
+    device: str = option(DEVICE_DEFAULT, DEVICE_HELP, group="loop")
     seed: int = option(
         0,
         "seeds the data split and order, the adapters and every RNG",

@@ -3,7 +3,6 @@ exports, the measurements a resumed run logged before, and the summary."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from galorekit.train.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from galorekit.train.export import EXPORT_FILE, export_hf
+from galorekit.train.export import ExportDirs
 from galorekit.train.logging import read_metrics, summary_table
 from galorekit.train.loop import peak_memory_bytes, rng_state, set_rng_state
 from galorekit.train.run_dir import truncate_metrics
@@ -42,14 +41,11 @@ def logged_before(out: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- exports
 def export(run: _Run, which: str, step: int, val_loss: float) -> Path:
     """``--export-dir``/``which`` (final, best): the model as a Hugging Face directory."""
-    return export_hf(
-        run.model,
-        Path(run.cfg.export_dir) / which,
-        tokenizer=run.tokenizer,
-        merge_adapters=not run.cfg.export_adapters,
-        overwrite=True,
-        metadata={"step": step, "eval_loss": val_loss, "model": run.cfg.model},
-    )
+    exports = ExportDirs(run.cfg.export_dir, merge_adapters=not run.cfg.export_adapters)
+    return exports.write(
+        which, run.model, tokenizer=run.tokenizer, step=step, eval_loss=val_loss,
+        trained_from=run.cfg.model,
+    )  # fmt: skip
 
 
 def export_best(run: _Run, step: int, val_loss: float) -> None:
@@ -65,10 +61,9 @@ def export_best(run: _Run, step: int, val_loss: float) -> None:
 
 def previous_best(cfg: SFTConfig) -> float:
     """The validation loss of the best export of the run a resume continues (inf: none)."""
-    record = Path(cfg.export_dir or ".") / "best" / EXPORT_FILE
-    if cfg.resume is None or cfg.export_dir is None or not record.is_file():
+    if cfg.resume is None or cfg.export_dir is None:
         return math.inf
-    loss = json.loads(record.read_text(encoding="utf-8")).get("eval_loss")
+    loss = (ExportDirs(cfg.export_dir).previous("best") or {}).get("eval_loss")
     return float(loss) if isinstance(loss, int | float) else math.inf
 
 
