@@ -200,3 +200,17 @@ def test_the_default_model_of_the_command_is_a_bundled_alias():
     from galorekit.train.sft_config import DEFAULT_MODEL, SFTConfig
 
     assert SFTConfig().model == DEFAULT_MODEL and DEFAULT_MODEL in MODEL_ALIASES
+
+
+def test_a_dataset_name_goes_through_datasets_load_dataset(tmp_path, tok):
+    """The hub path (``--dataset NAME``), offline: a local folder that load_dataset reads, with
+    its own train and validation splits."""
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", chat_rows(12))
+    write_jsonl(folder / "validation.jsonl", chat_rows(4, seed=1))
+    data = load_sft_data(SFTDataConfig(dataset=str(folder)), tok, 128, prompts=3)
+    assert (len(data.train), len(data.validation)) == (12, 4)
+    assert data.prompts_split == "validation" and len(data.prompts) == 3
+    with pytest.raises(SFTDataError, match="cannot load the dataset"):
+        load_sft_data(SFTDataConfig(dataset=str(tmp_path / "missing")), tok, 128)
