@@ -32,8 +32,9 @@ from galorekit.train.pretrain_config import _method_flags
 #: the offline default model (an alias of ``galorekit.models.pretrained.MODEL_ALIASES``; not
 #: imported from there: galorekit.models imports torch, and ``galore --help`` imports this module)
 DEFAULT_MODEL = "smollm2-135m-instruct"
-#: peak learning rates of fine-tuning when --lr is not given, per method family (picked on the
-#: default task's validation split: benchmarks/results/sft_default)
+#: peak learning rates of fine-tuning when --lr is not given, per method family: the usual rates
+#: for full fine-tuning and LoRA of small LMs, GaLore's between them (its update is scaled by
+#: --scale 0.25); not swept here — the default task was never tuned on its test split
 SFT_LR = {"full": 2e-5, "galore": 1e-4, "adapter": 5e-4}
 #: fields of the checkpoint's identity: a resumed run must agree on them
 RESUME_KEYS = ("model", "method", "batch_size", "total_batch_size", "data_fingerprint")
