@@ -76,7 +76,8 @@ class SFTConfig:
     batch_size: int = option(8, "sequences per micro-batch", group="loop", trajectory=True)
     total_batch_size: int | None = option(
         None,
-        "sequences per optimizer step (gradient accumulation = total / batch; default: batch)",
+        "sequences per optimizer step over all processes (gradient accumulation = total / "
+        "(batch × processes); default: batch × processes)",
         group="loop",
         trajectory=True,
     )
