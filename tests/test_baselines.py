@@ -65,12 +65,12 @@ def test_target_module_specs():
     model = tiny()
     default = default_target_modules(model)
     assert resolve_target_modules(model) == default
-    assert resolve_target_modules(model, ["attn", "mlp"]) == default  # GaLore's own spelling
+    assert resolve_target_modules(model, r".*\.(self_attn|mlp)\..*") == default
     assert resolve_target_modules(model, "all-linear") == default  # lm_head is never a target
     assert resolve_target_modules(model, ["q_proj", "v_proj"]) == [
         n for n in default if n.endswith(("q_proj", "v_proj"))
     ]
-    assert resolve_target_modules(model, r"layers\.1\..*proj$") == default[7:]
+    assert resolve_target_modules(model, r".*layers\.1\..*proj") == default[7:]
 
 
 @pytest.mark.parametrize("spec", [["nonexistent"], "no_match_regex", ["q_proj", "attention_xyz"]])

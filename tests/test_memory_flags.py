@@ -57,7 +57,11 @@ def test_proj_type_decides_projector_and_moment_shapes(capsys):
 
 @pytest.mark.parametrize(
     ("flag", "parsed"),
-    [("q_proj,v_proj", ("q_proj", "v_proj")), ("re:mlp\\.(up|down)_proj", "mlp\\.(up|down)_proj")],
+    [
+        ("q_proj,v_proj", ("q_proj", "v_proj")),
+        # a regex matches whole module names, as in peft
+        ("re:.*mlp\\.(up|down)_proj", ".*mlp\\.(up|down)_proj"),
+    ],
 )
 def test_target_modules_select_the_projected_or_adapted_matrices(capsys, flag, parsed):
     default = _json(capsys, "--method", "galore_adamw")
@@ -135,7 +139,7 @@ def test_fit_rank_filter_follows_the_target_modules():
     base = TrainingSetup(precision="fp32", seq_len=16)
     # default targets include k/v (16 wide): rank 32 would be clamped, so it is not offered
     assert _fit_ranks(base) == {"galore_adamw": {8}, "lora": {8}, "low_rank": {8}}
-    wide = base.with_(target_modules=("q_proj", "o_proj", "mlp"))
+    wide = base.with_(target_modules=("q_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
     assert _fit_ranks(wide) == {"galore_adamw": {8, 32}, "lora": {8, 32}, "low_rank": {8, 32}}
     with pytest.raises(ValueError, match="lora: no rank in \\[32\\]"):
         fit_budget(dict(GQA), 10**9, base, methods=("lora",), ranks=(32,))

@@ -19,6 +19,14 @@ def test_method_table_is_the_source_of_every_method_list():
         "galore_adamw8bit",
         "galore_adafactor",
         "galore_torch_adamw",
+        *names.SUCCESSOR_METHODS,
+    }
+    assert set(names.SUCCESSOR_METHODS) == {
+        "fira_adamw",
+        "apollo_adamw",
+        "apollo_mini",
+        "q_galore_adamw8bit",
+        "golore_adamw",
     }
     assert tuple(n for n, m in table.items() if m.changes_model) == names.BASELINES
     for row in table.values():

@@ -73,12 +73,13 @@ def test_tied_embeddings_appear_once_in_the_plain_group(make_tiny_llama) -> None
     ("target_modules", "expected"),
     [
         (["q_proj", "v_proj"], {n for n in GALORE_NAMES if "q_proj" in n or "v_proj" in n}),
-        (("mlp",), {n for n in GALORE_NAMES if ".mlp." in n}),
-        (r"layers\.1\..*_proj$", {n for n in GALORE_NAMES if "layers.1." in n}),
-        (r"(k|o)_proj", {n for n in GALORE_NAMES if "k_proj" in n or "o_proj" in n}),
+        (("mlp.up_proj", "down_proj"), {n for n in GALORE_NAMES if "up_" in n or "down_" in n}),
+        (r".*\.mlp\..*", {n for n in GALORE_NAMES if ".mlp." in n}),
+        (r".*layers\.1\..*_proj", {n for n in GALORE_NAMES if "layers.1." in n}),
+        (r".*(k|o)_proj", {n for n in GALORE_NAMES if "k_proj" in n or "o_proj" in n}),
         ("all-linear", GALORE_NAMES),  # still without lm_head (and embeddings are not Linear)
     ],
-    ids=["list", "tuple", "regex-layer1", "regex-alternation", "all-linear"],
+    ids=["list", "tuple-suffixes", "regex-mlp", "regex-layer1", "regex-alternation", "all-linear"],
 )
 def test_target_modules(make_tiny_llama, target_modules, expected: set[str]) -> None:
     model = make_tiny_llama()
@@ -102,23 +103,36 @@ def test_all_linear_without_output_head_or_plain_params() -> None:
 @pytest.mark.parametrize(
     ("target_modules", "match"),
     [
-        (["attention_is_all_you_need"], r"matches no trainable nn\.Linear.*q_proj"),
+        (["attention_is_all_you_need"], r"matches no nn\.Linear.*q_proj"),
         (r"^transformer\.h\.\d+", "matches no"),
+        (["mlp"], "LlamaMLP.*cannot be targeted"),  # the former substring spelling
+        ("q_proj", "did you mean.*q_proj"),  # a string is a full-match regex now
         ("(unclosed", "regular expression"),
         ([], "non-empty list"),
-        (["q_proj", 3], "list of strings"),
+        (["q_proj", 3], "list of non-empty strings"),
     ],
-    ids=["no-match-list", "no-match-regex", "bad-regex", "empty", "not-strings"],
+    ids=[
+        "no-match-list",
+        "no-match-regex",
+        "container",
+        "regex-is-full-match",
+        "bad-regex",
+        "empty",
+        "not-strings",
+    ],
 )
 def test_bad_target_modules(make_tiny_llama, target_modules, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         param_groups(make_tiny_llama(), target_modules=target_modules)
 
 
-def test_lm_head_only_target_is_rejected(make_tiny_llama) -> None:
-    """The output head is never a GaLore target, even when named explicitly."""
-    with pytest.raises(ValueError, match="matches no"):
-        param_groups(make_tiny_llama(), target_modules=["lm_head"])
+def test_the_output_head_is_a_target_only_when_named(make_tiny_llama) -> None:
+    """As in peft: "all-linear" and the default leave the head out, a name selects it."""
+    model = make_tiny_llama()
+    _, galore = param_groups(model, target_modules=["lm_head"])
+    assert names_of(galore) == ["lm_head.weight"]
+    _, galore = param_groups(model, target_modules="all-linear", exclude_modules=["q_proj"])
+    assert "lm_head.weight" not in names_of(galore) and len(names_of(galore)) == 12
 
 
 def test_frozen_parameters_are_left_out(make_tiny_llama) -> None:

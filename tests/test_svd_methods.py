@@ -167,7 +167,7 @@ def test_refresh_gives_the_projection_it_computed_on_the_way(
 def test_the_optimizer_uses_the_refresh_projection(monkeypatch: pytest.MonkeyPatch) -> None:
     """A warm refresh step projects nothing itself; a power one does (one matmul per matrix),
     except at the first refresh, which is a randomized one."""
-    import galorekit.optim.base as base
+    import galorekit.optim.refresh as base  # where the optimizer projects
 
     calls: list[int] = []
     real = base.project

@@ -22,6 +22,10 @@ class MethodInfo:
     optimizer: str
     default_lr: float
     reference: bool = False
+    #: GaLore group keys this method sets (a successor's defining options, e.g. Fira's
+    #: ``residual``); the user's own settings of the same keys win, except ``rank`` where it is
+    #: part of the method's definition (APOLLO-Mini is rank 1)
+    group: tuple[tuple[str, object], ...] = ()
 
     @property
     def is_galore(self) -> bool:
@@ -49,11 +53,44 @@ METHOD_TABLE: dict[str, MethodInfo] = _table(
     MethodInfo("galore_adamw", "galore", "galore_adamw", 1e-2),
     MethodInfo("galore_adamw8bit", "galore", "galore_adamw8bit", 1e-2),
     MethodInfo("galore_adafactor", "galore", "galore_adafactor", 1e-2),
+    # GaLore's successors: galorekit's optimizers with their group options (SUCCESSOR_DEFAULTS);
+    # their papers' pre-training LR is GaLore's 0.01
+    MethodInfo("fira_adamw", "galore", "galore_adamw", 1e-2, group=(("residual", "fira"),)),
+    MethodInfo(
+        "apollo_adamw",
+        "galore",
+        "galore_adamw",
+        1e-2,
+        group=(("projection", "random"), ("scaling", "channel"), ("scale", 1.0)),
+    ),
+    MethodInfo(
+        "apollo_mini",
+        "galore",
+        "galore_adamw",
+        1e-2,
+        # APOLLO's code multiplies by √apollo_scale with apollo_scale 128 for Mini
+        group=(
+            ("projection", "random"),
+            ("scaling", "tensor"),
+            ("rank", 1),
+            ("scale", 128**0.5),
+        ),
+    ),
+    MethodInfo(
+        "q_galore_adamw8bit",
+        "galore",
+        "galore_adamw8bit",
+        1e-2,
+        group=(("projector_bits", 4), ("lazy_refresh", True)),
+    ),
+    MethodInfo("golore_adamw", "galore", "galore_adamw", 1e-2, group=(("random_after", 0.8),)),
     MethodInfo("lora", "adapter", "adamw", 1e-3),
     MethodInfo("relora", "adapter", "adamw", 1e-3),
     MethodInfo("low_rank", "adapter", "adamw", 1e-3),
     MethodInfo("galore_torch_adamw", "galore", "galore_torch_adamw", 1e-2, reference=True),
 )
+#: the successors' rows of the table (GaLore's options, not optimizers of their own)
+SUCCESSOR_METHODS = tuple(m.name for m in METHOD_TABLE.values() if m.group)
 #: old method names that are refused with a pointer to the new one (one name for full-rank AdamW
 #: in every command)
 RENAMED_METHODS = {"full": "adamw"}
@@ -111,6 +148,43 @@ GALORE_DEFAULTS = {
     "stagger": False,
     "moments": "project",
 }
+#: GaLore's successors as options of a GaLore group (None/False: off, GaLore itself); see
+#: ``galorekit.optim.successors`` for the math and ``galorekit.optim.validation`` for what combines:
+#: - ``residual``: ``"fira"`` adds back the part of the gradient outside the subspace, G − P·R,
+#:   scaled channel-wise by the low-rank update's norm ratio ‖N‖/‖R‖ (Fira, Chen et al. 2024);
+#: - ``projection``: ``"svd"`` (GaLore's subspace, by the group's ``svd`` method) or ``"random"``:
+#:   a Gaussian N(0, 1/r) projection regenerated from a seed at every step and redrawn every
+#:   ``update_proj_gap`` steps, never stored (APOLLO, Zhu et al. 2024);
+#: - ``scaling``: ``"channel"`` or ``"tensor"``: the update is the *full* gradient scaled by the
+#:   low-rank Adam's norm ratio per channel or per tensor (APOLLO; APOLLO-Mini is tensor, rank 1);
+#: - ``norm_growth_limit``: γ of the norm-growth limiter on the full-rank term (Fira's residual,
+#:   APOLLO's scaled gradient): its norm may grow by at most γ per step (None: no limiter);
+#: - ``projector_bits``: 4 or 8: the projector stored block-wise quantized (blocks of
+#:   ``PROJECTOR_BLOCK``, one float32 absmax each; Q-GaLore's INT4 projectors, Zhang et al. 2024);
+#: - ``lazy_refresh``: a matrix's refresh period doubles when the |cosine similarity| of its
+#:   successive projectors' first basis vectors averages ≥ ``LAZY_REFRESH_THRESHOLD`` over
+#:   ``LAZY_REFRESH_WINDOW`` refreshes (Q-GaLore's adaptive lazy update);
+#: - ``random_after``: from this step on (an optimizer's step count; ``MethodConfig`` takes a
+#:   fraction of the run) refreshes draw a uniformly random orthonormal basis instead of the SVD's
+#:   (GoLore, He et al. 2024: GaLore early, random projections late);
+#: - ``projection_seed``: seeds the random projections (with the parameter's index and the step).
+SUCCESSOR_DEFAULTS = {
+    "residual": None,
+    "projection": "svd",
+    "scaling": None,
+    "norm_growth_limit": 1.01,
+    "projector_bits": None,
+    "lazy_refresh": False,
+    "random_after": None,
+    "projection_seed": 0,
+}
+RESIDUALS = ("fira",)
+PROJECTIONS = ("svd", "random")
+SCALINGS = ("channel", "tensor")
+PROJECTOR_BITS = (4, 8)
+PROJECTOR_BLOCK = 256
+LAZY_REFRESH_THRESHOLD = 0.4
+LAZY_REFRESH_WINDOW = 5
 #: what a GaLore optimizer does with its low-rank moments when the projector is refreshed
 #: (``galorekit.projection.alignment``): ``keep`` them as they are (galore-torch), ``align`` the
 #: new basis's columns (order and sign) with the old one and keep them, ``project`` them into the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -23,11 +24,12 @@ from galorekit.bench.timing import (
     time_interleaved,
 )
 from galorekit.memory.measure import check_fits
+from galorekit.optim.validation import matrix_shape
 
 
 def memory_estimate(shapes: Sequence[tuple[str, tuple[int, int]]], cfg: BenchConfig) -> int:
     """Bytes the run holds: weights, two gradient phases, AdamW's two moments (float32)."""
-    numel = sum(m * n for _, (m, n) in shapes)
+    numel = sum(math.prod(s) for _, s in shapes)
     return 4 * numel * (3 + (2 if cfg.adamw else 0))
 
 
@@ -50,8 +52,12 @@ def run_benchmark(
     gen = torch.Generator().manual_seed(cfg.seed)
     say = progress or (lambda _msg: None)
     say(f"generating gradients for {len(shapes)} matrices")
-    pairs = [synthetic_gradient_pair(s, rank, cfg.noise, cfg.drift, gen) for _, s in shapes]
-    phases = [[a for a, _ in pairs], [b for _, b in pairs]]
+    # a kernel's gradient: low-rank in its out × in·k unfolding, the matrix GaLore projects
+    pairs = [
+        synthetic_gradient_pair(matrix_shape(s), rank, cfg.noise, cfg.drift, gen) for _, s in shapes
+    ]
+    phases = [[a.reshape(s) for (a, _), (_, s) in zip(pairs, shapes)]]
+    phases.append([b.reshape(s) for (_, b), (_, s) in zip(pairs, shapes)])
     params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for _, s in shapes]
     gap = cfg.steady_steps + 1
     optimizers = _make_optimizers(params, cfg, gap)
@@ -114,7 +120,7 @@ def run_benchmark(
             "load_avg_before": load_before,
             "load_avg_after": load_after,
         },
-        "shapes": {"matrices": len(shapes), "weights": sum(m * n for _, (m, n) in shapes)},
+        "shapes": {"matrices": len(shapes), "weights": sum(math.prod(s) for _, s in shapes)},
         "exact_captured": exact_captured,
         "results": rows,
         "ratios": _ratios(timings, cfg.T),

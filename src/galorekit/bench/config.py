@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from galorekit.config import Flag, flags_of, option
-from galorekit.names import GALORE_DEFAULTS, SVD_METHOD_NAMES
+from galorekit.names import GALORE_DEFAULTS, SUCCESSOR_METHODS, SVD_METHOD_NAMES
 
 if TYPE_CHECKING:
     from galorekit.models.registry import LlamaShape
@@ -37,7 +37,11 @@ def paper_rank(model: str) -> int:
     """The paper's rank for a LLaMA size (bench's short name or the registry's), else
     hidden_size / 4, ``galore pretrain``'s default ratio."""
     short = model.removeprefix("llama_")
-    return PAPER_RANKS.get(f"llama_{short}") or max(1, llama_shapes()[short].hidden_size // 4)
+    from galorekit.models.registry import family_hidden_size
+
+    shapes = llama_shapes()
+    hidden = shapes[short].hidden_size if short in shapes else family_hidden_size(short)
+    return PAPER_RANKS.get(f"llama_{short}") or max(1, hidden // 4)
 
 
 ADAMW = "torch AdamW (foreach)"
@@ -60,7 +64,8 @@ class BenchConfig:
     model: str = option(
         "130m",
         "LLaMA size: a named model of galorekit.models without its llama_ prefix, e.g. 60m, "
-        "130m, 1b (an unknown name lists them all)",
+        "130m, 1b, or another family's named model (gpt2_124m, vit_base, cnn_digits: the matrices "
+        "GaLore targets in it, a CNN's kernels as 4-D tensors) (an unknown name lists them all)",
     )
     layers: int | None = option(
         None, "time only this many layers (default: all); 350m/1b need it on small machines"
@@ -79,6 +84,14 @@ class BenchConfig:
         "galorekit refresh methods to time, comma- or space-separated (default: the built-in ones, "
         f"{','.join(SVD_METHOD_NAMES)}; names registered in galorekit.projection.SVD_METHODS too)",
         metavar="NAME",
+        show_default=False,
+    )
+    successors: tuple[str, ...] = option(
+        (),
+        "GaLore's successors to time as well, comma- or space-separated "
+        f"({','.join(SUCCESSOR_METHODS)}; default none): each with its own options over the same "
+        "matrices, golore_adamw in its late phase (random orthonormal refreshes)",
+        metavar="METHOD",
         show_default=False,
     )
     steady_steps: int = option(4, "steady steps between refreshes")
@@ -115,7 +128,9 @@ class BenchConfig:
         from galorekit.projection import SVD_METHODS
 
         self.model = self.model.strip().lower().removeprefix("llama").strip("-_")
-        models = llama_shapes()
+        from galorekit.models.registry import FAMILY_CONFIGS
+
+        models = [*llama_shapes(), *FAMILY_CONFIGS]
         if self.model not in models:
             raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(models)}")
         for name in ("T", "steady_steps", "cycles"):
@@ -132,6 +147,11 @@ class BenchConfig:
         if unknown or not self.svd:
             raise ValueError(
                 f"unknown svd method(s) {unknown or '(none given)'}; valid: {', '.join(SVD_METHODS)}"
+            )
+        unknown = [s for s in self.successors if s not in SUCCESSOR_METHODS]
+        if unknown:
+            raise ValueError(
+                f"unknown successor method(s) {unknown}; valid: {', '.join(SUCCESSOR_METHODS)}"
             )
         if not (self.noise >= 0 and self.drift >= 0):
             raise ValueError("noise and drift must be ≥ 0")
@@ -167,11 +187,12 @@ FLAGS: list[Flag] = flags_of(BenchConfig)
 
 def build_config(values: dict[str, Any]) -> BenchConfig:
     """The ``BenchConfig`` of flat ``values`` (flag names; missing settings: the defaults),
-    checked; ``svd`` may be comma-separated names."""
+    checked; ``svd`` and ``successors`` may be comma-separated names."""
     fields = {fl.path[-1]: values[fl.name] for fl in FLAGS if fl.name in values}
-    if "svd" in fields:
-        svd = [fields["svd"]] if isinstance(fields["svd"], str) else fields["svd"]
-        fields["svd"] = tuple(s.strip() for item in svd for s in item.split(",") if s.strip())
+    for key in ("svd", "successors"):
+        if key in fields:
+            names = [fields[key]] if isinstance(fields[key], str) else fields[key]
+            fields[key] = tuple(s.strip() for item in names for s in item.split(",") if s.strip())
     return BenchConfig(**fields)
 
 

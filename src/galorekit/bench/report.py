@@ -26,12 +26,19 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "–" if x is None else format(x, spec)
 
 
+def _shapes_of(cfg: dict[str, Any]) -> str:
+    """``LLaMA-60m shapes (2 layers)``, or another family's ``cnn_digits shapes``."""
+    if cfg["model"][0].isdigit():  # a LLaMA size: bench's short name
+        return f"LLaMA-{cfg['model']} shapes ({cfg['layers']} layers)"
+    return f"{cfg['model']} shapes"
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The main table (markdown): medians, then the paired ratios (see ``paired_ratios``)."""
     cfg = result["config"]
     ratios = result["ratios"]
     lines = [
-        f"| LLaMA-{cfg['model']} shapes ({cfg['layers']} layers), rank {cfg['rank']}, T={cfg['T']} "
+        f"| {_shapes_of(cfg)}, rank {cfg['rank']}, T={cfg['T']} "
         "| steady s | refresh s | amortized s | state MiB | captured energy | ÷ exact (mean / min) "
         "| column alignment | steady ×galore-torch | amortized ×galore-torch | amortized ×AdamW "
         "| refresh speed-up vs galore-torch | refresh-overhead speed-up |",
@@ -87,7 +94,7 @@ def format_real_table(real: dict[str, Any]) -> str:
 
 def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
     cfg, machine = result["config"], result["machine"]
-    parts = [f"# Optimizer step: LLaMA-{cfg['model']} shapes, rank {cfg['rank']}, T={cfg['T']}", ""]
+    parts = [f"# Optimizer step: {_shapes_of(cfg)}, rank {cfg['rank']}, T={cfg['T']}", ""]
     if command:
         parts += ["Command:", "", f"    {command}", ""]
     parts += [

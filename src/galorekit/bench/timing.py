@@ -26,6 +26,8 @@ from galorekit.bench.config import (
 )
 from galorekit.extras import needs_extra
 from galorekit.methods import MethodConfig
+from galorekit.names import method_info
+from galorekit.optim.factory import optimizer_class
 from galorekit.optim.galore_adamw import GaLoreAdamW
 
 
@@ -62,8 +64,13 @@ class Timing:
 
 
 # ---- shapes and gradients ----------------------------------------------------------------------
-def model_shapes(model: str, layers: int | None = None) -> list[tuple[str, tuple[int, int]]]:
-    """(name, (out, in)) of every GaLore-targeted weight of LLaMA-``model``, ``layers`` deep."""
+def model_shapes(model: str, layers: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, (out, in)) of every GaLore-targeted weight of LLaMA-``model``, ``layers`` deep
+    (another family's model: its default targets' shapes, kernels 4-D)."""
+    if model not in llama_shapes():
+        from galorekit.models.targets import target_shapes
+
+        return target_shapes(model, layers)
     shape = llama_shapes()[model]
     h, i = shape.hidden_size, shape.intermediate_size
     per_layer = [(h, h)] * 4 + [(i, h), (i, h), (h, i)]
@@ -118,7 +125,8 @@ def _make_optimizers(
     optimizers: dict[str, torch.optim.Optimizer] = {}
     if cfg.adamw:
         optimizers[ADAMW] = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, foreach=True)
-    if cfg.reference and reference_available():
+    # galore-torch 1.0's path for tensors of more than two dimensions crashes: kernels time ours
+    if cfg.reference and reference_available() and all(p.dim() == 2 for p in params):
         # galore-torch (galorekit[reference]) imports bitsandbytes and transformers: only here
         with warnings.catch_warnings(), needs_extra("reference"):
             warnings.simplefilter("ignore")  # bitsandbytes/transformers import chatter
@@ -131,6 +139,11 @@ def _make_optimizers(
             optimizers[ours(svd, foreach)] = GaLoreAdamW(
                 [{"params": params, **galore, "svd": svd}], lr=cfg.lr, foreach=foreach
             )
+    for method in cfg.successors:
+        # total_steps=0: GoLore's switch at step 0, so that its random refreshes are timed
+        group = MethodConfig(method=method, update_proj_gap=gap).galore_group(rank, total_steps=0)
+        cls = optimizer_class(method_info(method).optimizer)
+        optimizers[method] = cls([{"params": params, **group}], lr=cfg.lr)
     return optimizers
 
 

@@ -22,11 +22,14 @@ import torch
 from torch import nn
 
 from galorekit.distributed.context import DistContext
+from galorekit.names import SUCCESSOR_METHODS
 from galorekit.optim.sharding import all_reduce_sum_, is_sharded, local
 
 #: methods whose optimizer updates row shards in place (Adafactor's statistics span whole
 #: matrices; the adapter baselines rebuild the model)
-FSDP_METHODS = ("adamw", "adamw8bit", "galore_adamw", "galore_adamw8bit")
+# the successors train with GaLoreAdamW or GaLoreAdamW8bit, whose updates are row-local (their
+# norms are summed over the shards)
+FSDP_METHODS = ("adamw", "adamw8bit", "galore_adamw", "galore_adamw8bit", *SUCCESSOR_METHODS)
 
 
 def _fully_shard():

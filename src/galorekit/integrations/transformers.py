@@ -139,9 +139,12 @@ def galore_optimizer(
     ds_config = _deepspeed_config(args)
     if ds_config is not None:
         check_deepspeed(ds_config, layerwise=layerwise)
-    # the names the resolver selects, matched exactly (a list entry must not match its siblings
+    # optim_target_modules read as the HF Trainer reads it (substrings too); the names the
+    # resolver selects are then matched exactly (a list entry must not match its siblings
     # by substring: layers.1 would select layers.11)
-    names = resolve_target_modules(model, _target_spec(getattr(args, "optim_target_modules", None)))
+    names = resolve_target_modules(
+        model, _target_spec(getattr(args, "optim_target_modules", None)), rules="transformers"
+    )
     exact = "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
     galore_keys = ("rank", "update_proj_gap", "scale", "proj_type", "svd", "moments", "stagger")
     plain, galore = param_groups(

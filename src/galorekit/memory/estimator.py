@@ -11,7 +11,8 @@ the real optimizer constructed over it (never stepped):
   backward, so at most one exists at a time: the largest. With accumulation the layer-wise
   optimizer keeps every accumulated gradient between micro-batches, like ordinary training;
 - **optimizer states**: :func:`galorekit.memory.optimizer_states.optimizer_state_tensors`;
-- **activations**: :func:`galorekit.memory.activations.estimate_activations`.
+- **activations**: :func:`galorekit.memory.activations.estimate_activations` (LLaMA-style
+  decoders), traced on the meta device for other families (:mod:`galorekit.memory.traced`).
 
 ``total`` is their sum, the convention of the paper's Figure 1 (58 GB = 14 + 42 + 2 for LLaMA 7B):
 an upper bound of the step's peak, since gradients grow while activations are freed during
@@ -27,11 +28,13 @@ from typing import Any
 
 from torch import nn
 
-from galorekit.memory.activations import ActivationEstimate, estimate_activations
+from galorekit.memory.activations import ActivationEstimate
 from galorekit.memory.model import build_optimizer, build_training_model
 from galorekit.memory.optimizer_states import StateTensor, optimizer_state_tensors, total_bytes
 from galorekit.memory.setup import TrainingSetup
+from galorekit.memory.traced import activation_estimate
 from galorekit.methods import default_rank
+from galorekit.optim.validation import matrix_shape
 
 #: the JSON keys of an estimate, in table order
 COMPONENTS = ("weights", "gradients", "optimizer_states", "activations")
@@ -105,7 +108,7 @@ def static_components(model: nn.Module, setup: TrainingSetup) -> dict[str, Any]:
         for g in optimizer.param_groups
         if "rank" in g
         for p in g["params"]
-        if g["rank"] >= min(p.shape)
+        if g["rank"] >= min(matrix_shape(p.shape))  # a kernel: its out × in·k unfolding
     )
     return {
         "clamped_matrices": clamped,
@@ -127,7 +130,7 @@ def estimate_model(model: nn.Module, setup: TrainingSetup) -> MemoryEstimate:
     if setup.rank is None:
         setup = setup.with_(rank=default_rank(model))
     static = static_components(model, setup)
-    acts = estimate_activations(model, setup)
+    acts = activation_estimate(model, setup)  # the LLaMA formula, or traced for other families
     return MemoryEstimate(setup=setup, activations=acts.total, activation_detail=acts, **static)
 
 

@@ -28,6 +28,7 @@ from galorekit.analysis import state_bytes
 from galorekit.extras import needs_extra
 from galorekit.memory.model import build_optimizer, build_training_model
 from galorekit.memory.setup import TrainingSetup
+from galorekit.memory.traced import example_inputs
 from galorekit.memory.trackers import (
     GradientTracker,
     SavedTensorTracker,
@@ -153,11 +154,10 @@ def measure_model(
     params = list({id(p): p for p in net.parameters()}.values())
     grads = GradientTracker(params)  # before the optimizer: a layer-wise one frees in its hooks
     optimizer = build_optimizer(net, setup)
-    vocab = net.get_output_embeddings().weight.shape[0]
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    ids = torch.randint(0, vocab, (setup.batch_size, setup.seq_len), generator=gen).to(dev)
+    batch = example_inputs(net, setup, gen)  # random tokens, or images for an image classifier
     weights = storage_bytes([*params, *net.buffers()])
-    before = weights + storage_bytes([ids])
+    before = weights + storage_bytes(list(batch.values()))
     saved = SavedTensorTracker(exclude=params)
     autocast = (
         torch.autocast(dev.type, dtype=setup.autocast_dtype)
@@ -170,7 +170,7 @@ def measure_model(
             for _ in range(setup.accumulation_steps):
                 with saved:
                     with autocast:
-                        loss = net(input_ids=ids, labels=ids).loss
+                        loss = net(**batch).loss
                     (loss / setup.accumulation_steps).backward()
                 del loss
             optimizer.step()

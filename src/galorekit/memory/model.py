@@ -1,5 +1,6 @@
 """The model and optimizer a training configuration trains — built by the method layer that
-``galore pretrain`` uses (``galorekit.methods``): the named LLaMA, the baseline's adapters or
+``galore pretrain`` uses (``galorekit.methods``): the named model (a LLaMA, or GPT-2, ViT, the
+CNN of ``galorekit.models.registry.FAMILY_CONFIGS``), the baseline's adapters or
 factorised layers where the method has them, and the method's optimizer. Built on
 ``device="meta"`` for estimates (nothing is allocated) and on a real device for measurements —
 the same function for both, so the estimate reads exactly what the measured run trains.
@@ -78,7 +79,8 @@ def build_training_model(
     net = build_model(
         model, vocab_size=vocab_size, device=device, dtype=setup.param_dtype, seed=seed
     )
-    if net.config._attn_implementation != setup.attn_implementation:
+    # a transformers model runs the setup's attention kernel (the CNN has none)
+    if getattr(net.config, "_attn_implementation", None) not in (None, setup.attn_implementation):
         net.set_attn_implementation(setup.attn_implementation)
     rank, note = resolve_rank(net, setup)
     setup = setup.with_(rank=rank)

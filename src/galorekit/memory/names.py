@@ -108,8 +108,9 @@ class SetupFields:
     )
     target_modules: str | tuple[str, ...] | None = option(
         None,
-        "matrices GaLore / the baselines act on: comma-separated name substrings (q_proj,v_proj), "
-        "'all-linear', or re:REGEX (default: attention and MLP projections)",
+        "modules GaLore / the baselines act on, as peft matches them: comma-separated module "
+        "names, each matching a whole name or its end after a dot (q_proj,v_proj), 'all-linear', "
+        "or re:REGEX matching whole names (default: attention and MLP projections)",
         group="model",
     )
     attn_implementation: str = option(

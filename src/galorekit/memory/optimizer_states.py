@@ -7,7 +7,10 @@ bytes against real optimizers after a step, exactly):
 
 - projection side and low-rank shape: ``galorekit.projection.choose_side`` / ``low_rank_shape``,
   the rank clamped to min(m, n) as ``GaLoreOptimizer._effective_rank`` does; projectors ``P``
-  (m×r) and/or ``Qᵀ`` (r×n) in the parameter's dtype;
+  (m×r) and/or ``Qᵀ`` (r×n) in the parameter's dtype — none with ``projection="random"``
+  (regenerated from a seed), uint8 codes and float32 block absmax with ``projector_bits``
+  (``galorekit.projection.quantize``), and the norm-growth limiter's 0-d float32 reference
+  with ``residual``/``scaling``;
 - ``GaLoreAdamW``: ``exp_avg`` and ``exp_avg_sq`` shaped like the (projected) gradient, in the
   gradient's dtype (= the parameter's);
 - ``GaLoreAdamW8bit``: bitsandbytes' block-wise states — ``state1``/``state2`` uint8 with one
@@ -33,8 +36,10 @@ import torch
 from torch import Tensor
 
 from galorekit.extras import import_bitsandbytes_functional, needs_extra
+from galorekit.names import PROJECTOR_BLOCK
 from galorekit.optim.base import matrix_shape, state_dtype
 from galorekit.projection import Side, choose_side, low_rank_shape
+from galorekit.projection.quantize import block_count, code_count
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class StateTensor:
 
     @property
     def is_projector(self) -> bool:
-        return self.key in ("proj_left", "proj_right")
+        return self.key.startswith(("proj_left", "proj_right"))
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -80,12 +85,30 @@ def _projected(p: Tensor, group: dict[str, Any], name: str) -> tuple[tuple[int, 
     shape = matrix_shape(p.shape)  # a kernel is projected as its out × rest unfolding
     side = choose_side(group["proj_type"], shape)
     rank = min(group["rank"], min(shape))  # GaLoreOptimizer._effective_rank
-    projectors = []
+    factors = []
     if side in (Side.LEFT, Side.FULL):
-        projectors.append(StateTensor(name, "proj_left", (shape[0], rank), p.dtype))
+        factors.append(("proj_left", (shape[0], rank)))
     if side in (Side.RIGHT, Side.FULL):
-        projectors.append(StateTensor(name, "proj_right", (rank, shape[1]), p.dtype))
-    return low_rank_shape(shape, rank, side), projectors
+        factors.append(("proj_right", (rank, shape[1])))
+    tensors = []
+    bits = group.get("projector_bits")
+    for key, factor in factors:
+        if group.get("projection", "svd") == "random":
+            break  # regenerated from its seed (an int) at every step: nothing stored
+        if bits is None:
+            tensors.append(StateTensor(name, key, factor, p.dtype))
+            continue
+        numel = math.prod(factor)
+        tensors += [
+            StateTensor(name, f"{key}_codes", (code_count(numel, bits),), torch.uint8),
+            StateTensor(
+                name, f"{key}_absmax", (block_count(numel, PROJECTOR_BLOCK),), torch.float32
+            ),
+        ]
+    full_rank = group.get("residual") is not None or group.get("scaling") is not None
+    if full_rank and group.get("norm_growth_limit") is not None:
+        tensors.append(StateTensor(name, "limiter_norm", (), torch.float32))  # the limiter's
+    return low_rank_shape(shape, rank, side), tensors
 
 
 def _grad_like(

@@ -67,8 +67,9 @@ class TrainingSetup(SetupFields):
     and help texts are ``galorekit.memory.names.SetupFields``, torch-free for the parser).
 
     ``target_modules``: None for each method's default (attention and MLP projections), else
-    what ``galorekit.param_groups`` and the baselines accept (``"all-linear"``, a regex, or a list
-    of name substrings). ``accumulation_steps`` matters only with ``layerwise``: the accumulated
+    what ``galorekit.param_groups`` and the baselines accept (peft's rules, see
+    ``galorekit.optim.targets``: ``"all-linear"``, a regex matching whole names, or a list of
+    module names matched whole or as a suffix after a dot). ``accumulation_steps`` matters only with ``layerwise``: the accumulated
     gradients of every parameter live between micro-batches (see ``LayerwiseOptimizer``).
     """
 
@@ -128,8 +129,9 @@ class TrainingSetup(SetupFields):
 
 
 def parse_target_modules(text: str | None) -> str | tuple[str, ...] | None:
-    """The CLI's ``--target-modules``: ``all-linear``, ``re:REGEX``, or comma-separated name
-    substrings (``q_proj,v_proj``); None or empty for the default."""
+    """The CLI's ``--target-modules``: ``all-linear``, ``re:REGEX`` (matching whole names), or
+    comma-separated module names (``q_proj,v_proj``: a whole name or its end after a dot); None or
+    empty for the default."""
     if text is None or not text.strip():
         return None
     text = text.strip()

@@ -117,8 +117,10 @@ def build_optimizer(
     *,
     rank: int,
     target_modules: TargetSpec = None,
+    total_steps: int | None = None,
 ) -> torch.optim.Optimizer:
     """``cfg.method``'s optimizer over ``model`` (already changed by :func:`apply_adapters`).
+    ``total_steps``: the run's length (GoLore's ``random_after`` is a fraction of it).
 
     GaLore methods put the targeted matrices (``target_modules``, default
     :func:`galorekit.models.default_target_modules`) in a GaLore group; the adapters train their
@@ -137,7 +139,7 @@ def build_optimizer(
     if cfg.layerwise and cfg.max_grad_norm is not None:
         extra["max_grad_norm"] = cfg.max_grad_norm  # clipped in the hooks (previous-step norm)
     if info.is_galore:
-        extra.update(cfg.galore_group(rank), target_modules=targets)
+        extra.update(cfg.galore_group(rank, total_steps=total_steps), target_modules=targets)
     if cfg.state_dtype is not None:
         extra["state_dtype"] = cfg.state_dtype
     if cfg.weight_rounding != "nearest":
@@ -169,7 +171,9 @@ def setup(
     model, relora = apply_adapters(
         model, cfg, rank=rank, total_steps=total_steps, target_modules=target_modules
     )
-    optimizer = build_optimizer(model, cfg, rank=rank, target_modules=target_modules)
+    optimizer = build_optimizer(
+        model, cfg, rank=rank, target_modules=target_modules, total_steps=total_steps
+    )
     return MethodSetup(model, optimizer, relora)
 
 

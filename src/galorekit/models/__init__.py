@@ -1,4 +1,5 @@
-"""Models: the paper's LLaMA configs, built from random init (``device="meta"`` included)."""
+"""Models: the paper's LLaMA configs and other families (GPT-2, ViT, a small CNN), built from
+random init (``device="meta"`` included), and the target-module resolver."""
 
 from galorekit.models.build import build_model, count_parameters, resolve_dtype
 from galorekit.models.config import model_config

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from galorekit.extras import import_extra
+from galorekit.models.cnn import CNNConfig, SmallCNN
 from galorekit.models.config import ModelSpec, model_config, transformers
 
 if TYPE_CHECKING:
@@ -59,7 +61,9 @@ def build_model(
     seed: int | None = None,
     trust_remote_code: bool = False,
 ) -> PreTrainedModel:
-    """A randomly initialised causal LM (``LlamaForCausalLM`` for the named configs).
+    """A randomly initialised causal LM (``LlamaForCausalLM`` for the named LLaMA configs,
+    ``GPT2LMHeadModel`` for ``gpt2_*``), image classifier (``ViTForImageClassification`` for
+    ``vit_*``, any config without a causal LM) or :class:`~galorekit.models.cnn.SmallCNN`.
 
     The spec is anything :func:`galorekit.models.model_config` accepts. The parameters are
     created directly on ``device`` (default CPU) in ``dtype``: ``device="meta"`` allocates nothing,
@@ -77,17 +81,31 @@ def build_model(
     torch_dtype = resolve_dtype(dtype)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     with _seeded(seed, dev), torch.device(dev):
-        try:
-            model = transformers().AutoModelForCausalLM.from_config(
+        if isinstance(config, CNNConfig):
+            model = SmallCNN(config).to(torch_dtype)
+        else:
+            model = _auto_class(config).from_config(
                 config, dtype=torch_dtype, trust_remote_code=trust_remote_code
             )
-        except ValueError as err:
-            raise ValueError(
-                f"cannot build a causal LM from a {type(config).__name__} "
-                f"(model_type={config.model_type!r}): {err}"
-            ) from None
     model.train()
     return model
+
+
+def _auto_class(config: object) -> type:
+    """The transformers auto class for ``config``: a causal LM, or for a model type that has
+    none (ViT) an image classifier."""
+    tf = transformers()
+    auto = import_extra("transformers.models.auto.modeling_auto", "train")
+
+    model_type = config.model_type
+    if model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "auto_map", None):
+        return tf.AutoModelForCausalLM
+    if model_type in auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        return tf.AutoModelForImageClassification
+    raise ValueError(
+        f"cannot build a causal LM or an image classifier from a {type(config).__name__} "
+        f"(model_type={model_type!r})"
+    )
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:

@@ -12,7 +12,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Union
 
 from galorekit.extras import import_extra
-from galorekit.models.registry import NAMED_SHAPES, list_models, normalise_name
+from galorekit.models.cnn import CNNConfig
+from galorekit.models.registry import FAMILY_CONFIGS, NAMED_SHAPES, list_models, normalise_name
 from galorekit.names import REMOTE_CODE_HINT
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ModelSpec = Union[str, os.PathLike, dict, "PretrainedConfig"]
+ModelSpec = Union[str, os.PathLike, dict, "PretrainedConfig", CNNConfig]
 
 
 def transformers() -> ModuleType:
@@ -47,6 +48,13 @@ def _named_config(name: str) -> LlamaConfig:
         use_cache=False,
         pad_token_id=None,
     )
+
+
+def _family_config(name: str) -> PretrainedConfig | CNNConfig:
+    model_type, fields = FAMILY_CONFIGS[name]
+    if model_type == "cnn":
+        return CNNConfig(**fields)
+    return transformers().AutoConfig.for_model(model_type, **fields)
 
 
 def _config_from_dict(raw: dict[str, Any], source: str) -> PretrainedConfig:
@@ -104,6 +112,8 @@ def _config_from_string(spec: str, trust_remote_code: bool = False) -> Pretraine
     key = normalise_name(spec)
     if key in NAMED_SHAPES:
         return _named_config(key)
+    if key in FAMILY_CONFIGS:
+        return _family_config(key)
     path = Path(spec).expanduser()
     if path.is_file():
         return _config_from_json_file(path)
@@ -153,14 +163,15 @@ def model_config(
     key of the GaLore/ReLoRA configs is read as ``max_position_embeddings`` and a negative
     ``pad_token_id`` as none), a local model directory, a Hugging Face config name (hub names need
     internet or a populated HF cache), a ``dict`` of config fields, or a ``PretrainedConfig``
-    (copied, never modified).
+    (copied, never modified). Other families by name: ``gpt2_tiny``, ``gpt2_124m`` (GPT-2),
+    ``vit_digits``, ``vit_base`` (ViT), ``cnn_digits`` (:class:`~galorekit.models.cnn.CNNConfig`).
 
     ``vocab_size`` matches the model to a tokenizer (CPU runs use a small BPE vocabulary);
     ``max_position_embeddings`` sets the longest sequence. Raises ``ValueError`` for an unknown
     name (listing the valid ones) or a malformed file, and for a config that needs its own code
     (``auto_map``) unless ``trust_remote_code``.
     """
-    if isinstance(name_or_path, transformers().PretrainedConfig):
+    if isinstance(name_or_path, CNNConfig | transformers().PretrainedConfig):
         config = copy.deepcopy(name_or_path)
     elif isinstance(name_or_path, dict):
         config = _config_from_dict(name_or_path, "model config dict")
@@ -171,8 +182,13 @@ def model_config(
             "model must be a config name, a path, a dict or a PretrainedConfig, got "
             f"{type(name_or_path).__name__}. Valid named configs: {', '.join(list_models())}"
         )
-    if _positive_int(vocab_size, "vocab_size") is not None:
-        config.vocab_size = vocab_size
-    if _positive_int(max_position_embeddings, "max_position_embeddings") is not None:
-        config.max_position_embeddings = max_position_embeddings
+    for key, value in (
+        ("vocab_size", vocab_size),
+        ("max_position_embeddings", max_position_embeddings),
+    ):
+        if _positive_int(value, key) is None:
+            continue
+        if not hasattr(config, key):  # an image model has neither
+            raise ValueError(f"{key} does not apply to a {config.model_type} model")
+        setattr(config, key, value)
     return config

@@ -14,6 +14,19 @@ Per-parameter state of a GaLore parameter (only tensors and plain numbers, so th
   last zeroed; bias corrections count from it.
 - the inner optimizer's moments, shaped like the projected gradient.
 
+The successors' group options (``galorekit.names.SUCCESSOR_DEFAULTS``) add:
+
+- ``proj_seed`` (int, ``projection="random"``): the seed the projector is regenerated from at
+  every step (``galorekit.projection.random``); no ``proj_left``/``proj_right`` is stored.
+- ``proj_left_codes``/``proj_right_codes`` (uint8) and ``proj_left_absmax``/``proj_right_absmax``
+  (float32, one per block of 256), instead of the projector, with ``projector_bits``
+  (``galorekit.projection.quantize``).
+- ``proj_gap`` (int), ``proj_next`` (int) and ``proj_similarity`` (list of floats) with
+  ``lazy_refresh``: this matrix's refresh period, the step of its next refresh, and the last
+  similarities of successive projectors.
+- ``limiter_norm`` (0-d float32) with ``residual`` or ``scaling``: the norm-growth limiter's
+  reference, the norm of the previous full-rank term.
+
 At a refresh the group key ``moments`` decides what happens to the moments (``galorekit.names.
 MOMENT_POLICIES``, ``galorekit.projection.alignment``): every policy but ``"keep"`` first matches
 the new basis's columns to the old ones; the default ``"project"`` then carries the moments into
@@ -39,7 +52,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from galorekit.names import GALORE_DEFAULTS
+from galorekit.names import (
+    GALORE_DEFAULTS,
+    SUCCESSOR_DEFAULTS,
+)
+from galorekit.optim.refresh import ProjectorRefresh
 from galorekit.optim.rounding import rounds_stochastically, stochastically_rounded
 from galorekit.optim.sharding import (
     all_reduce_sum_,
@@ -49,6 +66,7 @@ from galorekit.optim.sharding import (
     row_shard,
 )
 from galorekit.optim.state_checks import check_state_dict
+from galorekit.optim.successors import apollo_update, fira_residual
 from galorekit.optim.validation import (  # noqa: F401  (re-exported: the optimizers' public helpers)
     as_matrix,
     matrix_shape,
@@ -64,21 +82,24 @@ from galorekit.projection import (
     add_projected_,
     choose_side,
     effective_rank,
-    project,
     project_back,
-    refresh_projector,
 )
-from galorekit.projection.alignment import rank_changed, transitions
 from galorekit.projection.sharded import RowShard
 from galorekit.projection.svd import nonfinite_error, nonfinite_probe
 
 NONFINITE_POLICIES = ("raise", "skip")
+#: the successors' state tensors that keep their dtype on load (float32 scales and norms)
+SUCCESSOR_FLOAT_KEYS = frozenset({"proj_left_absmax", "proj_right_absmax", "limiter_norm"})
 
 
 @dataclass(frozen=True)
 class ProjectionView:
     """The projector the next update of a parameter uses (read-only: the tensors are the
-    optimizer state's). ``refresh_due``: that update recomputes it from the full gradient."""
+    optimizer state's, or regenerated / de-quantized from it). ``refresh_due``: that update
+    needs the full gradient (it recomputes the projector from it; or, with Fira's residual or
+    APOLLO's scaling, reads it at every step; or the projector is not orthonormal — a random
+    Gaussian or a quantized one — so a gradient projected and projected back would not give the
+    optimizer the same R)."""
 
     side: Side
     left: Tensor | None
@@ -86,17 +107,7 @@ class ProjectionView:
     refresh_due: bool
 
 
-def _is_identity(c_left: Tensor | None, c_right: Tensor | None) -> bool:
-    """Whether a refresh left the basis where it was (each transition within 1e-6 of I): the
-    moments then need no carrying over (for 8-bit states a de-quantize/quantize round trip would
-    even change them: a block whose largest entry is negative shrinks by 0.7%)."""
-    return all(
-        c is None or torch.allclose(c, torch.eye(c.shape[0], device=c.device), atol=1e-6)
-        for c in (c_left, c_right)
-    )
-
-
-class GaLoreOptimizer(torch.optim.Optimizer):
+class GaLoreOptimizer(ProjectorRefresh, torch.optim.Optimizer):
     """Base class: subclasses implement ``_update_param(p, grad, group)`` for one parameter.
 
     ``step()`` applies it to every parameter with a gradient (through ``_update_params``, which a
@@ -122,6 +133,11 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         self._rank_warned = False
         self._prechecked = False
         self._shards: dict[int, RowShard] = {}  # id(param) -> its row shard (FSDP2)
+        # id(param) -> (left, right, grad, R) between a parameter's projection and its update,
+        # where the update needs them again: a projector that is not stored as it is used
+        # (regenerated, de-quantized), and the gradients Fira's and APOLLO's updates read
+        self._live: dict[int, tuple] = {}
+        self._index: dict[int, int] = {}  # id(param) -> its position in the optimizer
         super().__init__(params, defaults)
 
     # ---- groups -------------------------------------------------------------------------------
@@ -143,7 +159,12 @@ class GaLoreOptimizer(torch.optim.Optimizer):
     def _check_group_keys(self, group: dict[str, Any]) -> None:
         """Refuse a key no galorekit optimizer reads: a typo such as ``ranks`` would otherwise
         turn a GaLore group into a plain one without a word."""
-        known = self._COMMON_GROUP_KEYS | self.defaults.keys() | GALORE_DEFAULTS.keys()
+        known = (
+            self._COMMON_GROUP_KEYS
+            | self.defaults.keys()
+            | GALORE_DEFAULTS.keys()
+            | SUCCESSOR_DEFAULTS.keys()
+        )
         for key in group:
             if key not in known:
                 close = difflib.get_close_matches(str(key), sorted(known), n=1)
@@ -249,8 +270,16 @@ class GaLoreOptimizer(torch.optim.Optimizer):
     def _refresh_due(self, state: dict[str, Any], group: dict[str, Any]) -> bool:
         if "proj_side" not in state:
             return True
+        if "proj_next" in state:  # lazy refresh: this matrix's own period
+            return state.get("step", 0) >= state["proj_next"]
         step = state.get("step", 0) + state.get("proj_offset", 0)
         return step % group["update_proj_gap"] == 0
+
+    @staticmethod
+    def _full_rank_update(group: dict[str, Any]) -> bool:
+        """Whether the group's updates read the full gradient at every step (Fira's residual,
+        APOLLO's scaling)."""
+        return group.get("residual") is not None or group.get("scaling") is not None
 
     @staticmethod
     def _stagger_offset(p: Tensor, group: dict[str, Any]) -> int:
@@ -274,11 +303,17 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         state = self.state.get(p, {})
         if "proj_side" not in state:
             return ProjectionView(Side.LEFT, None, None, refresh_due=True)
+        left, right = self._projectors(p, state, group)
+        # Fira's and APOLLO's updates read the full gradient at every step, as a refresh does;
+        # and G' = P·R̄ projects back to R̄ only for an orthonormal P, which neither a Gaussian
+        # nor a quantized projector is: code that would project first gets the full gradient
+        needs_full = (
+            self._full_rank_update(group)
+            or group["projection"] == "random"
+            or group["projector_bits"] is not None
+        )
         return ProjectionView(
-            Side(state["proj_side"]),
-            state.get("proj_left"),
-            state.get("proj_right"),
-            self._refresh_due(state, group),
+            Side(state["proj_side"]), left, right, self._refresh_due(state, group) or needs_full
         )
 
     def _nonfinite(
@@ -324,119 +359,62 @@ class GaLoreOptimizer(torch.optim.Optimizer):
     def _apply_update(
         self, p: Tensor, update: Tensor, group: dict[str, Any], state: dict, alpha: float
     ) -> None:
-        """p += alpha · update, projected back (and scaled) for a GaLore group."""
+        """p += alpha · update, projected back (and scaled) for a GaLore group; with Fira's
+        residual, plus alpha · φ⊙(G − P·R); with APOLLO's scaling, alpha · scale · φ⊙G instead
+        (``update`` is then only read for φ: it must be the update in R's orientation, N, not
+        −N)."""
         weight = local(p)
         if rounds_stochastically(group, weight):  # bf16: w + Δ exact in fp32, rounded randomly
             with stochastically_rounded(weight) as exact:
-                return self._apply_update(exact, update, group, state, alpha)
-        update = update.to(weight.dtype)  # moments may be kept in another dtype (state_dtype)
-        if "rank" in group:
-            side = Side(state["proj_side"])
-            left, right = (state.get(k) for k in ("proj_left", "proj_right"))
-            left, right = (t if t is None else t.to(weight.dtype) for t in (left, right))
-            alpha = alpha * group["scale"]
-            if weight.dim() == 2 or weight.is_contiguous():
-                add_projected_(as_matrix(weight), update, side, left, right, alpha)
-            else:  # e.g. channels_last: no matrix view of it to update in place
-                full = project_back(update, side, left, right, alpha)
-                weight.add_(full.reshape(weight.shape))
+                self._add_update(p, exact, update, group, state, alpha)
         else:
-            weight.add_(update, alpha=alpha)
+            self._add_update(p, weight, update, group, state, alpha)
 
-    def _project_grad(
-        self, p: Tensor, grad: Tensor, group: dict[str, Any], state: dict[str, Any]
-    ) -> Tensor | None:
-        """R = projection of ``grad``, refreshing the projector when due; None means skip."""
-        state.setdefault("step", 0)
-        grad = as_matrix(grad)
-        low_rank = None
-        if self._refresh_due(state, group):
-            if self._nonfinite(grad, p, group, state):
-                return None
-            if "proj_side" not in state:
-                state["proj_offset"] = self._stagger_offset(p, group)
-                state["proj_side"] = int(self._choose_side(p, group))
-            side = Side(state["proj_side"])
-            policy = group["moments"]
-            previous_left, previous_right = state.get("proj_left"), state.get("proj_right")
-            left, right, low_rank = refresh_projector(
-                grad,
-                self._effective_rank(p, group),
-                side,
-                method=group["svd"],
-                previous_left=previous_left,
-                previous_right=previous_right,
-                out_dtype=p.dtype,
-                shard=self._row_shard(p),
-                align=policy != "keep",
-            )
-            if rank_changed(left, right, previous_left, previous_right):
-                # the rank changed (a group edited mid-run): the moments are of the old shape
-                # and cannot be carried over; they start again at the new one
-                self._drop_moments(state)
-            elif self._has_moments(state):
-                if policy == "project":
-                    moved = transitions(side, left, right, previous_left, previous_right)
-                    if moved is not None and not _is_identity(*moved):
-                        self._rotate_moments(state, group, *moved)
-                elif policy == "reset":
-                    self._reset_moments(state)
-            if left is not None:
-                state["proj_left"] = left
-            if right is not None:
-                state["proj_right"] = right
-            state["proj_refresh_step"] = state["step"]
-        if low_rank is None:  # a refresh may have computed R on the way (warm, randomized)
-            side = Side(state["proj_side"])
-            low_rank = project(grad, side, state.get("proj_left"), state.get("proj_right"))
-        # a NaN that appears between refreshes is caught on the small projected gradient; under
-        # step() every full gradient was checked first, but a finite fp16 one can still overflow
-        # in its projection
-        if self._nonfinite(low_rank, p, group, state, force=low_rank.dtype == torch.float16):
-            return None
-        return low_rank
-
-    # ---- moments across a refresh (subclasses know their moments) ------------------------------
-    def _has_moments(self, state: dict[str, Any]) -> bool:
-        """Whether ``state`` holds moments yet (not before the first update)."""
-        return any(key in state for key in self._moment_keys)
-
-    def _rotate_moments(
+    def _add_update(
         self,
-        state: dict[str, Any],
+        p: Tensor,
+        weight: Tensor,
+        update: Tensor,
         group: dict[str, Any],
-        c_left: Tensor | None,
-        c_right: Tensor | None,
+        state: dict,
+        alpha: float,
     ) -> None:
-        """Carry the low-rank moments into the new basis, in place
-        (``galorekit.projection.alignment.rotate_first``/``rotate_second``)."""
-        raise NotImplementedError
-
-    def _mean_weight(self, state: dict[str, Any], group: dict[str, Any]) -> float:
-        """(1−β₂ᵗ)/(1−β₁ᵗ)²: the weight of M² in V when both carry Adam's bias (m̂² = M²/(1−β₁ᵗ)²,
-        v̂ = V/(1−β₂ᵗ)); 1 without bias correction."""
-        if not group.get("correct_bias", True) or "betas" not in group:
-            return 1.0
-        beta1, beta2 = group["betas"]
-        t = max(1, self._moment_step(state))
-        return (1.0 - beta2**t) / (1.0 - beta1**t) ** 2
-
-    def _drop_moments(self, state: dict[str, Any]) -> None:
-        for key in self._moment_keys:
-            state.pop(key, None)
-        state["moment_origin"] = state["step"]
-
-    def _reset_moments(self, state: dict[str, Any]) -> None:
-        """Zero the moments in place and restart their bias correction (``moment_origin``)."""
-        for key in self._moment_keys:
-            if key in state:
-                state[key].zero_()
-        state["moment_origin"] = state["step"]
-
-    @staticmethod
-    def _moment_step(state: dict[str, Any]) -> int:
-        """Updates since the moments were last zeroed: what bias corrections count."""
-        return state["step"] - state.get("moment_origin", 0)
+        """:meth:`_apply_update` on ``weight``, the local tensor of ``p`` (or its exact float32
+        copy under stochastic rounding)."""
+        update = update.to(weight.dtype)  # moments may be kept in another dtype (state_dtype)
+        if "rank" not in group:
+            weight.add_(update, alpha=alpha)
+            return
+        side = Side(state["proj_side"])
+        live = self._live.pop(id(p), None)
+        if live is not None:
+            left, right, grad, low_rank = live
+        else:
+            left, right, grad, low_rank = (
+                state.get("proj_left"),
+                state.get("proj_right"),
+                None,
+                None,
+            )
+        left, right = (t if t is None else t.to(weight.dtype) for t in (left, right))
+        if group["scaling"] is not None:  # APOLLO: the full gradient, scaled
+            full = apollo_update(
+                grad, low_rank, update, side, group["scaling"], total=self._total(p)
+            )
+            self._limit(full, p, group, state)
+            weight.add_(full.reshape(weight.shape), alpha=alpha * group["scale"])
+            return
+        if weight.dim() == 2 or weight.is_contiguous():
+            add_projected_(as_matrix(weight), update, side, left, right, alpha * group["scale"])
+        else:  # e.g. channels_last: no matrix view of it to update in place
+            full = project_back(update, side, left, right, alpha * group["scale"])
+            weight.add_(full.reshape(weight.shape))
+        if group["residual"] == "fira":  # Fira: plus the scaled residual, not multiplied by α
+            residual = fira_residual(
+                grad, low_rank, update, side, left, right, total=self._total(p)
+            )
+            self._limit(residual, p, group, state)
+            weight.add_(residual.reshape(weight.shape), alpha=alpha)
 
     def _state_shapes(self, shape: tuple[int, ...], group: dict[str, Any]) -> dict[str, tuple]:
         """The shape of each moment tensor of a parameter whose (projected) gradient has
@@ -473,7 +451,7 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
         kept: dict[Any, dict[str, Tensor]] = {}
         for saved in state_dict["param_groups"]:
-            own_dtype = self._keep_dtype_keys
+            own_dtype = self._keep_dtype_keys | SUCCESSOR_FLOAT_KEYS
             if saved.get("state_dtype") is not None:
                 own_dtype = own_dtype | frozenset(self._moment_keys)
             for pid in saved["params"]:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from galorekit.names import GALORE_DEFAULTS, OPTIMIZER_NAMES, is_galore
+from galorekit.names import (
+    GALORE_DEFAULTS,
+    METHOD_TABLE,
+    OPTIMIZER_NAMES,
+    SUCCESSOR_DEFAULTS,
+    is_galore,
+)
 from galorekit.optim.param_groups import DEFAULT_TARGET_MODULES, param_groups
+from galorekit.optim.targets import TargetSpec
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
@@ -44,7 +50,7 @@ def create_optimizer(
     proj_type: str = GALORE_DEFAULTS["proj_type"],
     svd: str | None = None,
     moments: str | None = None,
-    target_modules: str | Sequence[str] = DEFAULT_TARGET_MODULES,
+    target_modules: TargetSpec = DEFAULT_TARGET_MODULES,
     layerwise: bool = False,
     accumulation_steps: int = 1,
     **extra: Any,
@@ -56,10 +62,24 @@ def create_optimizer(
     ``layerwise=True`` returns a ``galorekit.LayerwiseOptimizer`` that updates each parameter
     during backward. Adafactor with ``lr`` runs with ``relative_step=False`` and
     ``scale_parameter=False`` (the lr is absolute). ``svd`` and ``moments`` (None: the defaults of
-    ``galorekit.names.GALORE_DEFAULTS``) go to the GaLore group; ``extra`` (e.g. ``state_dtype``)
-    goes to the optimizer's constructor.
+    ``galorekit.names.GALORE_DEFAULTS``) go to the GaLore group, and so do the successors' keys
+    (``galorekit.names.SUCCESSOR_DEFAULTS``) found in ``extra``, over the method's own (e.g.
+    ``"fira_adamw"`` sets ``residual="fira"``); the rest of ``extra`` (e.g. ``state_dtype``) goes
+    to the optimizer's constructor.
     """
     cls = optimizer_class(name)
+    # the successors' options are GaLore group keys: the method's own, then the caller's
+    successor = dict(METHOD_TABLE[name].group)
+    rank = successor.pop("rank", rank)
+    preset_scale = successor.pop("scale", None)
+    if preset_scale is not None and scale == GALORE_DEFAULTS["scale"]:
+        scale = preset_scale
+    successor.update({k: extra.pop(k) for k in list(extra) if k in SUCCESSOR_DEFAULTS})
+    if successor and not is_galore(name):
+        raise ValueError(
+            f"{', '.join(sorted(successor))}: GaLore group options, but {name!r} is not a "
+            "GaLore method (galore_* or one of its successors)"
+        )
     if is_galore(name):
         groups: list[dict[str, Any]] = param_groups(
             model,
@@ -71,6 +91,9 @@ def create_optimizer(
             svd=svd,
             moments=moments,
         )
+        for group in groups:
+            if "rank" in group:
+                group.update(successor)
     else:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         groups = [{"params": [p for _, p in named], "param_names": [n for n, _ in named]}]

@@ -84,6 +84,16 @@ class GaLoreAdafactor(GaLoreOptimizer):
                 "statistics and update clipping span the whole matrix); use GaLoreAdamW or "
                 "GaLoreAdamW8bit, or data parallelism (DDP)"
             )
+        for key in ("residual", "scaling"):
+            if group.get(key) is not None:
+                # both scale the full-rank term by Adam's ‖N‖/‖R‖; Adafactor's update is clipped
+                # by its RMS and carries its learning rate, which that ratio would mix in
+                raise ValueError(
+                    f"GaLoreAdafactor does not take {key}={group[key]!r} (Fira's residual and "
+                    "APOLLO's scaling are defined on Adam's update); use GaLoreAdamW or "
+                    "GaLoreAdamW8bit. Its projection options (projection, projector_bits, "
+                    "lazy_refresh, random_after) apply"
+                )
 
     def _update_param(self, p: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
         state, grad = self._inner_grad(p, grad, group)

@@ -153,7 +153,8 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         # the weight itself), which then holds -N; project it back into the weight.
         buffer = torch.zeros_like(low_rank, memory_format=torch.contiguous_format)
         self._adam(low_rank.contiguous(), buffer, state, group, lr=1.0, wd=0.0)
-        self._apply_update(p, buffer, group, state, lr)
+        # N itself (not -N) goes back: Fira's and APOLLO's ratios read its orientation
+        self._apply_update(p, buffer.neg_(), group, state, -lr)
         if wd > 0.0:
             local(p).mul_(1.0 - lr * wd)
 

@@ -2,44 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
 from galorekit.names import GALORE_DEFAULTS
+from galorekit.optim.targets import TargetSpec, select_modules
 
-#: the attention and MLP projections of LLaMA-style models (the paper's targets)
-DEFAULT_TARGET_MODULES = ("attn", "attention", "mlp")
-
-
-def _target_matcher(target_modules: str | Sequence[str]):
-    if isinstance(target_modules, str):
-        if target_modules == "all-linear":
-            return lambda name: True
-        try:
-            pattern = re.compile(target_modules)
-        except re.error as err:
-            raise ValueError(
-                f"target_modules {target_modules!r} is not a valid regular expression ({err}); "
-                "pass 'all-linear', a regex, or a list of name substrings"
-            ) from None
-        return lambda name: pattern.search(name) is not None
-    targets = list(target_modules)
-    if not targets or not all(isinstance(t, str) for t in targets):
-        raise ValueError(f"target_modules must be a non-empty list of strings, got {targets!r}")
-    return lambda name: any(t in name for t in targets)
-
-
-def _is_output_head(model: nn.Module, module: nn.Module) -> bool:
-    get_out = getattr(model, "get_output_embeddings", None)
-    if callable(get_out):
-        try:
-            return get_out() is module
-        except (NotImplementedError, AttributeError):
-            return False
-    return False
+#: the default targets: None, the linear layers inside the transformer blocks
+#: (``galorekit.optim.targets.default_targets``: LLaMA's attention and MLP projections)
+DEFAULT_TARGET_MODULES: TargetSpec = None
 
 
 def param_groups(
@@ -49,41 +22,36 @@ def param_groups(
     update_proj_gap: int = GALORE_DEFAULTS["update_proj_gap"],
     scale: float = GALORE_DEFAULTS["scale"],
     proj_type: str = GALORE_DEFAULTS["proj_type"],
-    target_modules: str | Sequence[str] = DEFAULT_TARGET_MODULES,
+    target_modules: TargetSpec = DEFAULT_TARGET_MODULES,
     svd: str | None = None,
     stagger: bool | None = None,
     moments: str | None = None,
-    exclude: Sequence[str] = ("lm_head", "embed", "classifier", "score"),
+    exclude_modules: str | Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """``[plain_group, galore_group]`` for ``model``'s trainable parameters.
 
-    The GaLore group holds the weights of the ``nn.Linear`` modules whose qualified name matches
-    ``target_modules``: a list of substrings (default: the attention and MLP blocks), a regular
-    expression, or ``"all-linear"``. As in the paper, embeddings, the output head (and names
-    containing one of ``exclude``) stay in the plain group with biases and norms. Each group carries
-    ``param_names`` so that errors can name a parameter. ``svd`` (the refresh method) and
-    ``stagger`` (spread the group's refreshes over the steps of a period) and ``moments`` (what
-    a refresh does with the moments, ``galorekit.names.MOMENT_POLICIES``) default to
-    ``galorekit.names.GALORE_DEFAULTS``.
+    The GaLore group holds the weights of the modules ``target_modules`` selects, with peft's
+    rules (``galorekit.optim.targets``): None (default) the linear layers inside the transformer
+    blocks (LLaMA's attention and MLP projections, GPT-2's ``Conv1D`` layers), ``"all-linear"`` every
+    ``nn.Linear``/``Conv1D`` but the output (or classifier) head, a list of module names matched
+    whole or as a suffix after a dot (``["q_proj", "v_proj"]``), a string a regex matching whole
+    names. Convolutions (projected as their out × in·k unfolding) and embeddings join only when
+    named. ``exclude_modules`` (same rules) drops modules again. As in the paper, embeddings, the
+    output head, biases and norms stay in the plain group. Each group carries ``param_names`` so
+    that errors can name a parameter. ``svd`` (the refresh method) and ``stagger`` (spread the
+    group's refreshes over the steps of a period) and ``moments`` (what a refresh does with the
+    moments, ``galorekit.names.MOMENT_POLICIES``) default to ``galorekit.names.GALORE_DEFAULTS``.
 
-    Raises ``ValueError`` when no linear layer matches (listing a few that exist).
+    Raises ``ValueError`` when the spec selects nothing (listing near misses) or only frozen
+    weights.
     """
-    match = _target_matcher(target_modules)
-    galore_ids: set[int] = set()
-    linear_names: list[str] = []
-    for module_name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        linear_names.append(module_name)
-        if _is_output_head(model, module) or any(e in module_name for e in exclude):
-            continue
-        if match(module_name) and module.weight.requires_grad:
-            galore_ids.add(id(module.weight))
+    names = select_modules(model, target_modules, exclude_modules=exclude_modules)
+    modules = dict(model.named_modules())
+    galore_ids = {id(modules[n].weight) for n in names if modules[n].weight.requires_grad}
     if not galore_ids:
-        shown = ", ".join(linear_names[:8]) + (" …" if len(linear_names) > 8 else "")
         raise ValueError(
-            f"target_modules={target_modules!r} matches no trainable nn.Linear of the model; "
-            f"its linear layers are: {shown or '(none)'}"
+            f"target_modules={target_modules!r} selects only frozen weights "
+            f"({', '.join(names[:4])}{' …' if len(names) > 4 else ''}); nothing for GaLore to train"
         )
     plain: dict[str, Any] = {"params": [], "param_names": []}
     galore: dict[str, Any] = {

@@ -9,10 +9,12 @@ from typing import Any
 
 from torch import Tensor
 
+from galorekit.names import PROJECTOR_BLOCK
 from galorekit.optim.sharding import local
 from galorekit.optim.validation import matrix_shape, validate_galore_group
 from galorekit.projection import Side, effective_rank
 from galorekit.projection.projector import low_rank_shape
+from galorekit.projection.quantize import block_count, code_count
 
 
 def check_state_dict(opt: Any, state_dict: Any) -> None:
@@ -112,10 +114,18 @@ def _expected_shapes(
     side = Side(side)
     m, n = matrix_shape(p.shape)  # a DTensor's shape is the whole parameter's
     rank = effective_rank(group["rank"], (m, n))
-    shapes: dict[str, tuple] = {}
+    shapes: dict[str, tuple] = {"limiter_norm": ()}
+    factors = []
     if side in (Side.LEFT, Side.FULL):
-        shapes["proj_left"] = (m, rank)
+        factors.append(("proj_left", (m, rank)))
     if side in (Side.RIGHT, Side.FULL):
-        shapes["proj_right"] = (rank, n)
+        factors.append(("proj_right", (rank, n)))
+    bits = group.get("projector_bits")
+    for key, shape in factors:
+        shapes[key] = shape
+        if bits is not None:  # Q-GaLore's block-quantized projector
+            numel = shape[0] * shape[1]
+            shapes[f"{key}_codes"] = (code_count(numel, bits),)
+            shapes[f"{key}_absmax"] = (block_count(numel, PROJECTOR_BLOCK),)
     shapes.update(opt._state_shapes(low_rank_shape(own, rank, side), group))
     return shapes

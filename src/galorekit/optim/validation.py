@@ -9,7 +9,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from galorekit.names import GALORE_DEFAULTS, MOMENT_POLICIES, STATE_DTYPES
+from galorekit.names import (
+    GALORE_DEFAULTS,
+    MOMENT_POLICIES,
+    PROJECTIONS,
+    PROJECTOR_BITS,
+    RESIDUALS,
+    SCALINGS,
+    STATE_DTYPES,
+    SUCCESSOR_DEFAULTS,
+)
 from galorekit.projection import PROJ_TYPES, SVD_METHODS
 
 
@@ -19,6 +28,10 @@ def _is_number(x: Any) -> bool:
 
 def validate_galore_group(group: dict[str, Any]) -> None:
     """Fill GaLore defaults into a group that has ``rank`` and check every hyper-parameter."""
+    for key, value in SUCCESSOR_DEFAULTS.items():
+        group.setdefault(key, value)
+    # a random projection is no rotation of the previous one: its moments are kept (APOLLO)
+    group.setdefault("moments", "keep" if group["projection"] == "random" else "project")
     for key, value in GALORE_DEFAULTS.items():
         group.setdefault(key, value)
     rank, gap, scale = group["rank"], group["update_proj_gap"], group["scale"]
@@ -41,6 +54,7 @@ def validate_galore_group(group: dict[str, Any]) -> None:
             f"unknown GaLore moments policy {group['moments']!r}; valid: "
             f"{', '.join(MOMENT_POLICIES)}"
         )
+    validate_successor_keys(group)
     names = group.get("param_names")
     for i, p in enumerate(group["params"]):
         if p.dim() < 2:
@@ -50,6 +64,64 @@ def validate_galore_group(group: dict[str, Any]) -> None:
                 f"out × rest unfolding), but the group with rank={rank} holds {name} of shape "
                 f"{tuple(p.shape)}. Put biases, norms and scalars in a group without 'rank' "
                 "(galorekit.param_groups(model) does this)."
+            )
+
+
+def _choice(group: dict[str, Any], key: str, valid: tuple, *, none: bool) -> None:
+    value = group[key]
+    if (value is None and none) or (value in valid and not isinstance(value, bool)):
+        return
+    allowed = ", ".join(repr(v) for v in ((None, *valid) if none else valid))
+    raise ValueError(f"GaLore {key} must be one of {allowed}, got {value!r}")
+
+
+def validate_successor_keys(group: dict[str, Any]) -> None:
+    """Check the successors' group keys (``galorekit.names.SUCCESSOR_DEFAULTS``) and that they
+    combine: Fira's residual and APOLLO's scaling both make the update full-rank (one or the
+    other); a random projection stores no projector to quantize, has no singular vectors to
+    compare lazily and no basis the moments could be carried into."""
+    _choice(group, "residual", RESIDUALS, none=True)
+    _choice(group, "projection", PROJECTIONS, none=False)
+    _choice(group, "scaling", SCALINGS, none=True)
+    _choice(group, "projector_bits", PROJECTOR_BITS, none=True)
+    if not isinstance(group["lazy_refresh"], bool):
+        raise ValueError(
+            f"GaLore lazy_refresh must be True or False, got {group['lazy_refresh']!r}"
+        )
+    limit = group["norm_growth_limit"]
+    if limit is not None and (not _is_number(limit) or limit < 1.0):
+        raise ValueError(
+            f"GaLore norm_growth_limit must be None (no limiter) or a number ≥ 1 (Fira's and "
+            f"APOLLO's 1.01), got {limit!r}"
+        )
+    after = group["random_after"]
+    if after is not None and (not isinstance(after, int) or isinstance(after, bool) or after < 0):
+        raise ValueError(
+            f"GaLore random_after must be None or a step count ≥ 0 (refreshes from that step "
+            f"on draw random orthonormal projections, GoLore), got {after!r}"
+        )
+    seed = group["projection_seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"GaLore projection_seed must be an integer ≥ 0, got {seed!r}")
+    if group["residual"] is not None and group["scaling"] is not None:
+        raise ValueError(
+            "GaLore residual='fira' and scaling=... both make the update full-rank (Fira adds "
+            "the scaled residual to the projected update, APOLLO scales the whole gradient): "
+            "set one of them"
+        )
+    if group["projection"] == "random":
+        for key, off in (("projector_bits", None), ("lazy_refresh", False), ("random_after", None)):
+            if group[key] != off:
+                raise ValueError(
+                    f"GaLore {key}={group[key]!r} needs projection='svd': a random projection "
+                    "is regenerated from its seed (nothing stored to quantize, no singular "
+                    "vectors to compare, and it is random from the start)"
+                )
+        if group["moments"] not in ("keep", "reset"):
+            raise ValueError(
+                f"GaLore moments={group['moments']!r} needs an orthonormal basis to carry the "
+                "moments into; a random projection (projection='random') keeps them ('keep', "
+                "APOLLO's choice) or zeroes them ('reset')"
             )
 
 

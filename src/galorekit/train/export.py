@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from galorekit.atomic import atomic_write_json
+from galorekit.extras import needs_extra
 from galorekit.methods.adapters.low_rank import LowRankLinear
 from galorekit.train.checkpoint import atomic_directory
 
@@ -174,7 +175,8 @@ def _peft_model(module: nn.Module) -> Any:
     """``module`` if it is a peft model (peft is imported only when it is one), else None."""
     if "peft" not in type(module).__module__:
         return None
-    from peft import PeftModel
+    with needs_extra("train"):
+        from peft import PeftModel
 
     return module if isinstance(module, PeftModel) else None
 
@@ -297,7 +299,8 @@ def _base_needed(peft_model: Any, base: nn.Module) -> bool:
 
 
 def _cast_safetensors(path: Path, dtype: torch.dtype) -> None:
-    from safetensors.torch import load_file, save_file
+    with needs_extra("train"):
+        from safetensors.torch import load_file, save_file
 
     tensors = load_file(path)
     cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from galorekit.extras import needs_extra
 from galorekit.models import model_config
 
 #: the config fields that make two models the same architecture
@@ -79,7 +80,8 @@ def load_init_model(
     """The causal LM at ``location`` in float32 on ``device`` (``apply_precision`` casts it after),
     checked against the data: its vocabulary must cover the tokenizer's ids and its context the
     sequence length."""
-    from transformers import AutoModelForCausalLM  # the [train] extra, as pretrain's data
+    with needs_extra("train"):
+        from transformers import AutoModelForCausalLM
 
     config = init_config(location, trust_remote_code)
     if config.vocab_size < vocab_size:

@@ -36,15 +36,19 @@ from galorekit.names import (
     METHODS,
     MOMENT_POLICIES,
     PROJ_TYPES,
+    PROJECTIONS,
+    RESIDUALS,
+    SCALINGS,
     STATE_DTYPES,
     WEIGHT_ROUNDINGS,
+    is_galore,
 )
 from galorekit.train.logging import REPORT_TO_HELP, report_to_error
 
 #: fields that must match between a checkpoint and the run resuming from it
 RESUME_KEYS = ("model", "method", "seq_len", "batch_size", "total_batch_size", "data_fingerprint")
 #: galorekit's GaLore methods (low-rank communication and FSDP read their projectors)
-GALORE_METHODS = tuple(m for m in METHODS if m.startswith("galore_"))
+GALORE_METHODS = tuple(m for m in METHODS if is_galore(m))  # with the successors
 #: --flag → its argument group's title
 GROUPS = {
     "model": "model and method",
@@ -368,6 +372,15 @@ _METHOD: dict[str, tuple[str, str, dict[str, Any]]] = {
     "proj_type": ("str", "galore", {"choices": PROJ_TYPES}),
     "svd": ("str", "galore", {}),
     "moments": ("str", "galore", {"choices": MOMENT_POLICIES}),
+    # GaLore's successors (galorekit.names.SUCCESSOR_DEFAULTS): presets of their method rows
+    "residual": ("str", "galore", {"choices": RESIDUALS}),
+    "projection": ("str", "galore", {"choices": PROJECTIONS}),
+    "scaling": ("str", "galore", {"choices": SCALINGS}),
+    "norm_growth_limit": ("float", "galore", {}),
+    "projector_bits": ("int", "galore", {}),
+    "lazy_refresh": ("bool", "galore", {}),
+    "random_after": ("float", "galore", {}),
+    "projection_seed": ("int", "galore", {}),
     "lora_alpha": ("float", "baselines", {}),
     "lora_dropout": ("float", "baselines", {}),
     "relora_reset_every": ("int", "baselines", {}),

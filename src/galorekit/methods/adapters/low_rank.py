@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from galorekit.models.targets import TargetSpec, check_rank, linear_shape, resolve_target_modules
+from galorekit.models.targets import (
+    TargetSpec,
+    check_rank,
+    linear_shape,
+    module_kind,
+    resolve_target_modules,
+)
 
 
 @dataclass
@@ -111,9 +117,17 @@ def apply_low_rank(
     """
     config = LowRankConfig(rank, target_modules, init_std)
     names = resolve_target_modules(model, config.target_modules)
+    modules = dict(model.named_modules())
+    not_linear = [
+        f"{n} ({type(modules[n]).__name__})" for n in names if module_kind(modules[n]) != "linear"
+    ]
+    if not_linear:
+        raise ValueError(
+            f"Low-Rank factorises linear layers (nn.Linear, Conv1D) only; the targets include "
+            f"{', '.join(not_linear[:3])}{' …' if len(not_linear) > 3 else ''}"
+        )
     check_rank(model, names, config.rank, "Low-Rank")
     std = config.init_std if config.init_std is not None else _default_init_std(model)
-    modules = dict(model.named_modules())
     for name in names:
         old = modules[name]
         n_in, n_out = linear_shape(old)
