@@ -23,6 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "galorekit.train.finetune_cli",
         "fine-tune a pretrained encoder on GLUE or your own classification data",
     ),
+    "sft": (
+        "galorekit.train.sft_cli",
+        "fine-tune a pretrained causal LM on instructions (offline default: SmolLM2-135M-Instruct "
+        "on movie-review sentiment as chat)",
+    ),
     "memory": (
         "galorekit.memory.cli",
         "estimate (or measure) training memory per method; which configurations fit a budget",

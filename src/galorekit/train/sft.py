@@ -1,0 +1,443 @@
+"""``galore sft``: supervised fine-tuning of a pretrained causal LM, top to bottom.
+
+config (``sft_config``) → model (``models.pretrained``: a hub id, a directory or a GGUF file) →
+data (``data.sft``: chat / prompt-completion / Alpaca, loss on the answers) → method
+(``methods.setup``: GaLore, full AdamW, LoRA, … with ``--layerwise``) → measure before → the loop
+core (``train.loop``: accumulation, clipping, divergence checks, the stop signal) → measure after →
+summary. Measured before and after: the validation loss on the answer tokens and the accuracy of
+greedily generated answers to held-out questions (``sft_eval``).
+
+Why galorekit's loop and not TRL's ``SFTTrainer``: the trainer's optimizer step cannot run inside
+backward (``--layerwise``, the memory GaLore's paper measures), and its checkpoints do not hold
+galorekit's optimizer states (projectors, 8-bit moments) for a bit-identical resume; what TRL
+and transformers do well is used instead — chat templates (transformers) and packing (TRL's
+``pack_dataset``), see ``galorekit.data.sft``.
+
+A checkpoint holds the model, the optimizer (with GaLore's projectors), the scheduler, every RNG
+and the step; the batch order is a function of the seed and the micro-batch index, so ``--resume``
+continues bit-identically. The run directory follows ``galore pretrain``'s rules (``run_dir``):
+a directory holding a run is refused unless ``--resume`` or ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from galorekit.data.config import resolve_cache_dir
+from galorekit.data.sft import SFTData, load_sft_data
+from galorekit.distributed.context import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    main_first,
+    run_on_main,
+    shutdown,
+)
+from galorekit.distributed.data_parallel import setup_data_parallel
+from galorekit.extras import needs_extra
+from galorekit.methods import MethodConfig, setup
+from galorekit.methods.build import MethodSetup, adapter_rank, build_optimizer, default_rank
+from galorekit.models import count_parameters
+from galorekit.models.pretrained import (
+    context_length,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_causal_lm,
+)
+from galorekit.train import sft_state
+from galorekit.train.export import ExportDirs
+from galorekit.train.logging import (
+    MetricsLogger,
+    write_run_config,
+)
+from galorekit.train.loop import (
+    Loop,
+    StopFlag,
+    due,
+    peak_memory_bytes,
+    resolve_device,
+    seed_everything,
+)
+from galorekit.train.precision import apply_precision
+from galorekit.train.pretrain import _enable_activation_checkpointing, _NullLogger
+from galorekit.train.run_dir import prepare_output_dir
+from galorekit.train.run_lock import LOCK_FILE, RunLock
+from galorekit.train.schedule import pretrain_schedule
+from galorekit.train.sft_config import SFTConfig, config_values, default_output_dir
+from galorekit.train.sft_eval import (
+    Batches,
+    data_fingerprint,
+    generation_accuracy,
+    sft_loss,
+    validation_sums,
+)
+
+with needs_extra("train"):
+    from tqdm.auto import tqdm
+
+
+@dataclass
+class SFTResult:
+    output_dir: Path
+    steps: int
+    train_loss: float
+    before: dict[str, Any]  # val_loss, accuracy (None when not measured)
+    after: dict[str, Any]
+    tokens_per_s: float
+    seconds: float
+    summary: str
+    model: Any = field(default=None, repr=False)  # the trained model (the adapters' wrapper)
+    tokenizer: Any = field(default=None, repr=False)
+    optimizer: Any = field(default=None, repr=False)
+    batches: Any = field(default=None, repr=False)  # the training batches (``Batches``)
+
+
+# ---------------------------------------------------------------------------- the run
+@dataclass
+class _Run:
+    cfg: SFTConfig
+    ctx: DistContext
+    out: Path
+    device: torch.device
+    model: Any  # unwrapped (state dicts, evaluation, export)
+    parallel: Any  # DataParallelModel: the module to call, clipping, accumulation
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    data: SFTData
+    batches: Batches
+    identity: dict[str, Any]
+    autocast: Any
+    max_steps: int
+    logger: Any = None
+    best_loss: float = math.inf  # of the --export-dir best export
+
+
+def sft(cfg: SFTConfig) -> SFTResult:
+    """Run ``cfg`` in this process — alone, or as one rank of a torchrun job (DDP)."""
+    device = resolve_device(cfg.device)
+    ctx = init_distributed(device.type)
+    try:
+        if ctx.world_size != cfg.world_size:
+            raise ValueError(
+                f"the config was built for {cfg.world_size} processes but this job has "
+                f"{ctx.world_size}; build the config inside the job (world_size=None)"
+            )
+        if ctx.enabled and device.type == "cuda":
+            device = torch.device("cuda", ctx.local_rank)
+        result = _sft(cfg, ctx, device)
+        barrier(ctx)
+        return result
+    finally:
+        shutdown(ctx)
+
+
+def _sft(cfg: SFTConfig, ctx: DistContext, device: torch.device) -> SFTResult:
+    """The run directory is locked (by rank 0) for the run's lifetime."""
+    target = default_output_dir(cfg) if cfg.output_dir is None else Path(cfg.output_dir)
+    if cfg.export_dir is not None:  # before anything is written or trained
+        ExportDirs(cfg.export_dir).check(replace=cfg.overwrite or cfg.resume is not None)
+    created = [p for p in (target, *target.parents) if not p.exists()]
+    try:
+        with contextlib.ExitStack() as held:
+
+            def prepare() -> str:
+                lock = lambda p: held.enter_context(RunLock(p))  # noqa: E731
+                return str(prepare_output_dir(cfg, lock=lock, out=target))
+
+            return _start(cfg, ctx, device, Path(run_on_main(ctx, prepare)))
+    except BaseException:
+        # a run refused before it wrote anything leaves no folder behind (rmdir: only if empty)
+        if (
+            ctx.is_main
+            and created
+            and {p.name for p in target.glob("*")} | {LOCK_FILE} == {LOCK_FILE}
+        ):
+            with contextlib.suppress(OSError):
+                (target / LOCK_FILE).unlink()
+        for path in created if ctx.is_main else []:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+
+
+def _build(cfg: SFTConfig, ctx: DistContext, device: torch.device, out: Path) -> _Run:
+    seed_everything(cfg.seed)  # every rank: the same adapters, the same batch order
+    with main_first(ctx):  # rank 0 converts a GGUF file into the cache, the others read it
+        location = resolve_causal_lm(
+            cfg.model, cache_dir=resolve_cache_dir(), trust_remote_code=cfg.trust_remote_code
+        )
+        tokenizer = load_tokenizer(location, trust_remote_code=cfg.trust_remote_code)
+        model = load_causal_lm(location, trust_remote_code=cfg.trust_remote_code)
+        data = load_sft_data(
+            cfg.data, tokenizer, context_length(model.config, tokenizer), prompts=cfg.generate_eval
+        )
+    for note in data.notes if ctx.is_main else []:
+        print(f"note: {note}")
+    model.to(device)
+    autocast = apply_precision(model, cfg.precision, device)  # before the optimizer holds it
+    if cfg.activation_checkpointing:
+        _enable_activation_checkpointing(model)
+    per_epoch = math.ceil(len(data.train) / (cfg.batch_size * ctx.world_size))
+    max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / cfg.accumulation_steps))
+    method = _setup_method(model, replace(cfg.method, lr=cfg.peak_lr), max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        method.optimizer,
+        pretrain_schedule(
+            warmup_ratio=cfg.warmup_ratio, total=max_steps, min_ratio=cfg.min_lr_ratio
+        ),
+    )
+    parallel = setup_data_parallel(
+        method.model, method.optimizer, ctx, device, layerwise=cfg.method.layerwise
+    )
+    pad = tokenizer.pad_token_id
+    batches = Batches(data.train, cfg.batch_size, cfg.seed, pad, ctx.rank, ctx.world_size)
+    identity = {
+        "model": cfg.model,
+        "method": cfg.method.method,
+        "batch_size": cfg.batch_size,
+        "total_batch_size": cfg.global_batch_size,
+        "data_fingerprint": data_fingerprint(data),
+    }
+    return _Run(
+        cfg,
+        ctx,
+        out,
+        device,
+        method.model,
+        parallel,
+        tokenizer,
+        method.optimizer,
+        scheduler,
+        data,
+        batches,
+        identity,
+        autocast,
+        max_steps,
+    )
+
+
+def _setup_method(model: Any, method: MethodConfig, total_steps: int) -> MethodSetup:
+    """``methods.setup``, except for LoRA: fine-tuning's LoRA trains the adapters alone (the
+    pre-training baseline of ``methods.setup`` also trains the embeddings and norms)."""
+    if method.method != "lora":
+        return setup(model, method, total_steps=total_steps)
+    from galorekit.methods.adapters import apply_lora  # peft: only for LoRA
+
+    rank, note = adapter_rank(model, method.rank or default_rank(model))
+    if note is not None:
+        print(f"note: lora: {note}")
+    model = apply_lora(
+        model,
+        rank=rank,
+        alpha=method.lora_alpha,
+        dropout=method.lora_dropout,
+        train_non_targeted=False,
+    )
+    return MethodSetup(model, build_optimizer(model, method, rank=rank))
+
+
+def _start(cfg: SFTConfig, ctx: DistContext, device: torch.device, out: Path) -> SFTResult:
+    run = _build(cfg, ctx, device, out)
+    step = sft_state.resume(run) if cfg.resume is not None else 0
+    run.best_loss = sft_state.previous_best(cfg)
+    if not ctx.is_main:  # rank 0 alone writes the run directory
+        run.logger = _NullLogger()
+        return _train(run, step)
+    record = {**config_values(cfg), "world_size": ctx.world_size}
+    write_run_config(out, {**record, "run": {"output_dir": str(out), **run.identity}})
+    run.logger = MetricsLogger(out, tensorboard=cfg.tensorboard)
+    try:
+        return _train(run, step)
+    finally:
+        run.logger.close()
+
+
+def _measure(run: _Run, step: int, when: str) -> dict[str, Any]:
+    """The validation loss and the generated answers' accuracy now, logged and printed."""
+    cfg = run.cfg
+    val = _validation_loss(run)
+    run.logger.log({"event": "eval", "step": step, "eval_loss": val})
+    result: dict[str, Any] = {"val_loss": val, "accuracy": None}
+    if not run.ctx.is_main:  # rank 0 generates (and reports), the others wait for it
+        if cfg.generate_eval and run.data.prompts:
+            barrier(run.ctx)
+        return result
+    if cfg.generate_eval and run.data.prompts:
+        score = generation_accuracy(
+            run.model,
+            run.tokenizer,
+            run.data.prompts,
+            run.device,
+            max_new_tokens=cfg.max_new_tokens,
+            samples=cfg.samples,
+        )
+        run.logger.log({"event": "generate", "step": step, "when": when, **score.as_event()})
+        result.update(accuracy=score.accuracy, n=score.n, samples=score.samples)
+        tqdm.write(
+            f"{when}: validation loss {val:.4f}, accuracy of generated answers "
+            f"{score.accuracy:.3f} on {score.n} {run.data.prompts_split} examples"
+        )
+        for s in score.samples:
+            tqdm.write(
+                f"  {s['question']!r}\n    → {s['generated']!r} (reference {s['reference']!r})"
+            )
+        barrier(run.ctx)
+    else:
+        tqdm.write(f"{when}: validation loss {val:.4f}")
+    return result
+
+
+def _validation_loss(run: _Run) -> float:
+    """The validation loss, split over the ranks and summed (equals the one-process value)."""
+    ctx = run.ctx
+    total, count = validation_sums(
+        run.model,
+        run.data.validation[ctx.rank :: ctx.world_size],
+        run.cfg.batch_size * 2,
+        run.tokenizer.pad_token_id,
+        run.device,
+        run.autocast,
+    )
+    total, count = all_reduce_sum(ctx, [total, float(count)], run.device)
+    return total / max(count, 1)
+
+
+def _sync(run: _Run) -> Any:
+    """Under torchrun one collective per step: the global batch's loss and whether any rank was
+    signalled (every rank stops at the same step)."""
+    if not run.ctx.enabled:
+        return None
+
+    def sync(loss: float, stopping: bool) -> tuple[float, bool]:
+        total, signalled = all_reduce_sum(run.ctx, [loss, float(stopping)], run.device)
+        return total / run.ctx.world_size, signalled > 0
+
+    return sync
+
+
+def _train(run: _Run, step: int) -> SFTResult:
+    cfg, logger = run.cfg, run.logger
+    started = time.perf_counter()
+    if step == 0:
+        logger.log(
+            {
+                "event": "start",
+                "step": 0,
+                "params": count_parameters(run.model),
+                "trainable": count_parameters(run.model, trainable_only=True),
+                "train_examples": len(run.data.train),
+                "steps": run.max_steps,
+            }
+        )
+        before = _measure(run, 0, "before")
+    else:
+        before = sft_state.logged_before(run.out)
+    tokens = [0]
+
+    def next_batch() -> dict[str, torch.Tensor]:
+        batch = run.batches.next()
+        tokens[0] += run.batches.last_tokens
+        return {k: v.to(run.device) for k, v in batch.items()}
+
+    ctx = run.ctx
+    bar = tqdm(
+        total=run.max_steps,
+        initial=step,
+        disable=not (cfg.progress and ctx.is_main),
+        desc=f"sft {cfg.method.method}" + (f" ×{ctx.world_size}" if ctx.enabled else ""),
+    )
+    train_loss, train_seconds, trained_tokens = math.nan, 0.0, 0
+    with StopFlag() as stop:
+        loop = Loop(
+            run.parallel.module,
+            run.optimizer,
+            run.scheduler,
+            next_batch,
+            sft_loss,
+            accumulation=cfg.accumulation_steps,
+            max_grad_norm=cfg.method.max_grad_norm,
+            layerwise=cfg.method.layerwise,
+            autocast=run.autocast,
+            clip_grad_norm=run.parallel.clip_grad_norm_,
+            accumulate=lambda last: run.parallel.accumulate(last=last),
+            sync=_sync(run),
+            check_loss_locally=not ctx.enabled,
+            stop=stop,
+            hint=f"lower --lr (now {cfg.peak_lr:g})",
+            step=step,
+        )
+        while loop.step < run.max_steps:
+            tokens[0] = 0
+            out = loop.train_step()
+            step, train_loss = out.step, out.loss
+            train_seconds += out.seconds
+            trained_tokens += tokens[0]
+            bar.update(1)
+            if due(step, cfg.log_every, run.max_steps):
+                logger.log(
+                    {
+                        "event": "train",
+                        "step": step,
+                        "loss": out.loss,
+                        "lr": out.lr,
+                        "grad_norm": out.grad_norm,
+                        "tokens_per_s": tokens[0] * ctx.world_size / out.seconds,
+                        "peak_memory_bytes": peak_memory_bytes(run.device),
+                    }
+                )
+                bar.set_postfix(loss=f"{out.loss:.3f}")
+            if cfg.eval_every and due(step, cfg.eval_every, run.max_steps) and step < run.max_steps:
+                val = _validation_loss(run)
+                logger.log({"event": "eval", "step": step, "eval_loss": val})
+                sft_state.export_best(run, step, val)
+            if due(step, cfg.save_every, run.max_steps) or out.stopping:
+                sft_state.save(run, step)
+            if out.stopping:
+                bar.close()
+                logger.log({"event": "interrupted", "step": step})
+                if ctx.is_main:
+                    print(
+                        f"\nstopped at step {step}; continue with: galore sft --resume "
+                        f"--output-dir {run.out}",
+                        file=sys.stderr,
+                    )
+                raise SystemExit(128 + (stop.signal or signal.SIGTERM))
+    bar.close()
+    after = _measure(run, step, "after")
+    if cfg.export_dir is not None and ctx.is_main:
+        sft_state.export_best(run, step, after["val_loss"])
+        path = sft_state.export(run, "final", step, after["val_loss"])
+        tqdm.write(f"exported the final model to {path}")
+    seconds = time.perf_counter() - started
+    tokens_per_s = trained_tokens * ctx.world_size / train_seconds if train_seconds else math.nan
+    logger.log({"event": "end", "step": step, "seconds": seconds, "tokens_per_s": tokens_per_s})
+    summary = (
+        ""
+        if not ctx.is_main
+        else sft_state.summary(run, step, train_loss, before, after, tokens_per_s, seconds)
+    )
+    return SFTResult(
+        run.out,
+        step,
+        train_loss,
+        before,
+        after,
+        tokens_per_s,
+        seconds,
+        summary,
+        run.model,
+        run.tokenizer,
+        run.optimizer,
+        run.batches,
+    )
