@@ -106,3 +106,20 @@ def test_finetune_takes_the_flag():
     )
     with pytest.raises(ConfigError, match="mlflow"):
         resolve_config(parse("--report-to", "mlflow"))
+
+
+def test_sft_takes_the_flag_and_refuses_a_bad_value(tmp_path, capsys):
+    import argparse
+
+    from galorekit.cli import main
+    from galorekit.train.sft_cli import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--report-to", "tensorboard,wandb"]))
+    assert cfg.report_to == "tensorboard,wandb"
+    out = tmp_path / "bad"
+    assert main(["sft", "--output-dir", str(out), "--report-to", "mlflow"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("galore sft: error:") and "mlflow" in err[0]
+    assert not out.exists()

@@ -7,10 +7,11 @@ core (``train.loop``: accumulation, clipping, divergence checks, the stop signal
 summary. Measured before and after: the validation loss on the answer tokens and the accuracy of
 greedily generated answers to held-out questions (``sft_eval``).
 
-Why galorekit's loop and not TRL's ``SFTTrainer``: the trainer's optimizer step cannot run inside
-backward (``--layerwise``, the memory GaLore's paper measures), and its checkpoints do not hold
-galorekit's optimizer states (projectors, 8-bit moments) for a bit-identical resume; what TRL
-and transformers do well is used instead — chat templates (transformers) and packing (TRL's
+Why galorekit's loop and not TRL's ``SFTTrainer``: stock TRL cannot update inside backward with
+accumulation or DDP (``--layerwise``) nor checkpoint galorekit's optimizer states for a
+bit-identical resume (``galorekit.integrations.trl.GaLoreSFTTrainer`` adds both for TRL users);
+this command shares ``galore pretrain``'s loop core, launcher, checkpoints and exports instead.
+What TRL and transformers do well is used as is — chat templates (transformers) and packing (TRL's
 ``pack_dataset``), see ``galorekit.data.sft``.
 
 A checkpoint holds the model, the optimizer (with GaLore's projectors), the scheduler, every RNG
@@ -256,7 +257,7 @@ def _start(cfg: SFTConfig, ctx: DistContext, device: torch.device, out: Path) ->
         return _train(run, step)
     record = {**config_values(cfg), "world_size": ctx.world_size}
     write_run_config(out, {**record, "run": {"output_dir": str(out), **run.identity}})
-    run.logger = MetricsLogger(out, tensorboard=cfg.tensorboard)
+    run.logger = MetricsLogger.for_run(out, cfg)
     try:
         return _train(run, step)
     finally:

@@ -27,6 +27,7 @@ from galorekit.config import (
 from galorekit.data.sft import SFTDataConfig
 from galorekit.methods.config import MethodConfig
 from galorekit.names import method_info
+from galorekit.train.logging import REPORT_TO_HELP, report_to_error
 from galorekit.train.pretrain_config import _method_flags
 
 #: the offline default model (an alias of ``galorekit.models.pretrained.MODEL_ALIASES``; not
@@ -147,6 +148,7 @@ class SFTConfig:
     overwrite: bool = option(False, "replace a run in --output-dir", group="output")
     progress: bool = option(True, "no progress bar", group="output")
     tensorboard: bool = option(True, "no TensorBoard event files", group="output")
+    report_to: str = option("tensorboard", REPORT_TO_HELP, group="output")
 
     def __post_init__(self) -> None:
         # torch: when a configuration is built, not when --help imports this module
@@ -209,6 +211,8 @@ def _errors(cfg: SFTConfig) -> list[str]:
         errors.append("--export-adapters applies to --export-dir: give the directory too")
     if cfg.resume is not None and cfg.overwrite:
         errors.append("--resume and --overwrite contradict each other")
+    if (report := report_to_error(cfg.report_to)) is not None:
+        errors.append(report)
     return errors
 
 
