@@ -385,3 +385,11 @@ def test_galore_own_values_are_accepted_on_any_method() -> None:
 
     cfg = MethodConfig(method="adamw", projection="svd", lazy_refresh=False, moments="project")
     assert cfg.projection == "svd"
+
+
+def test_memory_names_apollo_minis_own_rank(capsys):
+    from galorekit.cli import main
+
+    assert main(["memory", "--model", "llama_60m", "--method", "apollo_mini", "--rank", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "rank 1, apollo_mini's own" in out and "hidden_size // 4" not in out

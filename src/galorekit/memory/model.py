@@ -18,7 +18,7 @@ from galorekit import methods
 from galorekit.memory.setup import BASELINE_METHODS, TrainingSetup
 from galorekit.models import build_model, default_target_modules
 from galorekit.models.targets import max_adapter_rank, resolve_target_modules
-from galorekit.names import is_galore
+from galorekit.names import is_galore, method_info
 from galorekit.optim import param_groups
 
 
@@ -49,6 +49,9 @@ def resolve_rank(net: nn.Module, setup: TrainingSetup) -> tuple[int, str]:
     """``(rank, note)``: ``setup.rank``, or ``hidden_size // 4`` when None (``galore pretrain``'s
     ``default_rank``); an adapter rank at or above the smallest targeted dimension is clamped
     below it, as ``galore pretrain`` does. ``note`` says what was changed, if anything."""
+    fixed = dict(method_info(setup.method).group).get("rank") if is_galore(setup.method) else None
+    if fixed is not None:  # the method's own rank (APOLLO-Mini: 1), whatever --rank says
+        return fixed, f"rank {fixed}, {setup.method}'s own"
     if setup.rank is None:
         rank = methods.default_rank(net)
         note = f"rank {rank} = hidden_size // 4 (the default)"
