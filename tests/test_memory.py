@@ -16,10 +16,10 @@ from galorekit.memory import cli as memory_cli
 from galorekit.memory.activations import estimate_activations
 from galorekit.memory.estimator import COMPONENTS, estimate, estimate_model
 from galorekit.memory.fit import fit_budget
-from galorekit.memory.measure import enable_reentrant_checkpointing
 from galorekit.memory.model import build_optimizer, build_training_model
 from galorekit.memory.setup import METHODS, PRECISIONS, TrainingSetup
 from galorekit.memory.trackers import GradientTracker, SavedTensorTracker
+from galorekit.models.build import enable_activation_checkpointing
 from galorekit.units import format_bytes, parse_size
 
 VOCAB = 256
@@ -207,7 +207,7 @@ def _measure_saved(model, setup: TrainingSetup) -> int:
     if setup.activation_checkpointing:
         # reentrant: its recomputation passes through the hooks (non-reentrant keeps the same
         # tensors but hides them behind its own hooks)
-        enable_reentrant_checkpointing(model)
+        enable_activation_checkpointing(model, reentrant=True)
     ids = _batch(setup.seq_len, setup.batch_size)
     ac = setup.autocast_dtype
     params = list(model.parameters())

@@ -35,6 +35,7 @@ from galorekit.memory.trackers import (
     allocator_peak,
     storage_bytes,
 )
+from galorekit.models.build import enable_activation_checkpointing
 
 #: headroom kept free when deciding whether a measurement can run at all
 SAFETY_FRACTION = 0.8
@@ -97,19 +98,6 @@ def check_fits(
         )
 
 
-def enable_reentrant_checkpointing(net: torch.nn.Module) -> None:
-    """Checkpoint every decoder layer, reentrant: its recomputation goes through the saved-tensor
-    hooks that measure activations (the memory is that of the non-reentrant default)."""
-    kwargs = {"use_reentrant": True}
-    enable = getattr(net, "activation_checkpointing_enable", None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
 def measure(
     model: str | object,
     setup: TrainingSetup,
@@ -150,7 +138,7 @@ def measure_model(
     dev = next(net.parameters()).device
     net.train()
     if setup.activation_checkpointing:
-        enable_reentrant_checkpointing(net)
+        enable_activation_checkpointing(net, reentrant=True)
     params = list({id(p): p for p in net.parameters()}.values())
     grads = GradientTracker(params)  # before the optimizer: a layer-wise one frees in its hooks
     optimizer = build_optimizer(net, setup)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -118,3 +119,18 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
         seen.add(id(p))
         total += p.numel()
     return total
+
+
+def enable_activation_checkpointing(model: nn.Module, *, reentrant: bool = False) -> None:
+    """Checkpoint every decoder layer through transformers' current API
+    (``activation_checkpointing_enable``; ``gradient_checkpointing_enable`` before it, now
+    deprecated with a FutureWarning). ``reentrant=True``: the recomputation goes through
+    saved-tensor hooks (what ``galorekit.memory`` measures activations with)."""
+    kwargs = {"use_reentrant": reentrant}
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=kwargs)
+        else:  # transformers before the rename
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -332,3 +332,13 @@ def summary_table(
     lines += [fmt(columns), "  ".join("-" * w for w in widths)]
     lines += [fmt(line) for line in cells]
     return "\n".join(lines)
+
+
+class NullLogger:
+    """The metrics logger of ranks other than 0: they log nothing."""
+
+    def log(self, event: Mapping[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -57,10 +57,11 @@ from galorekit.distributed.data_parallel import setup_data_parallel
 from galorekit.extras import needs_extra
 from galorekit.methods import setup
 from galorekit.models import build_model, count_parameters
+from galorekit.models.build import enable_activation_checkpointing
 from galorekit.train import pretrain_state
 from galorekit.train.export import ExportDirs, full_state_dict
 from galorekit.train.init_from import check_architecture, load_init_model
-from galorekit.train.logging import MetricsLogger, read_metrics, summary_table
+from galorekit.train.logging import MetricsLogger, NullLogger, read_metrics, summary_table
 from galorekit.train.loop import (
     Loop,
     NonFiniteError,
@@ -139,16 +140,6 @@ def evaluate_sums(
     return total, count
 
 
-class _NullLogger:
-    """The metrics logger of ranks other than 0."""
-
-    def log(self, event: dict[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run ``cfg`` in this process — alone, or as one rank of a torchrun job (module docstring)."""
     device = resolve_device(cfg.device)
@@ -195,17 +186,6 @@ class _Run:
     warnings: list[str] = field(default_factory=list)  # LossWatch's, for the summary
 
 
-def _enable_activation_checkpointing(model) -> None:
-    """Non-reentrant activation checkpointing through transformers' current API
-    (``activation_checkpointing_enable``; ``gradient_checkpointing_enable`` before it, now
-    deprecated with a FutureWarning)."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:  # transformers before the rename
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
 def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Path) -> _Run:
     """Data, model, method, data parallelism and schedule — in the order that fixes the RNG
     draws (a resumed run rebuilds exactly the same)."""
@@ -234,7 +214,7 @@ def _build(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         )
     autocast = apply_precision(model, cfg.precision, device)  # before the optimizer holds it
     if cfg.activation_checkpointing:
-        _enable_activation_checkpointing(model)
+        enable_activation_checkpointing(model)
         model.config.use_cache = False
     fsdp = ctx.enabled and cfg.distributed == "fsdp"
     if fsdp:  # before the optimizer: it must hold the sharded parameters
@@ -374,7 +354,7 @@ def _start(cfg: PretrainConfig, ctx: DistContext, device: torch.device, out: Pat
         changes = {**in_checkpoint, **changes}
     if ctx.is_main:
         pretrain_state.write_config(run, step, changes)
-    run.logger = MetricsLogger.for_run(out, cfg) if ctx.is_main else _NullLogger()
+    run.logger = MetricsLogger.for_run(out, cfg) if ctx.is_main else NullLogger()
     if changes:
         run.logger.log(
             {

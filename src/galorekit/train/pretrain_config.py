@@ -390,7 +390,7 @@ _METHOD: dict[str, tuple[str, str, dict[str, Any]]] = {
 _METHOD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MethodConfig)}
 
 
-def _method_flags() -> list[Flag]:
+def method_flags() -> list[Flag]:
     helps = field_help(MethodConfig)
     return [
         Flag(
@@ -410,7 +410,7 @@ def _method_flags() -> list[Flag]:
 def _flags() -> list[Flag]:
     # DataConfig's fields without help here (seed: --seed's; shuffle_buffer) are not flags
     return flags_of(PretrainConfig, nested={"data": DataConfig}, overlay=_DATA_HELP) + (
-        _method_flags()
+        method_flags()
     )
 
 

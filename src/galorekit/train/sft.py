@@ -49,6 +49,7 @@ from galorekit.extras import needs_extra
 from galorekit.methods import MethodConfig, setup
 from galorekit.methods.build import MethodSetup, adapter_rank, build_optimizer, default_rank
 from galorekit.models import count_parameters
+from galorekit.models.build import enable_activation_checkpointing
 from galorekit.models.pretrained import (
     context_length,
     load_causal_lm,
@@ -59,6 +60,7 @@ from galorekit.train import sft_state
 from galorekit.train.export import ExportDirs
 from galorekit.train.logging import (
     MetricsLogger,
+    NullLogger,
     write_run_config,
 )
 from galorekit.train.loop import (
@@ -70,7 +72,6 @@ from galorekit.train.loop import (
     seed_everything,
 )
 from galorekit.train.precision import apply_precision
-from galorekit.train.pretrain import _enable_activation_checkpointing, _NullLogger
 from galorekit.train.run_dir import prepare_output_dir
 from galorekit.train.run_lock import LOCK_FILE, RunLock
 from galorekit.train.schedule import pretrain_schedule
@@ -188,7 +189,7 @@ def _build(cfg: SFTConfig, ctx: DistContext, device: torch.device, out: Path) ->
     model.to(device)
     autocast = apply_precision(model, cfg.precision, device)  # before the optimizer holds it
     if cfg.activation_checkpointing:
-        _enable_activation_checkpointing(model)
+        enable_activation_checkpointing(model)
     per_epoch = math.ceil(len(data.train) / (cfg.batch_size * ctx.world_size))
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / cfg.accumulation_steps))
     method = _setup_method(model, replace(cfg.method, lr=cfg.peak_lr), max_steps)
@@ -253,7 +254,7 @@ def _start(cfg: SFTConfig, ctx: DistContext, device: torch.device, out: Path) ->
     step = sft_state.resume(run) if cfg.resume is not None else 0
     run.best_loss = sft_state.previous_best(cfg)
     if not ctx.is_main:  # rank 0 alone writes the run directory
-        run.logger = _NullLogger()
+        run.logger = NullLogger()
         return _train(run, step)
     record = {**config_values(cfg), "world_size": ctx.world_size}
     write_run_config(out, {**record, "run": {"output_dir": str(out), **run.identity}})

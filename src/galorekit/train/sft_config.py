@@ -28,7 +28,7 @@ from galorekit.data.sft import SFTDataConfig
 from galorekit.methods.config import MethodConfig
 from galorekit.names import method_info
 from galorekit.train.logging import REPORT_TO_HELP, report_to_error
-from galorekit.train.pretrain_config import _method_flags
+from galorekit.train.pretrain_config import method_flags
 
 #: the offline default model (an alias of ``galorekit.models.pretrained.MODEL_ALIASES``; not
 #: imported from there: galorekit.models imports torch, and ``galore --help`` imports this module)
@@ -227,7 +227,7 @@ def _flags() -> list[Flag]:
         )
         if fl.name == "lr"
         else fl
-        for fl in _method_flags()
+        for fl in method_flags()
     ]
     method = [
         dataclasses.replace(fl, default="galore_adamw") if fl.name == "method" else fl
