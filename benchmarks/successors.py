@@ -61,10 +61,10 @@ RANK = 32
 GAP = 50
 
 
-def method_config(method: str, lr: float, steps: int):
+def method_config(method: str, lr: float, steps: int, ratio: float = 1.0):
     from galorekit.methods import MethodConfig
 
-    return MethodConfig(method=method, lr=lr, rank=RANK, update_proj_gap=GAP)
+    return MethodConfig(method=method, lr=lr, rank=RANK, update_proj_gap=GAP, lr_other_ratio=ratio)
 
 
 def state_bytes(method: str) -> dict[str, int]:
@@ -99,8 +99,17 @@ def state_bytes(method: str) -> dict[str, int]:
     }
 
 
+def run_name(method: str, lr: float, ratio: float) -> str:
+    return f"{method}-lr{lr:g}" + (f"-other{ratio:g}x" if ratio != 1 else "")
+
+
+def ratio_of(row: dict) -> float:
+    """The other parameters' LR multiple of a run (rows from before the option: 1)."""
+    return row.get("lr_other_ratio", 1.0)
+
+
 def run(args: tuple) -> dict[str, Any]:
-    method, lr, steps, out = args
+    method, lr, steps, out, ratio = args
     import torch
 
     torch.set_num_threads(1)
@@ -112,14 +121,14 @@ def run(args: tuple) -> dict[str, Any]:
     cfg = PretrainConfig(
         model=plan.model,
         data=data_config(plan),
-        method=method_config(method, lr, steps),
+        method=method_config(method, lr, steps, ratio),
         max_steps=steps,
         batch_size=plan.batch_size,
         eval_every=plan.eval_every,
         save_every=0,
         keep_checkpoints=1,
         log_every=max(1, plan.eval_every // 5),
-        output_dir=str(Path(out) / "runs" / f"{method}-lr{lr:g}"),
+        output_dir=str(Path(out) / "runs" / run_name(method, lr, ratio)),
         overwrite=True,
         device="cpu",
         seed=plan.seed,
@@ -136,6 +145,7 @@ def run(args: tuple) -> dict[str, Any]:
     return {
         "method": method,
         "lr": lr,
+        "lr_other_ratio": ratio,
         "steps": steps,
         "eval_ppl": ppl,
         "status": status,
@@ -143,51 +153,85 @@ def run(args: tuple) -> dict[str, Any]:
     }
 
 
-def report(rows: list[dict], memory: dict[str, dict], steps: int) -> str:
-    """The markdown table: each method at its best LR, beside GaLore and the papers."""
-    tried: dict[str, list[float]] = {}
+def _best(rows: list[dict], per_group: bool) -> tuple[dict[str, dict], dict[str, list]]:
+    """Each method's best run (lowest eval ppl) and the (lr, ratio) points it tried — over the
+    paper's protocol's runs only (ratio 1), or over every run (``per_group``)."""
+    tried: dict[str, list[tuple[float, float]]] = {}
     best: dict[str, dict] = {}
     for row in rows:
-        tried.setdefault(row["method"], []).append(row["lr"])
+        if not per_group and ratio_of(row) != 1:
+            continue
+        tried.setdefault(row["method"], []).append((row["lr"], ratio_of(row)))
         if row["eval_ppl"] is None:
             continue
         if row["method"] not in best or row["eval_ppl"] < best[row["method"]]["eval_ppl"]:
             best[row["method"]] = row
+    return best, tried
+
+
+def _table(rows: list[dict], memory: dict[str, dict], per_group: bool) -> list[str]:
+    best, tried = _best(rows, per_group)
     galore = best["galore_adamw"]["eval_ppl"]
+    lines = [
+        "| method | LR | other params' LR | eval ppl | × GaLore | optimizer state "
+        "| of which attention/MLP | paper 60M ppl | paper × GaLore |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, _ in METHODS:
+        row, mem = best.get(method), memory[method]
+        points = tried.get(method, [])
+        lrs = sorted({lr for lr, r in points if not row or r == ratio_of(row)})
+        ratios = sorted({r for lr, r in points if not row or lr == row["lr"]})
+        lr_edge = "*" if row and len(lrs) > 1 and row["lr"] in (lrs[0], lrs[-1]) else ""
+        ratio_edge = "*" if row and len(ratios) > 1 and ratio_of(row) == ratios[-1] else ""
+        ppl = f"{row['eval_ppl']:.2f}" if row else "diverged" if points else "not run"
+        vs = f"{row['eval_ppl'] / galore:.3f}" if row else "-"
+        lr = f"{row['lr']:g}{lr_edge}" if row else "-"
+        other = f"{row['lr'] * ratio_of(row):g} (×{ratio_of(row):g}{ratio_edge})" if row else "-"
+        paper = PAPER_60M.get(method)
+        paper_ratio = f"{paper / PAPER_60M['galore_adamw']:.3f}" if paper else "-"
+        lines.append(
+            f"| {method} | {lr} | {other} | {ppl} | {vs} | {mem['state_bytes'] / 2**20:.2f} MiB "
+            f"| {mem['matrix_state_bytes_estimate'] / 2**20:.2f} MiB | {paper or '-'} "
+            f"| {paper_ratio} |"
+        )
+    return lines
+
+
+def report(rows: list[dict], memory: dict[str, dict], steps: int) -> str:
+    """The markdown tables: each method at its best LR (the paper's protocol: one LR for every
+    parameter) and, where the embeddings/head/norms' LR ratio was searched too, at its best
+    (LR, ratio) — beside GaLore and the papers."""
     lines = [
         f"llama_9m, {steps} steps of 8×128 tokens, seed 0, rank {RANK}, T = {GAP}; one seed; LR: "
         "the best point of the method's grid on validation perplexity (* at the grid's edge); "
         "optimizer state: every tensor after a step (attention/MLP matrices: the part of the "
         "projected matrices, the same matrices at full rank for AdamW).",
         "",
-        "| method | LR | eval ppl | × GaLore | optimizer state | of which attention/MLP "
-        "| paper 60M ppl | paper × GaLore |",
-        "|---|---|---|---|---|---|---|---|",
+        "**The paper's protocol** (embeddings, head and norms at the matrices' LR):",
+        "",
+        *_table(rows, memory, per_group=False),
     ]
-    for method, _ in METHODS:
-        row, mem = best.get(method), memory[method]
-        lrs = sorted(tried.get(method, []))
-        edge = "*" if row and len(lrs) > 1 and row["lr"] in (lrs[0], lrs[-1]) else ""
-        ppl = f"{row['eval_ppl']:.2f}" if row else "diverged" if lrs else "not run"
-        ratio = f"{row['eval_ppl'] / galore:.3f}" if row else "-"
-        lr = f"{row['lr']:g}{edge}" if row else "-"
-        paper = PAPER_60M.get(method)
-        paper_ratio = f"{paper / PAPER_60M['galore_adamw']:.3f}" if paper else "-"
-        lines.append(
-            f"| {method} | {lr} | {ppl} | {ratio} | {mem['state_bytes'] / 2**20:.2f} MiB | "
-            f"{mem['matrix_state_bytes_estimate'] / 2**20:.2f} MiB | {paper or '-'} "
-            f"| {paper_ratio} |"
-        )
+    if any(ratio_of(r) != 1 for r in rows):
+        lines += [
+            "",
+            "**Per-group LRs** (the embeddings/head/norms' LR searched as a multiple of the "
+            "method's best matrix LR, as `galore reproduce` does; * at the ratio grid's top):",
+            "",
+            *_table(rows, memory, per_group=True),
+        ]
     lines += [
         "",
         "Every run:",
         "",
-        "| method | LR | eval ppl | seconds |",
-        "|---|---|---|---|",
+        "| method | LR | other params' LR ratio | eval ppl | seconds |",
+        "|---|---|---|---|---|",
     ]
     for row in rows:
         ppl = f"{row['eval_ppl']:.2f}" if row["eval_ppl"] is not None else row["status"]
-        lines.append(f"| {row['method']} | {row['lr']:g} | {ppl} | {row['seconds']} |")
+        lines.append(
+            f"| {row['method']} | {row['lr']:g} | {ratio_of(row):g} | {ppl} | {row['seconds']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -202,9 +246,10 @@ def main() -> int:
     parser.add_argument(
         "--add",
         nargs="+",
-        metavar="METHOD:LR",
+        metavar="METHOD:LR[:RATIO]",
         help="only these runs, added to the folder's results.json (a grid extended past its "
-        "edge, where the best point was)",
+        "edge, where the best point was; RATIO: the embeddings/head/norms' LR as a multiple of "
+        "LR, --lr-other-ratio, default 1)",
     )
     args = parser.parse_args()
     out = Path(args.out)
@@ -213,14 +258,17 @@ def main() -> int:
     if args.add:
         previous = json.loads((out / "results.json").read_text())
         memory, rows, commands = previous["memory"], previous["rows"], previous["command"]
-        jobs = [(m, float(lr), args.steps, str(out)) for m, lr in (a.split(":") for a in args.add)]
+        jobs = [
+            (m, float(lr), args.steps, str(out), float(ratio[0]) if ratio else 1.0)
+            for m, lr, *ratio in (a.split(":") for a in args.add)
+        ]
         commands = [commands] if isinstance(commands, str) else commands
         command = [*commands, command]
     else:
         memory = {method: state_bytes(method) for method, _ in METHODS}
         rows = []
         jobs = [
-            (method, lr, args.steps, str(out))
+            (method, lr, args.steps, str(out), 1.0)
             for method, fixed in METHODS
             for lr in ([fixed] if fixed is not None else args.grid)
         ]
@@ -230,7 +278,7 @@ def main() -> int:
             print(row, flush=True)
             rows.append(row)
     order = {m: i for i, (m, _) in enumerate(METHODS)}
-    rows.sort(key=lambda r: (order[r["method"]], -r["lr"]))
+    rows.sort(key=lambda r: (order[r["method"]], ratio_of(r), -r["lr"]))
     results = {
         "command": command,
         "steps": args.steps,
