@@ -99,8 +99,12 @@ def state_bytes(method: str) -> dict[str, int]:
     }
 
 
-def run_name(method: str, lr: float, ratio: float) -> str:
-    return f"{method}-lr{lr:g}" + (f"-other{ratio:g}x" if ratio != 1 else "")
+def run_name(method: str, lr: float, ratio: float, seed: int | None = None) -> str:
+    return (
+        f"{method}-lr{lr:g}"
+        + (f"-other{ratio:g}x" if ratio != 1 else "")
+        + (f"-seed{seed}" if seed is not None else "")
+    )
 
 
 def ratio_of(row: dict) -> float:
@@ -109,7 +113,7 @@ def ratio_of(row: dict) -> float:
 
 
 def run(args: tuple) -> dict[str, Any]:
-    method, lr, steps, out, ratio = args
+    method, lr, steps, out, ratio, seed = args
     import torch
 
     torch.set_num_threads(1)
@@ -128,10 +132,10 @@ def run(args: tuple) -> dict[str, Any]:
         save_every=0,
         keep_checkpoints=1,
         log_every=max(1, plan.eval_every // 5),
-        output_dir=str(Path(out) / "runs" / run_name(method, lr, ratio)),
+        output_dir=str(Path(out) / "runs" / run_name(method, lr, ratio, seed)),
         overwrite=True,
         device="cpu",
-        seed=plan.seed,
+        seed=plan.seed if seed is None else seed,
         progress=False,
         tensorboard=False,
         plot=False,
@@ -146,6 +150,7 @@ def run(args: tuple) -> dict[str, Any]:
         "method": method,
         "lr": lr,
         "lr_other_ratio": ratio,
+        **({"seed": seed} if seed is not None else {}),
         "steps": steps,
         "eval_ppl": ppl,
         "status": status,
@@ -159,7 +164,7 @@ def _best(rows: list[dict], per_group: bool) -> tuple[dict[str, dict], dict[str,
     tried: dict[str, list[tuple[float, float]]] = {}
     best: dict[str, dict] = {}
     for row in rows:
-        if not per_group and ratio_of(row) != 1:
+        if (not per_group and ratio_of(row) != 1) or "seed" in row:
             continue
         tried.setdefault(row["method"], []).append((row["lr"], ratio_of(row)))
         if row["eval_ppl"] is None:
@@ -224,13 +229,14 @@ def report(rows: list[dict], memory: dict[str, dict], steps: int) -> str:
         "",
         "Every run:",
         "",
-        "| method | LR | other params' LR ratio | eval ppl | seconds |",
-        "|---|---|---|---|---|",
+        "| method | LR | other params' LR ratio | seed | eval ppl | seconds |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
         ppl = f"{row['eval_ppl']:.2f}" if row["eval_ppl"] is not None else row["status"]
         lines.append(
-            f"| {row['method']} | {row['lr']:g} | {ratio_of(row):g} | {ppl} | {row['seconds']} |"
+            f"| {row['method']} | {row['lr']:g} | {ratio_of(row):g} | {row.get('seed', 0)} | {ppl} "
+            f"| {row['seconds']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -246,10 +252,11 @@ def main() -> int:
     parser.add_argument(
         "--add",
         nargs="+",
-        metavar="METHOD:LR[:RATIO]",
+        metavar="METHOD:LR[:RATIO[:SEED]]",
         help="only these runs, added to the folder's results.json (a grid extended past its "
         "edge, where the best point was; RATIO: the embeddings/head/norms' LR as a multiple of "
-        "LR, --lr-other-ratio, default 1)",
+        "LR, --lr-other-ratio, default 1; SEED: another seed than the plan's, a check listed "
+        "with every run but not in the tables)",
     )
     args = parser.parse_args()
     out = Path(args.out)
@@ -259,8 +266,15 @@ def main() -> int:
         previous = json.loads((out / "results.json").read_text())
         memory, rows, commands = previous["memory"], previous["rows"], previous["command"]
         jobs = [
-            (m, float(lr), args.steps, str(out), float(ratio[0]) if ratio else 1.0)
-            for m, lr, *ratio in (a.split(":") for a in args.add)
+            (
+                m,
+                float(lr),
+                args.steps,
+                str(out),
+                float(rest[0]) if rest else 1.0,
+                int(rest[1]) if len(rest) > 1 else None,
+            )
+            for m, lr, *rest in (a.split(":") for a in args.add)
         ]
         commands = [commands] if isinstance(commands, str) else commands
         command = [*commands, command]
@@ -268,7 +282,7 @@ def main() -> int:
         memory = {method: state_bytes(method) for method, _ in METHODS}
         rows = []
         jobs = [
-            (method, lr, args.steps, str(out), 1.0)
+            (method, lr, args.steps, str(out), 1.0, None)
             for method, fixed in METHODS
             for lr in ([fixed] if fixed is not None else args.grid)
         ]
@@ -278,7 +292,7 @@ def main() -> int:
             print(row, flush=True)
             rows.append(row)
     order = {m: i for i, (m, _) in enumerate(METHODS)}
-    rows.sort(key=lambda r: (order[r["method"]], ratio_of(r), -r["lr"]))
+    rows.sort(key=lambda r: (order[r["method"]], r.get("seed", 0), ratio_of(r), -r["lr"]))
     results = {
         "command": command,
         "steps": args.steps,
