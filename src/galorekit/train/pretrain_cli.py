@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,15 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     return build_config({**values, **explicit})
 
 
-def _relaunch(args: argparse.Namespace, cfg: PretrainConfig) -> int:
-    """Check everything a worker would refuse, then run the job through torchrun."""
+def relaunch(
+    command: str,
+    args: argparse.Namespace,
+    cfg: Any,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    default_output_dir: Callable[[Any], Path],
+) -> int:
+    """Check everything a worker of ``galore COMMAND`` would refuse, then run the job through
+    torchrun (``cfg.nproc_per_node`` processes; ``pretrain`` and ``sft`` share it)."""
     # torch (the launcher, the loop): imported when a job runs, not at --help time
     from galorekit.distributed.launch import check_nproc, launch, namespace_to_argv
     from galorekit.train.loop import resolve_device
@@ -94,11 +102,11 @@ def _relaunch(args: argparse.Namespace, cfg: PretrainConfig) -> int:
         i = worker_argv.index("--nproc-per-node")
         del worker_argv[i : i + 2]
     print(
-        f"galore pretrain: launching {cfg.nproc_per_node} processes through torchrun "
+        f"galore {command}: launching {cfg.nproc_per_node} processes through torchrun "
         f"(output: {args.output_dir})",
         file=sys.stderr,
     )
-    return launch(cfg.nproc_per_node, ["galorekit", "pretrain", *worker_argv])
+    return launch(cfg.nproc_per_node, ["galorekit", command, *worker_argv])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             args.nproc_per_node = UNSET
         cfg = config_from_args(args)
         if cfg.nproc_per_node > 1 and not inside_torchrun():
-            return _relaunch(args, cfg)
+            return relaunch("pretrain", args, cfg, add_arguments, default_output_dir)
         result = pretrain(cfg)
     except RunFinished as done:
         print(f"galore pretrain: {done}", file=sys.stderr)

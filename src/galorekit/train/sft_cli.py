@@ -77,31 +77,6 @@ def config_from_args(args: argparse.Namespace) -> SFTConfig:
     return build_config({**saved, **values, **explicit, "resume": resume})
 
 
-def _relaunch(args: argparse.Namespace, cfg: SFTConfig) -> int:
-    """Check what a worker would refuse, then run the job through torchrun (as pretrain)."""
-    from galorekit.distributed.launch import check_nproc, launch, namespace_to_argv
-    from galorekit.train.loop import resolve_device
-    from galorekit.train.run_dir import check_output_dir
-    from galorekit.train.sft_config import default_output_dir
-
-    check_nproc(cfg.nproc_per_node, resolve_device(cfg.device).type)
-    if args.output_dir == UNSET:  # one name for every rank, and printed here
-        args.output_dir = str(default_output_dir(cfg))
-    check_output_dir(cfg, Path(args.output_dir))
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    worker_argv = namespace_to_argv(parser, args)
-    if "--nproc-per-node" in worker_argv:  # absent when it came from a file or config.json
-        i = worker_argv.index("--nproc-per-node")
-        del worker_argv[i : i + 2]
-    print(
-        f"galore sft: launching {cfg.nproc_per_node} processes through torchrun "
-        f"(output: {args.output_dir})",
-        file=sys.stderr,
-    )
-    return launch(cfg.nproc_per_node, ["galorekit", "sft", *worker_argv])
-
-
 def run(args: argparse.Namespace) -> int:
     from galorekit.distributed.context import env_world_size, inside_torchrun
     from galorekit.train.sft import sft  # torch, transformers: not at --help time
@@ -117,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
             args.nproc_per_node = UNSET
         cfg = config_from_args(args)
         if cfg.nproc_per_node > 1 and not inside_torchrun():
-            return _relaunch(args, cfg)
+            from galorekit.train.pretrain_cli import relaunch
+            from galorekit.train.sft_config import default_output_dir
+
+            return relaunch("sft", args, cfg, add_arguments, default_output_dir)
         result = sft(cfg)
     except Exception as err:
         code, message = failure(err)
