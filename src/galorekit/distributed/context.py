@@ -97,6 +97,29 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
+def run_as_job(
+    device: torch.device, world_size: int, body: Callable[[DistContext, torch.device], Any]
+) -> Any:
+    """``body(ctx, device)`` in this process — alone, or as one rank of a torchrun job of
+    ``world_size`` processes (a config built for another size is refused; each rank takes its own
+    CUDA device) — then a barrier, so that every rank's collectives are done before the process
+    group goes, which it does whatever happens."""
+    ctx = init_distributed(device.type)
+    try:
+        if ctx.world_size != world_size:
+            raise ValueError(
+                f"the config was built for {world_size} processes but this job has "
+                f"{ctx.world_size}; build the config inside the job (world_size=None)"
+            )
+        if ctx.enabled and device.type == "cuda":
+            device = torch.device("cuda", ctx.local_rank)
+        result = body(ctx, device)
+        barrier(ctx)
+        return result
+    finally:
+        shutdown(ctx)
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

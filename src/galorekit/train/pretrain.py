@@ -47,11 +47,9 @@ from galorekit.distributed.comm import CommCounter
 from galorekit.distributed.context import (
     DistContext,
     all_reduce_sum,
-    barrier,
-    init_distributed,
     main_first,
+    run_as_job,
     run_on_main,
-    shutdown,
 )
 from galorekit.distributed.data_parallel import setup_data_parallel
 from galorekit.extras import needs_extra
@@ -142,21 +140,9 @@ def evaluate_sums(
 
 def pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run ``cfg`` in this process — alone, or as one rank of a torchrun job (module docstring)."""
-    device = resolve_device(cfg.device)
-    ctx = init_distributed(device.type)
-    try:
-        if ctx.world_size != cfg.world_size:
-            raise ValueError(
-                f"the config was built for {cfg.world_size} processes but this job has "
-                f"{ctx.world_size}; build the config inside the job (world_size=None)"
-            )
-        if ctx.enabled and device.type == "cuda":
-            device = torch.device("cuda", ctx.local_rank)
-        result = _pretrain(cfg, ctx, device)
-        barrier(ctx)  # every rank's collectives are done before the process group goes
-        return result
-    finally:
-        shutdown(ctx)
+    return run_as_job(
+        resolve_device(cfg.device), cfg.world_size, lambda ctx, device: _pretrain(cfg, ctx, device)
+    )
 
 
 # ---------------------------------------------------------------------------- the run's pieces
