@@ -328,7 +328,14 @@ def test_transformers_rules_read_optim_target_modules_as_the_trainer(spec, expec
             if isinstance(m, nn.Linear) and check_target_module_exists(spec, n)
         ]
         assert got == trainer
-    with pytest.raises(ValueError, match="a part of it"):
+    with pytest.raises(ValueError, match="a part of it") as refused:
         resolve_target_modules(model, ["no_such"], rules="transformers")
+    # the Trainer's rules target linear layers only: the message offers those alone
+    listed = str(refused.value).split("end in: ")[1]
+    assert "embed_tokens" not in listed and "q_proj" in listed
+    assert "matches no nn.Linear or transformers' Conv1D module" in str(refused.value)
+    with pytest.raises(ValueError, match="embed_tokens") as peft_rules:
+        resolve_target_modules(model, ["no_such"])  # peft's rules may name embeddings
+    assert "nn.Embedding" in str(peft_rules.value)
     with pytest.raises(ValueError, match="unknown target rules"):
         select_modules(model, ["q_proj"], rules="hf")

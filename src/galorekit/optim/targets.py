@@ -179,10 +179,16 @@ def near_misses(wanted: str, names: Sequence[str], n: int = 5) -> list[str]:
     return difflib.get_close_matches(wanted, _suffixes(pool), n=n, cutoff=0.5)
 
 
+def _kinds(rules: str) -> tuple[str, ...]:
+    """The module kinds a rule set can target: the Trainer's rules take linear layers only."""
+    return ("linear",) if rules == "transformers" else tuple(KINDS)
+
+
 def _no_match(
     spec_text: str, wanted: Sequence[str], model: nn.Module, what: str, rules: str = "peft"
 ) -> ValueError:
-    targetable = [name for name, m in model.named_modules() if module_kind(m) is not None]
+    kinds = _kinds(rules)
+    targetable = [name for name, m in model.named_modules() if module_kind(m) in kinds]
     containers = [
         (name, m)
         for name, m in model.named_modules()
@@ -193,11 +199,11 @@ def _no_match(
         n.rsplit(".", 1)[-1]
         for _, m in containers[:1]
         for n, child in m.named_modules()
-        if n and module_kind(child) is not None
+        if n and module_kind(child) in kinds
     ]
     close = list(dict.fromkeys(c for w in wanted for c in near_misses(w, targetable)))
     leaves = sorted({n.rsplit(".", 1)[-1] for n in targetable})
-    parts = [f"{what} {spec_text} matches no {' / '.join(KINDS.values())} module"]
+    parts = [f"{what} {spec_text} matches no {' / '.join(KINDS[k] for k in kinds)} module"]
     if other:
         parts.append(
             f"it names {', '.join(other[:2])}{' …' if len(other) > 2 else ''}, which cannot "
@@ -261,9 +267,8 @@ def select_modules(
 
 
 def _select_named(model: nn.Module, spec: str | list[str], what: str, rules: str) -> list[str]:
-    # a name that also matches containers (BERT's ``output``) selects only the targetable ones;
-    # the Trainer's rules take linear layers only
-    kinds = ("linear",) if rules == "transformers" else tuple(KINDS)
+    # a name that also matches containers (BERT's ``output``) selects only the targetable ones
+    kinds = _kinds(rules)
     selected = [
         n
         for n, m in model.named_modules()
