@@ -8,9 +8,7 @@ transformers (the ``[train]`` extra, seconds to import) is imported by the funct
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.util
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,14 +17,13 @@ from typing import TYPE_CHECKING, Any
 from galorekit.data.classification import TaskSpec
 from galorekit.extras import needs_extra
 from galorekit.names import REMOTE_CODE_HINT
-from galorekit.train.checkpoint import atomic_directory
 from galorekit.train.finetune_config import MINILM_ALIASES, ConfigError
 from galorekit.train.logging import to_jsonable
 
 if TYPE_CHECKING:
     from torch import nn
 
-BEST_STATE_FILE = "finetune_state.json"
+BEST_STATE_FILE = "galorekit_export.json"  # export.EXPORT_FILE: the export's record
 
 
 def minilm_dir() -> Path:
@@ -180,12 +177,9 @@ def model_max_length(config: Any, tokenizer: Any) -> int:
 
 
 def save_best(model: nn.Module, tokenizer: Any, path: Path, state: Mapping[str, Any]) -> None:
-    """Atomically write a standalone ``from_pretrained``-loadable model (LoRA merged) to ``path``."""
-    with atomic_directory(path) as tmp:
-        to_save = model
-        if hasattr(model, "merge_and_unload"):  # peft: save the merged model, not the adapter
-            to_save = copy.deepcopy(model).merge_and_unload()
-        with _quiet_transformers():
-            to_save.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / BEST_STATE_FILE).write_text(json.dumps(to_jsonable(state), indent=2), "utf-8")
+    """Atomically replace ``path`` with a standalone ``from_pretrained``-loadable model (LoRA
+    merged), ``state`` recorded in its ``BEST_STATE_FILE`` — the export every command writes."""
+    from galorekit.train.export import export_hf
+
+    with _quiet_transformers():
+        export_hf(model, path, tokenizer=tokenizer, overwrite=True, metadata=to_jsonable(state))
