@@ -8,7 +8,8 @@ sibling in its layer or anything above):
 0. ``names`` (the torch-free method table), ``extras`` (optional-dependency imports), ``atomic``
    (file writes), ``units`` (byte sizes), ``lazy`` (lazy package exports), ``config`` (config
    dataclasses → flags, files; torch-free); just above them the
-   package ``__init__`` (lazy re-exports only, through ``lazy``);
+   package ``__init__`` (lazy re-exports only, through ``lazy``) and ``devices`` (``--device``,
+   resolved once for every command);
 1. ``projection`` — the subspace refresh, torch only;
 2. ``optim`` — GaLore's optimizers and the layer-wise wrapper;
 3. ``distributed`` (DDP/FSDP2 around the optimizers) and ``analysis`` (subspace metrics, the one
@@ -33,7 +34,7 @@ import galorekit
 SRC = Path(galorekit.__file__).parent
 LAYERS: list[set[str]] = [
     {"names", "extras", "atomic", "units", "lazy", "config"},
-    {"__init__"},
+    {"__init__", "devices"},
     {"projection"},
     {"optim"},
     {"distributed", "analysis"},

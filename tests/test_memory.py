@@ -574,6 +574,26 @@ def test_cli_unknown_method_lists_valid_choices_through_the_parser(capsys):
     assert all(m in err for m in METHODS)
 
 
+@pytest.mark.parametrize(
+    ("device", "says"),
+    [
+        ("tpu", "unknown --device 'tpu'"),
+        ("xpu", "is not supported"),
+        ("cuda:7", "no CUDA device"),
+        ("mps", "MPS"),
+        ("cpu:1", "no index"),
+    ],
+)
+def test_cli_measure_refuses_a_device_it_cannot_measure(monkeypatch, capsys, device, says):
+    """The training commands' resolver and messages (CUDA and MPS reported missing here)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    code = memory_cli.run(_args(*TINY, "--method", "adamw", "--measure", "--device", device))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("galore memory: error: ") and says in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_cli_measure_refuses_when_the_estimate_exceeds_free_memory(monkeypatch, capsys):
     import galorekit.memory.measure as measure_mod
 

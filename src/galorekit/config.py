@@ -32,7 +32,7 @@ PRECISION_HELP = (
     "moments per --state-dtype). bf16 is for GPUs: slow on most CPUs"
 )
 
-#: ``--device`` of every training command (``galorekit.train.loop.resolve_device``)
+#: ``--device`` of every training command (``galorekit.devices.resolve_device``)
 DEVICE_DEFAULT = "auto"
 DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps"
 

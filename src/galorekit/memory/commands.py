@@ -10,6 +10,7 @@ import torch
 
 import galorekit.memory.measure as measuring
 from galorekit.atomic import write_json_output
+from galorekit.devices import resolve_device
 from galorekit.memory.cli import SETUP_FLAGS, resolve
 from galorekit.memory.estimator import estimate
 from galorekit.memory.fit import DEFAULT_RANKS, fit_budget
@@ -69,13 +70,18 @@ def _plot(args, estimates, budget: int | None) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
-def _resolve_device(name: str):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _resolve_device(name: str) -> torch.device:
+    """The training commands' ``--device`` resolver; a measurement needs an allocator it can
+    read (CUDA's, or the CPU profiler's)."""
     try:
-        return torch.device(name)
-    except RuntimeError:
-        raise _UsageError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+        device = resolve_device(name)
+    except ValueError as err:
+        raise _UsageError(str(err)) from None
+    if device.type not in ("cpu", "cuda"):
+        raise _UsageError(
+            f"--device {name}: --measure reads the cpu or cuda allocator, not {device.type}"
+        )
+    return device
 
 
 def _parse_ranks(text: str | None) -> tuple[int, ...] | None:
