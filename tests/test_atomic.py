@@ -14,6 +14,7 @@ from galorekit.atomic import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    output_file_error,
     publish_directory,
     temp_sibling,
 )
@@ -155,3 +156,14 @@ def test_fsync_path_syncs_files_and_directories(tmp_path):
     fsync_tree(tmp_path)
     with pytest.raises(FileNotFoundError):
         fsync_path(tmp_path / "missing")
+
+
+def test_output_file_error_names_what_blocks_the_file(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("kept")
+    assert output_file_error(str(tmp_path / "new" / "out.json"), "--json") is None  # created
+    assert output_file_error("-", "--json") is None and output_file_error(None, "--md") is None
+    assert "is a directory" in output_file_error(str(tmp_path / "dir"), "--json")
+    blocked = output_file_error(str(tmp_path / "file" / "out.json"), "--md")
+    assert blocked.startswith("--md ") and "is a file, not a directory" in blocked
+    assert (tmp_path / "file").read_text() == "kept"

@@ -213,3 +213,17 @@ def test_config_file_under_the_command_line(tmp_path, suffix):
         model="tiny", T=7, svd=("warm",), reference=False, noise=1.0, seed=5
     )
     assert _config("--config", str(path)).svd == ("exact", "warm")
+
+
+@pytest.mark.parametrize("flag", ["--json", "--md"])
+def test_an_output_path_that_cannot_be_written_is_refused_before_timing(tmp_path, capsys, flag):
+    (tmp_path / "taken").mkdir()
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args([*FAST, flag, str(tmp_path / "taken")])
+    assert bench.run(args) == 2
+    captured = capsys.readouterr()
+    assert (
+        captured.err.startswith(f"galore bench: error: {flag} ") and "[bench]" not in captured.err
+    )
+    assert (tmp_path / "taken").is_dir() and not any((tmp_path / "taken").iterdir())

@@ -594,6 +594,14 @@ def test_cli_measure_refuses_a_device_it_cannot_measure(monkeypatch, capsys, dev
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_cli_refuses_an_output_path_it_cannot_write(tmp_path, capsys, flag):
+    (tmp_path / "taken.png").mkdir()
+    code = memory_cli.run(_args(*TINY, flag, str(tmp_path / "taken.png")))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"galore memory: error: {flag} ") and "directory" in err
+
+
 def test_cli_measure_refuses_when_the_estimate_exceeds_free_memory(monkeypatch, capsys):
     import galorekit.memory.measure as measure_mod
 

@@ -158,6 +158,23 @@ def replace_outputs(out: PathLike, names: Iterable[str]) -> Path:
     return folder
 
 
+def output_file_error(target: str | PathLike | None, flag: str) -> str | None:
+    """Why the file ``target`` that a command writes at its end cannot be written — a directory,
+    a parent that is a file, or a parent not writable — checked before the command works; None
+    when it can (also for ``-``, stdout, and for no target)."""
+    if not isinstance(target, str | os.PathLike) or str(target) in ("", "-"):
+        return None
+    path = Path(target)
+    if path.is_dir():
+        return f"{flag} {target} is a directory: give a file name"
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        return f"{flag} {target}: {parent} is a file, not a directory"
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        return f"{flag} {target}: {parent} is not writable"
+    return None
+
+
 def write_json_output(target: str | PathLike, obj: Any) -> None:
     """The ``--json PATH`` of every command: ``obj`` as JSON on stdout for ``-``, else written
     atomically to ``PATH`` (indented)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from galorekit.atomic import atomic_write_text, write_json_output
+from galorekit.atomic import atomic_write_text, output_file_error, write_json_output
 from galorekit.bench.config import FLAGS, BenchConfig, build_config
 from galorekit.bench.report import format_markdown
 from galorekit.config import add_config_option, add_flags, add_renamed, requested
@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
+        for flag, target in (("--json", args.json), ("--md", args.md)):
+            if (problem := output_file_error(target, flag)) is not None:
+                raise ValueError(problem)  # before the timing runs, not after
     except ValueError as err:
         print(f"galore bench: error: {err}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ import sys
 import torch
 
 import galorekit.memory.measure as measuring
-from galorekit.atomic import write_json_output
+from galorekit.atomic import output_file_error, write_json_output
 from galorekit.devices import resolve_device
 from galorekit.memory.cli import SETUP_FLAGS, resolve
 from galorekit.memory.estimator import estimate
@@ -120,6 +120,9 @@ def _run(args: argparse.Namespace) -> int:
         raise _UsageError(
             f"--plot writes a PNG: give a file name ending in .png, not {args.plot!r}"
         )
+    for flag, target in (("--json", args.json), ("--plot", args.plot)):
+        if (problem := output_file_error(target, flag)) is not None:
+            raise _UsageError(problem)  # before minutes of measuring, not after
 
     if budget is not None and not compare:
         return _fit(args, method, budget)
