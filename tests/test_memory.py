@@ -18,7 +18,7 @@ from galorekit.memory.estimator import COMPONENTS, estimate, estimate_model
 from galorekit.memory.fit import fit_budget
 from galorekit.memory.model import build_optimizer, build_training_model
 from galorekit.memory.setup import METHODS, PRECISIONS, TrainingSetup
-from galorekit.memory.trackers import GradientTracker, SavedTensorTracker
+from galorekit.memory.trackers import GradientTracker, SavedTensorTracker, allocator_peak
 from galorekit.models.build import enable_activation_checkpointing
 from galorekit.units import format_bytes, parse_size
 
@@ -761,3 +761,25 @@ def test_memory_counts_state_dtype() -> None:
     wide = estimate("llama_tiny", base.with_(state_dtype="float32"), vocab_size=VOCAB)
     # the moments double (2 → 4 bytes each), the projectors stay bf16
     assert plain < wide.optimizer_states < 2 * plain
+
+
+def test_cpu_allocator_peak_counts_only_what_the_steps_allocate() -> None:
+    """What earlier measurements left behind is not this one's peak: the profiler's running total
+    keeps tensors allocated under an earlier profile and freed after it (an optimizer's states),
+    and the same function must measure the same whatever was measured or is held before."""
+
+    def work() -> None:
+        a = torch.empty(2**20, dtype=torch.float32)  # 4 MiB
+        b = torch.empty(2**19, dtype=torch.float32)  # 2 MiB, while a is alive
+        del a, b
+
+    kept: list[torch.Tensor] = []
+    first = allocator_peak(lambda: kept.append(torch.empty(2**24)), "cpu")  # 64 MiB, kept
+    assert first >= 64 * 2**20
+    kept.clear()  # freed outside any measurement
+    alone = allocator_peak(work, "cpu")
+    held = torch.ones(2**24, dtype=torch.float32)  # 64 MiB alive during the next measurement
+    beside = allocator_peak(work, "cpu")
+    assert held.sum() > 0
+    assert alone == beside
+    assert 6 * 2**20 <= alone < 7 * 2**20

@@ -147,9 +147,18 @@ def allocator_peak(fn: Callable[[], Any], device: torch.device | str) -> int:
             events = json.load(fh).get("traceEvents", [])
     finally:
         os.unlink(path)
-    totals = [
-        e["args"]["Total Allocated"]
+    allocations = [
+        e
         for e in events
         if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0
     ]
-    return max(totals, default=0)
+    if not allocations:
+        return 0
+    # the profiler's "Total Allocated" is a running total that still holds what was allocated
+    # under an earlier profile and freed after it (a previous measurement's optimizer states):
+    # the peak is taken above the total before the first event, as CUDA's is above
+    # ``memory_allocated()``
+    first = min(allocations, key=lambda e: e.get("ts", 0))["args"]
+    base = first["Total Allocated"] - first["Bytes"]
+    allocations = [e["args"] for e in allocations]
+    return max(a["Total Allocated"] for a in allocations) - base
