@@ -197,3 +197,30 @@ def test_resume_refuses_another_layout(runs, tmp_path, capsys):
     shutil.copytree(runs["single"], single)
     argv = ["sft", "--resume", "--output-dir", str(single), "--distributed", "fsdp"]
     _refused(capsys, argv, "--distributed")
+
+
+def test_filler_generate_calls_are_dropped(tiny):
+    """The padding a rank adds (``calls`` > its batches) runs generate on the filler prompt and
+    returns only the answers to its own prompts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from galorekit.data.sft import Prompt
+    from galorekit.train.sft_eval import generate_answers
+
+    model = AutoModelForCausalLM.from_pretrained(tiny["model"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
+    prompts = [
+        Prompt(messages=None, text=f"Review: {w}. Sentiment:", answer="positive")
+        for w in ("good", "bad")
+    ]
+    seen = []
+    generate = model.generate
+    model.generate = lambda **kw: seen.append(kw["input_ids"].shape[0]) or generate(**kw)
+    plain = generate_answers(model, tokenizer, prompts, "cpu", max_new_tokens=2, batch_size=1)
+    assert seen == [1, 1]
+    filler = [Prompt(messages=None, text="Review: dull. Sentiment:", answer="negative")] * 3
+    padded = generate_answers(
+        model, tokenizer, prompts, "cpu", max_new_tokens=2, batch_size=1, calls=5, filler=filler
+    )
+    assert padded == plain and len(plain) == 2
+    assert seen == [1, 1, 1, 1, 3, 3, 3]  # the two prompts, then three filler calls

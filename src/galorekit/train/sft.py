@@ -18,6 +18,12 @@ A checkpoint holds the model, the optimizer (with GaLore's projectors), the sche
 and the step; the batch order is a function of the seed and the micro-batch index, so ``--resume``
 continues bit-identically. The run directory follows ``galore pretrain``'s rules (``run_dir``):
 a directory holding a run is refused unless ``--resume`` or ``--overwrite``.
+
+``--distributed fsdp`` shards the model with FSDP2 before the optimizer is built, as ``galore
+pretrain`` does (``galorekit.distributed.fsdp``). A sharded forward is collective, so every rank
+runs as many validation forwards and generate calls (each rank generates its block of the
+held-out prompts, rank 0 scores them all); checkpoints are written by every rank
+(``train.sharded_checkpoint``) and exports gathered from the shards (``export.full_state_dict``).
 """
 
 from __future__ import annotations
@@ -131,7 +137,7 @@ class _Run:
 
 
 def sft(cfg: SFTConfig) -> SFTResult:
-    """Run ``cfg`` in this process — alone, or as one rank of a torchrun job (DDP)."""
+    """Run ``cfg`` in this process — alone, or as one rank of a torchrun job (DDP or FSDP2)."""
     return run_as_job(
         resolve_device(cfg.device), cfg.world_size, lambda ctx, device: _sft(cfg, ctx, device)
     )
