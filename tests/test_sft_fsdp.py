@@ -6,7 +6,7 @@ bit-identically, layer-wise GaLore trains under FSDP2, and bad combinations are 
 line.
 
 The ranks are launched with ``python -m torch.distributed.run`` (what ``--nproc-per-node 2``
-relaunches), so the tests also run where this process is pinned to one core. As in
+relaunches; the layer-wise test goes through that flag). As in
 ``test_fsdp_pretrain``: one subspace for the whole run (T > steps, projected on the right as FSDP2
 does) keeps the comparison at float rounding — with a rank (4) below the gradients' numerical
 rank here: at rank 8 or 16 of these 32-wide matrices the projectors also span near-null
@@ -153,7 +153,7 @@ def test_layerwise_fsdp_equals_one_process(runs, tiny, tmp_path):
     clipping and one micro-batch per rank they apply the update the single run applied."""
     out = tmp_path / "lw"
     extra = ("--layerwise", "--distributed", "fsdp", "--generate-eval", "0")
-    torchrun(sft_args(tiny, out, *extra))
+    assert main(sft_args(tiny, out, *extra, "--nproc-per-node", "2")) == 0  # galore's launcher
     assert_models_close(model_of(runs["single"], tmp_path), model_of(out, tmp_path))
 
 
