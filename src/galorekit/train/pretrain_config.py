@@ -262,11 +262,6 @@ def _errors(cfg: PretrainConfig) -> list[str]:
                 f"× processes ({cfg.batch_size} × {cfg.world_size} = {per_step}): each "
                 "process runs whole micro-batches of batch_size"
             )
-    if cfg.distributed not in DISTRIBUTED_STRATEGIES:
-        errors.append(
-            f"unknown --distributed {cfg.distributed!r}; valid: "
-            + ", ".join(DISTRIBUTED_STRATEGIES)
-        )
     errors += _parallel_errors(cfg)
     if cfg.method.weight_rounding != "nearest" and cfg.precision != "bf16-true":
         errors.append(
@@ -282,28 +277,40 @@ def _errors(cfg: PretrainConfig) -> list[str]:
     return errors
 
 
-def _parallel_errors(cfg: PretrainConfig) -> list[str]:
-    errors = []
-    method = cfg.method
-    if cfg.distributed == "fsdp":
-        from galorekit.distributed.fsdp import FSDP_METHODS  # torch, as above
+def distributed_errors(distributed: str, method: MethodConfig) -> list[str]:
+    """What ``--distributed`` refuses with ``method`` (``galore pretrain`` and ``galore sft``;
+    checked for one process too, so that a command valid alone stays valid under torchrun)."""
+    if distributed not in DISTRIBUTED_STRATEGIES:
+        return [
+            f"unknown --distributed {distributed!r}; valid: " + ", ".join(DISTRIBUTED_STRATEGIES)
+        ]
+    if distributed != "fsdp":
+        return []
+    from galorekit.distributed.fsdp import FSDP_METHODS  # torch: when a config is built
 
-        if method.method not in FSDP_METHODS:
-            errors.append(
-                f"--distributed fsdp supports the methods {', '.join(FSDP_METHODS)}, not "
-                f"{method.method} (Adafactor's statistics span whole matrices; the "
-                "adapter baselines rebuild the model); use --distributed ddp"
-            )
-        if method.method in GALORE_METHODS and method.proj_type not in ("std", "right"):
-            errors.append(
-                "--distributed fsdp projects every matrix on the right (R = G·Q is local to "
-                f"a row shard): --proj-type must be std or right, not {method.proj_type}"
-            )
-        if cfg.lowrank_comm:
-            errors.append(
-                "--lowrank-comm is a DDP option (FSDP2 reduce-scatters full gradients); use "
-                "--distributed ddp with it"
-            )
+    errors = []
+    if method.method not in FSDP_METHODS:
+        errors.append(
+            f"--distributed fsdp supports the methods {', '.join(FSDP_METHODS)}, not "
+            f"{method.method} (Adafactor's statistics span whole matrices; the "
+            "adapter baselines rebuild the model); use --distributed ddp"
+        )
+    if method.method in GALORE_METHODS and method.proj_type not in ("std", "right"):
+        errors.append(
+            "--distributed fsdp projects every matrix on the right (R = G·Q is local to "
+            f"a row shard): --proj-type must be std or right, not {method.proj_type}"
+        )
+    return errors
+
+
+def _parallel_errors(cfg: PretrainConfig) -> list[str]:
+    method = cfg.method
+    errors = distributed_errors(cfg.distributed, method)
+    if cfg.distributed == "fsdp" and cfg.lowrank_comm:
+        errors.append(
+            "--lowrank-comm is a DDP option (FSDP2 reduce-scatters full gradients); use "
+            "--distributed ddp with it"
+        )
     if cfg.lowrank_comm:
         if method.method not in GALORE_METHODS:
             errors.append(

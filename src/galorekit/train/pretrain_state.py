@@ -38,7 +38,7 @@ from galorekit.train.pretrain_config import (
 )
 from galorekit.train.run_dir import truncate_metrics
 from galorekit.train.sharded_checkpoint import (
-    is_sharded_checkpoint,
+    check_sharding,
     load_sharded_parts,
     save_sharded_checkpoint,
 )
@@ -176,14 +176,7 @@ def _load(run: _Run) -> tuple[Path, dict[str, Any]]:
         newest = max((p for p in root.glob("step-*") if p.is_dir()), default=where)
         if newest.name > where.name:  # has meta.json (leftovers are gone) but no state.pt
             raise CheckpointError(f"{newest / STATE_FILE} is missing: the checkpoint is incomplete")
-    sharded = is_sharded_checkpoint(where)
-    if sharded != run.fsdp:
-        raise CheckpointError(
-            f"checkpoint {where} was written by "
-            + ("an FSDP run" if sharded else "a run without FSDP")
-            + "; resume it with "
-            + ("--distributed fsdp" if sharded else "--distributed ddp or one process")
-        )
+    check_sharding(where, run.fsdp)
     required = () if run.fsdp else ("model", "optimizer")
     return where, load_checkpoint(where, map_location=run.device, required_keys=required)
 

@@ -18,6 +18,12 @@ A checkpoint holds the model, the optimizer (with GaLore's projectors), the sche
 and the step; the batch order is a function of the seed and the micro-batch index, so ``--resume``
 continues bit-identically. The run directory follows ``galore pretrain``'s rules (``run_dir``):
 a directory holding a run is refused unless ``--resume`` or ``--overwrite``.
+
+``--distributed fsdp`` shards the model with FSDP2 before the optimizer is built, as ``galore
+pretrain`` does (``galorekit.distributed.fsdp``). A sharded forward is collective, so every rank
+runs as many validation forwards and generate calls (each rank generates its block of the
+held-out prompts, rank 0 scores them all); checkpoints are written by every rank
+(``train.sharded_checkpoint``) and exports gathered from the shards (``export.full_state_dict``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from galorekit.distributed.context import (
     DistContext,
     all_reduce_sum,
     barrier,
+    gather_objects,
     main_first,
     run_as_job,
     run_on_main,
@@ -76,9 +83,13 @@ from galorekit.train.run_lock import LOCK_FILE, RunLock
 from galorekit.train.schedule import pretrain_schedule
 from galorekit.train.sft_config import SFTConfig, config_values, default_output_dir
 from galorekit.train.sft_eval import (
+    GENERATE_BATCH,
     Batches,
+    GenerationScore,
     data_fingerprint,
+    generate_answers,
     generation_accuracy,
+    score_answers,
     sft_loss,
     validation_sums,
 )
@@ -110,7 +121,7 @@ class _Run:
     ctx: DistContext
     out: Path
     device: torch.device
-    model: Any  # unwrapped (state dicts, evaluation, export)
+    model: Any  # unwrapped (state dicts, evaluation, export); FSDP: sharded in place
     parallel: Any  # DataParallelModel: the module to call, clipping, accumulation
     tokenizer: Any
     optimizer: Any
@@ -120,12 +131,13 @@ class _Run:
     identity: dict[str, Any]
     autocast: Any
     max_steps: int
+    fsdp: bool = False  # the model is sharded (FSDP2): collective forwards and checkpoints
     logger: Any = None
     best_loss: float = math.inf  # of the --export-dir best export
 
 
 def sft(cfg: SFTConfig) -> SFTResult:
-    """Run ``cfg`` in this process — alone, or as one rank of a torchrun job (DDP)."""
+    """Run ``cfg`` in this process — alone, or as one rank of a torchrun job (DDP or FSDP2)."""
     return run_as_job(
         resolve_device(cfg.device), cfg.world_size, lambda ctx, device: _sft(cfg, ctx, device)
     )
@@ -177,6 +189,11 @@ def _build(cfg: SFTConfig, ctx: DistContext, device: torch.device, out: Path) ->
     autocast = apply_precision(model, cfg.precision, device)  # before the optimizer holds it
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
+    fsdp = ctx.enabled and cfg.distributed == "fsdp"
+    if fsdp:  # before the optimizer: it must hold the sharded parameters
+        from galorekit.distributed.fsdp import shard_model  # FSDP2: loaded only when used
+
+        shard_model(model, ctx, device)
     per_epoch = math.ceil(len(data.train) / (cfg.batch_size * ctx.world_size))
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / cfg.accumulation_steps))
     method = _setup_method(model, replace(cfg.method, lr=cfg.peak_lr), max_steps)
@@ -187,7 +204,12 @@ def _build(cfg: SFTConfig, ctx: DistContext, device: torch.device, out: Path) ->
         ),
     )
     parallel = setup_data_parallel(
-        method.model, method.optimizer, ctx, device, layerwise=cfg.method.layerwise
+        method.model,
+        method.optimizer,
+        ctx,
+        device,
+        layerwise=cfg.method.layerwise,
+        strategy="fsdp" if fsdp else "ddp",
     )
     pad = tokenizer.pad_token_id
     batches = Batches(data.train, cfg.batch_size, cfg.seed, pad, ctx.rank, ctx.world_size)
@@ -213,6 +235,7 @@ def _build(cfg: SFTConfig, ctx: DistContext, device: torch.device, out: Path) ->
         identity,
         autocast,
         max_steps,
+        fsdp,
     )
 
 
@@ -254,49 +277,78 @@ def _start(cfg: SFTConfig, ctx: DistContext, device: torch.device, out: Path) ->
 
 def _measure(run: _Run, step: int, when: str) -> dict[str, Any]:
     """The validation loss and the generated answers' accuracy now, logged and printed."""
-    cfg = run.cfg
     val = _validation_loss(run)
     run.logger.log({"event": "eval", "step": step, "eval_loss": val})
     result: dict[str, Any] = {"val_loss": val, "accuracy": None}
-    if not run.ctx.is_main:  # rank 0 generates (and reports), the others wait for it
-        if cfg.generate_eval and run.data.prompts:
-            barrier(run.ctx)
+    score = _generation_score(run) if run.cfg.generate_eval and run.data.prompts else None
+    if not run.ctx.is_main:  # rank 0 reports
         return result
-    if cfg.generate_eval and run.data.prompts:
-        score = generation_accuracy(
-            run.model,
-            run.tokenizer,
-            run.data.prompts,
-            run.device,
-            max_new_tokens=cfg.max_new_tokens,
-            samples=cfg.samples,
-        )
-        run.logger.log({"event": "generate", "step": step, "when": when, **score.as_event()})
-        result.update(accuracy=score.accuracy, n=score.n, samples=score.samples)
-        tqdm.write(
-            f"{when}: validation loss {val:.4f}, accuracy of generated answers "
-            f"{score.accuracy:.3f} on {score.n} {run.data.prompts_split} examples"
-        )
-        for s in score.samples:
-            tqdm.write(
-                f"  {s['question']!r}\n    → {s['generated']!r} (reference {s['reference']!r})"
-            )
-        barrier(run.ctx)
-    else:
+    if score is None:
         tqdm.write(f"{when}: validation loss {val:.4f}")
+        return result
+    run.logger.log({"event": "generate", "step": step, "when": when, **score.as_event()})
+    result.update(accuracy=score.accuracy, n=score.n, samples=score.samples)
+    tqdm.write(
+        f"{when}: validation loss {val:.4f}, accuracy of generated answers "
+        f"{score.accuracy:.3f} on {score.n} {run.data.prompts_split} examples"
+    )
+    for s in score.samples:
+        tqdm.write(f"  {s['question']!r}\n    → {s['generated']!r} (reference {s['reference']!r})")
     return result
+
+
+def _generation_score(run: _Run) -> GenerationScore | None:
+    """The held-out prompts' generated answers, scored on rank 0 (None on the others). One
+    process or DDP: rank 0 generates alone, the others wait. FSDP (a sharded forward is
+    collective): rank r generates the r-th contiguous block of the prompts — rank 0's block
+    starts with the samples one process prints — with as many generate calls as every other
+    rank, and rank 0 scores them all."""
+    ctx, cfg, prompts = run.ctx, run.cfg, run.data.prompts
+    if not run.fsdp:
+        score = None
+        if ctx.is_main:
+            score = generation_accuracy(
+                run.model,
+                run.tokenizer,
+                prompts,
+                run.device,
+                max_new_tokens=cfg.max_new_tokens,
+                samples=cfg.samples,
+            )
+        barrier(ctx)
+        return score
+    share = math.ceil(len(prompts) / ctx.world_size)
+    generated = generate_answers(
+        run.model,
+        run.tokenizer,
+        prompts[ctx.rank * share : (ctx.rank + 1) * share],
+        run.device,
+        max_new_tokens=cfg.max_new_tokens,
+        calls=math.ceil(share / GENERATE_BATCH),
+        filler=prompts[:1],
+        synced=True,
+    )
+    every = gather_objects(ctx, generated)
+    if not ctx.is_main:
+        return None
+    return score_answers(prompts, [g for part in every for g in part], cfg.samples)
 
 
 def _validation_loss(run: _Run) -> float:
     """The validation loss, split over the ranks and summed (equals the one-process value)."""
-    ctx = run.ctx
+    ctx, examples, size = run.ctx, run.data.validation, run.cfg.batch_size * 2
+    # FSDP2's forward is collective: every rank runs as many forwards as the rank with the most
+    # batches, the extra ones on examples whose loss is not counted
+    forwards = math.ceil(math.ceil(len(examples) / ctx.world_size) / size) if run.fsdp else 0
     total, count = validation_sums(
         run.model,
-        run.data.validation[ctx.rank :: ctx.world_size],
-        run.cfg.batch_size * 2,
+        examples[ctx.rank :: ctx.world_size],
+        size,
         run.tokenizer.pad_token_id,
         run.device,
         run.autocast,
+        forwards=forwards,
+        filler=examples[:size],
     )
     total, count = all_reduce_sum(ctx, [total, float(count)], run.device)
     return total / max(count, 1)
@@ -404,10 +456,11 @@ def _train(run: _Run, step: int) -> SFTResult:
                 raise SystemExit(128 + (stop.signal or signal.SIGTERM))
     bar.close()
     after = _measure(run, step, "after")
-    if cfg.export_dir is not None and ctx.is_main:
+    if cfg.export_dir is not None:  # every rank: FSDP gathers the weights collectively
         sft_state.export_best(run, step, after["val_loss"])
         path = sft_state.export(run, "final", step, after["val_loss"])
-        tqdm.write(f"exported the final model to {path}")
+        if ctx.is_main:
+            tqdm.write(f"exported the final model to {path}")
     seconds = time.perf_counter() - started
     tokens_per_s = trained_tokens * ctx.world_size / train_seconds if train_seconds else math.nan
     logger.log({"event": "end", "step": step, "seconds": seconds, "tokens_per_s": tokens_per_s})

@@ -26,9 +26,9 @@ from galorekit.config import (
 )
 from galorekit.data.sft import SFTDataConfig
 from galorekit.methods.config import MethodConfig
-from galorekit.names import method_info
+from galorekit.names import DISTRIBUTED_STRATEGIES, method_info
 from galorekit.train.logging import REPORT_TO_HELP, report_to_error
-from galorekit.train.pretrain_config import method_flags
+from galorekit.train.pretrain_config import distributed_errors, method_flags
 
 #: the offline default model (an alias of ``galorekit.models.pretrained.MODEL_ALIASES``; not
 #: imported from there: galorekit.models imports torch, and ``galore --help`` imports this module)
@@ -103,12 +103,23 @@ class SFTConfig:
     )
     nproc_per_node: int = option(
         1,
-        "processes on this machine, launched through torchrun (DistributedDataParallel; gloo on "
-        "CPU, NCCL on CUDA, one GPU each); --batch-size is then per process and "
+        "processes on this machine, launched through torchrun (--distributed ddp or fsdp; gloo "
+        "on CPU, NCCL on CUDA, one GPU each); --batch-size is then per process and "
         "--total-batch-size global",
         group="parallel",
     )
     world_size: int | None = option(None, cli=False)  # None: torchrun's WORLD_SIZE or nproc
+    distributed: str = option(
+        "ddp",
+        "data-parallel strategy: ddp (DistributedDataParallel; --layerwise reduces in its hooks "
+        "instead) or fsdp (FSDP2 fully_shard: the model's weights, gradients and optimizer "
+        "states sharded by rows; GaLore projects on the right and refreshes from all-reduced "
+        "sketches; checkpoints sharded, exports gathered; methods adamw, adamw8bit, "
+        "galore_adamw, galore_adamw8bit, with --layerwise too)",
+        group="parallel",
+        choices=DISTRIBUTED_STRATEGIES,
+        trajectory=True,
+    )
     eval_every: int = option(
         0,
         "optimizer steps between validation losses (0: before and after training only)",
@@ -207,6 +218,7 @@ def _errors(cfg: SFTConfig) -> list[str]:
         value = getattr(cfg.data, name)
         if value is not None and value < 1:
             errors.append(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
+    errors += distributed_errors(cfg.distributed, cfg.method)
     if cfg.export_adapters and cfg.export_dir is None:
         errors.append("--export-adapters applies to --export-dir: give the directory too")
     if cfg.resume is not None and cfg.overwrite:

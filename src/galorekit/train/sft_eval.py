@@ -17,6 +17,9 @@ from torch import nn
 from galorekit.data.sft import IGNORE, Example, Prompt, SFTData
 from galorekit.data.sources import epoch_seed
 
+#: prompts per generate call when scoring answers
+GENERATE_BATCH = 32
+
 
 def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors of ``examples``: input_ids, labels (``IGNORE`` on padding) and either
@@ -93,9 +96,16 @@ def validation_sums(
     pad_id: int,
     device: torch.device,
     autocast: Callable[[], AbstractContextManager],
+    *,
+    forwards: int = 0,
+    filler: Sequence[Example] = (),
 ) -> tuple[float, int]:
     """(token-weighted sum of the cross-entropy, tokens) over the labelled tokens of
-    ``examples``: sums add over ranks."""
+    ``examples``: sums add over ranks.
+
+    ``forwards`` more than the batches of ``examples`` runs that many forward passes in all, the
+    extra ones on ``filler`` and not counted (a sharded model's forward is collective: every rank
+    must run as many)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -108,6 +118,10 @@ def validation_sums(
         tokens = int((batch["labels"][:, 1:] != IGNORE).sum())  # the model shifts the labels
         total += loss * tokens
         count += tokens
+    for _ in range(forwards - math.ceil(len(order) / batch_size)):
+        batch = collate(list(filler[:batch_size]), pad_id)
+        with autocast():
+            model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
     model.train(was_training)
     return total, count
 
@@ -133,28 +147,33 @@ def _prompt_text(prompt: Prompt, tokenizer: Any) -> str:
 
 
 @torch.no_grad()
-def generation_accuracy(
+def generate_answers(
     model: nn.Module,
     tokenizer: Any,
     prompts: Sequence[Prompt],
     device: torch.device,
     *,
     max_new_tokens: int,
-    batch_size: int = 32,
-    samples: int = 3,
-) -> GenerationScore:
-    """Greedy answers to ``prompts``, scored against the references: with a closed set of
-    answers (``answer_choices``) the one a generation names first, else the whole generation
-    (normalized) must match."""
+    batch_size: int = GENERATE_BATCH,
+    calls: int = 0,
+    filler: Sequence[Prompt] = (),
+    synced: bool = False,
+) -> list[str]:
+    """Greedy answers to ``prompts`` (left-padded batches of ``batch_size``).
+
+    Sharded models (FSDP2) generate collectively: ``synced`` keeps a rank whose answers are
+    complete running forwards until every rank's are (transformers' ``synced_gpus``), and
+    ``calls`` more than this rank's batches adds generate calls on ``filler`` (a repeated prompt)
+    whose answers are dropped, so that every rank makes as many."""
     was_training = model.training
     model.eval()
-    choices = answer_choices(prompts)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues every row at the same position
     generated: list[str] = []
+    batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
     try:
-        for start in range(0, len(prompts), batch_size):
-            texts = [_prompt_text(p, tokenizer) for p in prompts[start : start + batch_size]]
+        for n, chunk in enumerate(batches + [filler] * (calls - len(batches))):
+            texts = [_prompt_text(p, tokenizer) for p in chunk]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(device) for k, v in enc.items()}
             out = model.generate(
@@ -162,12 +181,24 @@ def generation_accuracy(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
+                **({"synced_gpus": True} if synced else {}),
             )
-            new = out[:, enc["input_ids"].shape[1] :]
-            generated += tokenizer.batch_decode(new, skip_special_tokens=True)
+            if n < len(batches):  # not a filler call
+                new = out[:, enc["input_ids"].shape[1] :]
+                generated += tokenizer.batch_decode(new, skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
+    return generated
+
+
+def score_answers(
+    prompts: Sequence[Prompt], generated: Sequence[str], samples: int = 3
+) -> GenerationScore:
+    """``generated`` scored against the references of ``prompts``: with a closed set of answers
+    (``answer_choices``) the one a generation names first, else the whole generation
+    (normalized) must match; the first ``samples`` kept to show."""
+    choices = answer_choices(prompts)
     correct = [parse_answer(g, choices) == normalize(p.answer) for g, p in zip(generated, prompts)]
     shown = [
         {
@@ -178,6 +209,23 @@ def generation_accuracy(
         for p, g in list(zip(prompts, generated))[:samples]
     ]
     return GenerationScore(sum(correct) / max(len(correct), 1), len(correct), shown)
+
+
+def generation_accuracy(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    device: torch.device,
+    *,
+    max_new_tokens: int,
+    batch_size: int = GENERATE_BATCH,
+    samples: int = 3,
+) -> GenerationScore:
+    """Greedy answers to ``prompts`` (``generate_answers``), scored (``score_answers``)."""
+    generated = generate_answers(
+        model, tokenizer, prompts, device, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
+    return score_answers(prompts, generated, samples)
 
 
 def _shorten(text: str, width: int = 90) -> str:

@@ -17,11 +17,16 @@ from galorekit.train.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from galorekit.train.export import ExportDirs
+from galorekit.train.export import ExportDirs, full_state_dict
 from galorekit.train.logging import read_metrics, summary_table
 from galorekit.train.loop import peak_memory_bytes, rng_state, set_rng_state
 from galorekit.train.run_dir import truncate_metrics
 from galorekit.train.sft_config import RESUME_KEYS, SFTConfig, config_values
+from galorekit.train.sharded_checkpoint import (
+    check_sharding,
+    load_sharded_parts,
+    save_sharded_checkpoint,
+)
 
 if TYPE_CHECKING:
     from galorekit.train.sft import _Run
@@ -39,19 +44,25 @@ def logged_before(out: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- exports
-def export(run: _Run, which: str, step: int, val_loss: float) -> Path:
-    """``--export-dir``/``which`` (final, best): the model as a Hugging Face directory."""
+def export(run: _Run, which: str, step: int, val_loss: float) -> Path | None:
+    """``--export-dir``/``which`` (final, best): the model as a Hugging Face directory, written
+    by rank 0 (call on every rank: under FSDP the weights are gathered from every rank's
+    shards); its path on rank 0, None on the others."""
+    state = full_state_dict(run.model) if run.fsdp else None  # collective
+    if not run.ctx.is_main:
+        return None
     exports = ExportDirs(run.cfg.export_dir, merge_adapters=not run.cfg.export_adapters)
     return exports.write(
-        which, run.model, tokenizer=run.tokenizer, step=step, eval_loss=val_loss,
-        trained_from=run.cfg.model,
+        which, run.model, tokenizer=run.tokenizer, state_dict=state, step=step,
+        eval_loss=val_loss, trained_from=run.cfg.model,
     )  # fmt: skip
 
 
 def export_best(run: _Run, step: int, val_loss: float) -> None:
     """``--export-dir``/best when ``val_loss`` is the lowest of the run's periodic evaluations
-    (without --eval-every the final model is the only candidate: no best directory)."""
-    if run.cfg.export_dir is None or not run.cfg.eval_every or not run.ctx.is_main:
+    (without --eval-every the final model is the only candidate: no best directory). Call on
+    every rank: ``val_loss`` is the same on all."""
+    if run.cfg.export_dir is None or not run.cfg.eval_every:
         return
     if run.best_loss <= val_loss:
         return
@@ -69,22 +80,27 @@ def previous_best(cfg: SFTConfig) -> float:
 
 # ---------------------------------------------------------------------------- checkpoints
 def save(run: _Run, step: int) -> Path:
-    """Rank 0 writes (the states are the same on every rank); every rank's RNG is kept."""
+    """Rank 0 writes (the states are the same on every rank; under FSDP every rank writes its
+    shards too); every rank's RNG is kept."""
     rngs = gather_objects(run.ctx, rng_state())
     state = {
         "step": step,
         "identity": run.identity,
         "config": config_values(run.cfg),
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "batches": run.batches.index,
         "rng": rngs[0],
         "rng_ranks": rngs,
     }
     path = run.out / "checkpoints" / checkpoint_name(step)
+    keep = run.cfg.keep_checkpoints
+    if run.fsdp:
+        return save_sharded_checkpoint(
+            path, run.ctx, state, run.model, run.optimizer, keep_last=keep
+        )
     if run.ctx.is_main:
-        save_checkpoint(path, state, keep_last=run.cfg.keep_checkpoints)
+        state.update(model=run.model.state_dict(), optimizer=run.optimizer.state_dict())
+        save_checkpoint(path, state, keep_last=keep)
     barrier(run.ctx)
     return path
 
@@ -94,7 +110,9 @@ def resume(run: _Run) -> int:
     where = resolve_checkpoint(
         run.out / "checkpoints" if run.cfg.resume == "latest" else run.cfg.resume
     )
-    ckpt = load_checkpoint(where, map_location=run.device, required_keys=("model", "optimizer"))
+    check_sharding(where, run.fsdp)
+    required = () if run.fsdp else ("model", "optimizer")
+    ckpt = load_checkpoint(where, map_location=run.device, required_keys=required)
     mismatched = [
         f"{k}: checkpoint {ckpt['identity'].get(k)!r} vs now {run.identity[k]!r}"
         for k in RESUME_KEYS
@@ -104,8 +122,11 @@ def resume(run: _Run) -> int:
         raise CheckpointError(
             f"checkpoint {where} belongs to another run: " + "; ".join(mismatched)
         )
-    load_module_state(run.model, ckpt["model"], what="model")
-    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if run.fsdp:
+        load_sharded_parts(where, run.ctx, run.model, run.optimizer, map_location=run.device)
+    else:
+        load_module_state(run.model, ckpt["model"], what="model")
+        run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.batches.index = int(ckpt["batches"])
     per_rank = ckpt.get("rng_ranks")

@@ -78,6 +78,22 @@ def is_sharded_checkpoint(path: str | os.PathLike[str]) -> bool:
     return "sharded_world_size" in read_meta(resolve_checkpoint(path)).get("metadata", {})
 
 
+def check_sharding(path: str | os.PathLike[str], fsdp: bool) -> None:
+    """Refuse to resume a sharded (FSDP) checkpoint without FSDP, or a whole one under it."""
+    saved_world = read_meta(resolve_checkpoint(path)).get("metadata", {}).get("sharded_world_size")
+    if (saved_world is not None) != fsdp:
+        raise CheckpointError(
+            f"checkpoint {path} was written by "
+            + (f"an FSDP run of {saved_world} processes" if saved_world else "a run without FSDP")
+            + "; resume it with "
+            + (
+                f"--distributed fsdp --nproc-per-node {saved_world}"
+                if saved_world
+                else "--distributed ddp or one process"
+            )
+        )
+
+
 def load_sharded_parts(
     path: str | os.PathLike[str],
     ctx: DistContext,
