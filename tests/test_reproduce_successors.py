@@ -15,7 +15,7 @@ from galorekit.reproduce.plan import SECTIONS, build_plan, full_plan_config
 from galorekit.reproduce.report import write_report
 from galorekit.reproduce.results import load_results
 from galorekit.reproduce.runner import PlanMismatchError, prepare_output_dir, run_plan
-from test_reproduce import Recorder, fresh, parse, tiny_config
+from test_reproduce import TINY_TABLE, Recorder, fresh, parse, tiny_config
 
 # the fake's best LR is 0.005; this grid straddles it, so the grid picks 0.01 (the tie's first
 # point) and the neighbour search ÷ 2 finds 0.005
@@ -202,3 +202,44 @@ def test_job_identity_of_a_successor_names_its_method():
     spec = plan.runs[dict(plan.successors)["apollo_mini"]]
     run = Job(spec, 0.005, plan.config, "").identity["run"]
     assert (run["method"], run["rank"], run["lr"]) == ("apollo_mini", 1, 0.005)
+
+
+@pytest.mark.slow
+def test_real_successor_and_per_group_theory_runs(pretrain_corpus, tmp_path):
+    """For real on llama_tiny: the successors train through the plan (APOLLO-Mini at its own
+    rank and α), and the per-group theory run trains exactly like its table twin (the ratio
+    reaches the instrumented loop)."""
+    from galorekit.reproduce.runner import warm_data_cache
+
+    cfg = tiny_config(
+        pretrain_corpus,
+        steps=4,
+        table=TINY_TABLE[:2],
+        lr_grid=(0.01,),
+        grid_fraction=1.0,
+        lr_other_ratios=(1.0, 4.0),
+        lr_neighbour_factor=2.0,
+        ablation_gaps=(),
+        ablation_rank_divisors=(),
+        long_rank_divisor=None,
+        theory_points=2,
+        successors=("apollo_mini", "fira_adamw"),
+    )
+    plan = build_plan(cfg)
+    out = fresh(plan, tmp_path / "out")
+    warm_data_cache(plan)
+    specs = plan.select(["theory", "successors"])
+    summary = run_plan(plan, specs, out, jobs=1, log=quiet)
+    assert summary.ok
+    results = load_results(out)
+    assert all(results[s.key].ok for s in specs)
+    theory = results[plan.theory_tuned]
+    twin = results[
+        dict(((r.method, r.rank_divisor), k) for r, k in plan.table_tuned)["galore_adamw", 4]
+    ]
+    assert theory.lr_other_ratio == twin.lr_other_ratio and theory.lr == twin.lr
+    assert theory.eval_ppl == pytest.approx(twin.eval_ppl, rel=1e-6)
+    # its row is its grid's run (the one LR of this grid): that run's config
+    mini_run = out / "runs" / plan.grid["apollo_mini"][0][1] / "config.json"
+    mini = json.loads(mini_run.read_text())
+    assert mini["rank"] == 1 and mini["scale"] == pytest.approx(128**0.5)
