@@ -55,8 +55,9 @@ def test_full_plan_successors_section_and_its_search():
     # the section reports the table's AdamW and GaLore d/4 rows: the same runs, not new ones
     keys = plan.section_keys("successors")
     table = {(r.method, r.rank_divisor, k) for r, k in [*plan.table, *plan.table_tuned]}
-    reference = [k for m, d, k in table if (m, d) in {("adamw", None), ("galore_adamw", 4)}]
-    assert set(reference) <= set(keys) and len(keys) == 4 + 10
+    wanted = {("adamw", None), ("galore_adamw", 4), ("galore_adamw8bit", 4)}
+    reference = [k for m, d, k in table if (m, d) in wanted]
+    assert len(reference) == 6 and set(reference) <= set(keys) and len(keys) == 6 + 10
     # the per-group theory and 4x-longer runs
     assert plan.runs[plan.theory_tuned].ratio is None
     assert plan.runs[plan.theory_tuned].kind == "theory"

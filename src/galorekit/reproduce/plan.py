@@ -466,7 +466,8 @@ class Plan:
         if section == "successors":
             if not self.successors:
                 return []
-            # the table's GaLore d/4 and AdamW rows are the reference (the same runs, reused)
+            # the table's AdamW, GaLore d/4 and 8-bit GaLore rows are the reference (the same
+            # runs, reused)
             pairs = [*self.reference_rows(self.table), *self.successors]
             pairs += [*self.reference_rows(self.table_tuned), *self.successors_tuned]
             return list(dict.fromkeys(k for _, k in pairs))
@@ -474,9 +475,10 @@ class Plan:
 
     @staticmethod
     def reference_rows(table: list[tuple[TableRow, str]]) -> list[tuple[str, str]]:
-        """[(method, key)] of a table's full-rank AdamW and GaLore d/4 rows (the successors'
-        reference)."""
-        wanted = {("adamw", None), ("galore_adamw", 4)}
+        """[(method, key)] of a table's full-rank AdamW, GaLore d/4 and 8-bit GaLore d/4 rows
+        (the successors' reference; 8-bit GaLore is Q-GaLore's control: its 8-bit moments
+        without the projector's quantization and lazy refresh)."""
+        wanted = {("adamw", None), ("galore_adamw", 4), ("galore_adamw8bit", 4)}
         return [(r.method, k) for r, k in table if (r.method, r.rank_divisor) in wanted]
 
     def group_rank(self, method: str) -> int | None:

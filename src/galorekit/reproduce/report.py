@@ -367,7 +367,8 @@ def _successors_markdown(plan: Plan, data: dict[str, Any]) -> list[str]:
         f"T = {cfg.update_proj_gap}, its own α (APOLLO 1, APOLLO-Mini √128; the others "
         f"GaLore's {cfg.scale:g}), tuned by exactly the search the table's rows get: {search}. "
         "Q-GaLore, GoLore and 8-bit GaLore do not share GaLore's grid: each searches its own. "
-        "AdamW and GaLore d/4 are the table's rows (the same runs). Optimizer state: every "
+        "AdamW, GaLore d/4 and 8-bit GaLore d/4 (Q-GaLore's control) are the table's rows (the "
+        "same runs). Optimizer state: every "
         "tensor held after a step (`galorekit.reproduce.states`, as `benchmarks/successors.py`); "
         "attention/MLP: the memory model's part for the matrices GaLore projects (AdamW: the "
         "same matrices at full rank). Papers: LLaMA 60M on C4 (Fira, APOLLO; GaLore's Table 2).",
