@@ -49,14 +49,9 @@ METHODS = (
     ("q_galore_adamw8bit", 0.01),
     ("golore_adamw", 0.01),
 )
-#: the successors' papers, LLaMA 60M on C4 (validation perplexity; GaLore 34.88 and full-rank
-#: AdamW 34.06 in the GaLore paper's Table 2)
-PAPER_60M = {
-    "adamw": 34.06,
-    "galore_adamw": 34.88,
-    "fira_adamw": 31.06,
-    "apollo_adamw": 31.55,
-}
+#: the successors' papers' 60M numbers (shared with galore reproduce's successors section)
+from galorekit.reproduce.successors import PAPER_60M  # noqa: E402
+
 RANK = 32
 GAP = 50
 
@@ -70,33 +65,10 @@ def method_config(method: str, lr: float, steps: int, ratio: float = 1.0):
 def state_bytes(method: str) -> dict[str, int]:
     """Held (after one step) and estimated optimizer-state bytes of ``method`` on the plan's
     model, and the estimate's part for the attention/MLP matrices (the projected ones; for AdamW
-    the same matrices at full rank)."""
-    import torch
+    the same matrices at full rank): ``galorekit.reproduce.states``, shared with reproduce."""
+    from galorekit.reproduce.states import optimizer_state_bytes
 
-    from galorekit.analysis import state_bytes as held
-    from galorekit.memory.optimizer_states import optimizer_state_tensors, total_bytes
-    from galorekit.methods import setup
-    from galorekit.models import build_model
-
-    model = build_model("llama_9m", vocab_size=4096, seed=0)
-    built = setup(model, method_config(method, 1e-3, 400), total_steps=400)
-    tensors = optimizer_state_tensors(built.optimizer)
-    reference = setup(
-        build_model("llama_9m", vocab_size=4096, seed=0), method_config("galore_adamw", 1e-3, 400)
-    )
-    projected = {
-        name for g in reference.optimizer.param_groups if "rank" in g for name in g["param_names"]
-    }
-    estimate = total_bytes(tensors)
-    matrices = total_bytes([t for t in tensors if t.param in projected])
-    ids = torch.randint(0, 4096, (2, 32), generator=torch.Generator().manual_seed(0))
-    built.model(input_ids=ids, labels=ids).loss.backward()
-    built.optimizer.step()
-    return {
-        "state_bytes": held(built.optimizer),
-        "state_bytes_estimate": estimate,
-        "matrix_state_bytes_estimate": matrices,
-    }
+    return optimizer_state_bytes("llama_9m", 4096, method, rank=RANK, update_proj_gap=GAP)
 
 
 def run_name(method: str, lr: float, ratio: float, seed: int | None = None) -> str:

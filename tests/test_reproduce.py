@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from galorekit.names import SUCCESSOR_METHODS
 from galorekit.reproduce import cli
 from galorekit.reproduce.configs import Job, pretrain_config
 from galorekit.reproduce.plan import (
@@ -69,6 +70,7 @@ def tiny_config(corpus: dict[str, str] | None = None, **overrides) -> PlanConfig
         "lr_other_ratios": (),
         "lr_neighbour_factor": None,
         "batch_factors": (),
+        "successors": (),
     }
     base.update(overrides)
     return PlanConfig(**base)
@@ -181,7 +183,8 @@ def test_full_plan_rows_grid_ablations_and_theory():
         assert spec.steps == 400 and spec.lr is None  # tuned
         assert spec.rank in (None, 32, 64)
         assert spec.update_proj_gap == (50 if spec.method.startswith("galore_") else None)
-    # the LR grid: per method, the paper's upper points and 0.0025, as long as a row
+    # the LR grid: per method (the successors' own too), the paper's upper points and 0.0025,
+    # as long as a row
     assert set(plan.grid) == {
         "adamw",
         "galore_adamw",
@@ -190,6 +193,7 @@ def test_full_plan_rows_grid_ablations_and_theory():
         "relora",
         "adamw8bit",
         "galore_adamw8bit",
+        *SUCCESSOR_METHODS,
     }
     for group, points in plan.grid.items():
         assert [lr for lr, _ in points] == [0.01, 0.005, 0.0025, 0.001]
@@ -217,10 +221,11 @@ def test_full_plan_rows_grid_ablations_and_theory():
     )
     everything = plan.select(SECTIONS)
     single = [s for s in everything if s.ratio == 1]  # the paper's protocol
-    assert len(single) == 43
-    # the plan docstring's arithmetic: seven table rows are their grid's winners, not run again
-    assert sum(plan.repeats_grid(s) for s in single) == 7
-    assert plan.total_steps(single) == 15600
+    assert len(single) == 43 + 5 * 4 + 5
+    # the plan docstring's arithmetic: seven table rows and the five successors' rows are their
+    # grid's winners, not run again
+    assert sum(plan.repeats_grid(s) for s in single) == 7 + 5
+    assert plan.total_steps(single) == 15600 + 5 * 4 * 400
 
 
 def test_full_plan_per_group_search_batch_rows_and_tuned_ablations():
@@ -228,8 +233,9 @@ def test_full_plan_per_group_search_batch_rows_and_tuned_ablations():
     its LR's neighbours at the chosen ratio; the paper's protocol keeps its runs (and cache)."""
     plan = build_plan(full_plan_config())
     groups = list(plan.grid)
-    assert set(plan.ratio_grid) == set(groups) and len(groups) == 7
+    assert set(plan.ratio_grid) == set(groups) and len(groups) == 7 + len(SUCCESSOR_METHODS)
     single_rows = dict((row.method, k) for row, k in plan.table if row.tune_as is None)
+    single_rows.update(plan.successors)
     for group in groups:
         ratios = plan.ratio_grid[group]
         assert [r for r, _ in ratios] == [1.0, 4.0, 16.0]
@@ -238,16 +244,14 @@ def test_full_plan_per_group_search_batch_rows_and_tuned_ablations():
         for r, key in ratios[1:]:
             spec = plan.runs[key]
             assert (spec.lr, spec.ratio, spec.lr_group, spec.steps) == (None, r, group, 400)
-    # the full plan does not revisit the LR at the chosen ratio (CPU); a plan that does gets
-    # the LR's two neighbours per group
-    assert plan.config.lr_neighbour_factor is None and not plan.neighbours
-    wider = build_plan(full_plan_config(lr_neighbour_factor=2.0))
+    # then the LR's two neighbours (×/÷ 2) at the chosen ratio, per group
+    assert plan.config.lr_neighbour_factor == 2.0
     for group in groups:
-        steps = [
-            (s, wider.runs[k].lr_step, wider.runs[k].ratio) for s, k in wider.neighbours[group]
-        ]
+        steps = [(s, plan.runs[k].lr_step, plan.runs[k].ratio) for s, k in plan.neighbours[group]]
         assert steps == [(1, 1, None), (-1, -1, None)]
-    assert len(wider.select(SECTIONS)) == len(plan.select(SECTIONS)) + 14
+    narrower = build_plan(full_plan_config(lr_neighbour_factor=None))
+    assert not narrower.neighbours
+    assert len(plan.select(SECTIONS)) == len(narrower.select(SECTIONS)) + 2 * len(groups)
     # the per-group table: every row, its LR and ratio tuned, the same search for every method
     assert [row for row, _ in plan.table_tuned] == [row for row, _ in plan.table]
     for row, key in plan.table_tuned:
@@ -268,11 +272,16 @@ def test_full_plan_per_group_search_batch_rows_and_tuned_ablations():
     assert [t for t, _ in plan.gaps_tuned] == [10, 50, 200, 1000]
     everything = plan.select(SECTIONS)
     new = [s for s in everything if s.ratio != 1]
-    # 14 ratio points, 9 rows, rank d/8, T 10/200/1000, 4 batch rows
-    assert len(new) == 31
-    assert sum(not plan.repeats_grid(s) for s in new) == 31 - 7
-    # the paper's protocol alone does not need the per-group search
-    assert all(s.ratio == 1 for s in plan.select(["theory"]))
+    # 24 ratio points and 24 neighbours (12 groups), 9 rows, rank d/8, T 10/200/1000, 4 batch
+    # rows, the small rank for 4x (its rank d/2 twin is the table's), theory, 5 successors
+    assert len(new) == 24 + 24 + 9 + 1 + 3 + 4 + 1 + 1 + 5
+    # the rows of a method's own search (7 table rows, 5 successors) are its winning run
+    assert sum(plan.repeats_grid(s) for s in new) == 7 + 5
+    # the theory section: the paper's protocol's run and its per-group twin, which needs
+    # GaLore's search only
+    theory = plan.select(["theory"])
+    assert [plan.runs[k].ratio for k in plan.section_keys("theory")] == [1.0, None]
+    assert {s.lr_group for s in theory if s.ratio != 1} == {"galore_adamw"}
 
 
 def test_old_runs_keep_their_identity():
@@ -567,9 +576,9 @@ def test_a_plan_recorded_before_a_setting_existed_still_matches(tmp_path):
     del record["config"]["lr_neighbour_factor"]
     (out / "plan.json").write_text(json.dumps(record))
     prepare_output_dir(plan, out, overwrite=False)
-    del record["config"]["lr_other_ratios"]  # () now: not the same as absent
+    del record["config"]["val_sequences"]  # a shared setting: 8 now, not the same as absent
     (out / "plan.json").write_text(json.dumps(record))
-    with pytest.raises(PlanMismatchError, match=r"lr_other_ratios: null there, \[\] now"):
+    with pytest.raises(PlanMismatchError, match=r"val_sequences: null there, 8 now"):
         prepare_output_dir(plan, out, overwrite=False)
 
 

@@ -33,6 +33,7 @@ SECTIONS = (
     "batch",
     "ablations",
     "theory",
+    "successors",
 )  # = galorekit.reproduce.plan.SECTIONS (torch-free)
 DEFAULT_OUTPUT = "benchmarks/results/reproduce"
 DEFAULT_QUICK_OUTPUT = "runs/reproduce-quick"
@@ -105,7 +106,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a few minutes: 60 steps, 4 table rows, 2 ablation runs, the theory run, no LR grid",
+        help="a few minutes: 60 steps, 4 table rows, 2 ablation runs, the theory run, no LR "
+        "grid (so no successors section)",
     )
     p.add_argument(
         "--only",
@@ -214,6 +216,12 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.output_dir or (DEFAULT_QUICK_OUTPUT if args.quick else DEFAULT_OUTPUT))
     try:
         plan = build_plan(plan_config_from_args(args))
+        empty = [s for s in sections if args.only and not plan.section_keys(s)]
+        if empty:
+            raise ValueError(
+                f"the {plan.config.name} plan has no {', '.join(empty)} section (the successors "
+                "are compared at tuned LRs: the full plan)"
+            )
         specs = plan.select(sections)
         print(describe(plan, specs, args.jobs), file=sys.stderr)
         print(f"output: {out}  sections: {', '.join(sections)}", file=sys.stderr)

@@ -9,9 +9,25 @@ from typing import Any
 
 from galorekit.data import DataConfig
 from galorekit.methods import MethodConfig
-from galorekit.names import GALORE_DEFAULTS
+from galorekit.names import GALORE_DEFAULTS, method_info
 from galorekit.reproduce.plan import PlanConfig, RunSpec
 from galorekit.train.pretrain import PretrainConfig
+
+#: the plan's settings every run's result depends on (its identity's shared part)
+SHARED_SETTINGS = (
+    "model",
+    "dataset",
+    "data_files",
+    "vocab_size",
+    "seq_len",
+    "batch_size",
+    "val_sequences",
+    "device",
+    "seed",
+    "scale",
+    "eval_points",
+    "theory_points",
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,8 @@ def data_config(cfg: PlanConfig):
 
 
 def method_config(spec: RunSpec, lr: float, cfg: PlanConfig, ratio: float = 1.0):
+    # the plan's α is GaLore's; a successor with its own (APOLLO 1, APOLLO-Mini √128) keeps it
+    own_scale = "scale" in dict(method_info(spec.method).group)
     return MethodConfig(
         method=spec.method,
         lr=lr,
@@ -57,7 +75,7 @@ def method_config(spec: RunSpec, lr: float, cfg: PlanConfig, ratio: float = 1.0)
         rank=spec.rank,
         update_proj_gap=spec.update_proj_gap
         or GALORE_DEFAULTS["update_proj_gap"],  # unused without GaLore
-        scale=cfg.scale,
+        scale=None if own_scale else cfg.scale,
     )
 
 
@@ -90,25 +108,7 @@ def run_identity(cfg: PlanConfig, spec: RunSpec, lr: float, ratio: float = 1.0) 
     """Everything a run's result depends on (the plan's shared settings, the run, its LRs).
     The ratio and the batch size appear only when they are not the plan's defaults, so that a
     run's identity is the one it had before the per-group protocol existed."""
-    shared = {
-        name: value
-        for name, value in cfg.to_dict().items()
-        if name
-        in (
-            "model",
-            "dataset",
-            "data_files",
-            "vocab_size",
-            "seq_len",
-            "batch_size",
-            "val_sequences",
-            "device",
-            "seed",
-            "scale",
-            "eval_points",
-            "theory_points",
-        )
-    }
+    shared = {name: value for name, value in cfg.to_dict().items() if name in SHARED_SETTINGS}
     # the table length decides the evaluation cadence of every run
     shared["eval_every"] = cfg.eval_every
     planning = ("key", "lr_group", "ratio", "batch_size", "lr_step")

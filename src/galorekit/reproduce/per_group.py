@@ -8,18 +8,30 @@ from dataclasses import replace
 from typing import Any
 
 from galorekit.reproduce.ablations import ablation_tables
-from galorekit.reproduce.claims import ablation_claims, table_claims
+from galorekit.reproduce.claims import ablation_claims, table_claims, theory_claims
 from galorekit.reproduce.plan import Plan
 from galorekit.reproduce.results import RunResult
 from galorekit.reproduce.table import fmt_ppl, fmt_ratio, lr_cell, md_table, table_rows
-from galorekit.reproduce.tuning import TuningError, best_pair, grid_done, ratio_grid_report
+from galorekit.reproduce.theory import theory_data
+from galorekit.reproduce.tuning import (
+    TuningError,
+    best_pair,
+    best_ratio,
+    grid_done,
+    ratio_grid_report,
+)
 
 
 def view(plan: Plan) -> Plan:
-    """``plan`` with the per-group runs in the table and ablation slots (so that the paper's
-    protocol's tables and claims apply to them unchanged); no long run (not re-run)."""
+    """``plan`` with the per-group runs in the table, ablation and theory slots (so that the
+    paper's protocol's tables and claims apply to them unchanged)."""
     return replace(
-        plan, table=plan.table_tuned, gaps=plan.gaps_tuned, ranks=plan.ranks_tuned, long=[]
+        plan,
+        table=plan.table_tuned,
+        gaps=plan.gaps_tuned,
+        ranks=plan.ranks_tuned,
+        long=plan.long_tuned,
+        theory=plan.theory_tuned,
     )
 
 
@@ -34,6 +46,64 @@ def tuned_pairs(plan: Plan, results: dict[str, RunResult]) -> dict[str, list[flo
         except TuningError:
             pairs[group] = None
     return pairs
+
+
+def neighbour_rows(plan: Plan, results: dict[str, RunResult]) -> list[dict[str, Any]]:
+    """Per group: the ratio grid's winner and its matrix LR's neighbours at that ratio
+    (``step`` 0, +1, −1), their perplexities, which is the final pair, and whether that is a
+    neighbour (the one-step search's edge)."""
+    pairs = tuned_pairs(plan, results)
+    rows = []
+    for group, steps in plan.neighbours.items():
+        if not grid_done(plan, group, results, ratios=True):
+            continue
+        try:
+            winner = dict(plan.ratio_grid[group])[best_ratio(plan, group, results)]
+        except TuningError:
+            continue
+        for step, key in [(0, winner), *steps]:
+            result = results.get(key)
+            chosen = (
+                result is not None
+                and pairs.get(group) is not None
+                and [result.lr, result.lr_other_ratio] == pairs[group]
+            )
+            rows.append(
+                {
+                    "group": group,
+                    "step": step,
+                    "lr": result.lr if result else None,
+                    "lr_other_ratio": result.lr_other_ratio if result else None,
+                    "eval_ppl": result.eval_ppl if result is not None and result.ok else None,
+                    "status": result.status if result else "not run",
+                    "chosen": chosen,
+                    "at_edge": chosen and step != 0,
+                    "key": key,
+                }
+            )
+    return rows
+
+
+def neighbours_markdown(rows: list[dict[str, Any]]) -> str:
+    by_group: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        by_group.setdefault(r["group"], {})[r["step"]] = r
+    body = []
+    for group, steps in by_group.items():
+        cells = []
+        for step in (-1, 0, 1):
+            r = steps.get(step)
+            if r is None:
+                cells.append("–")
+                continue
+            text = fmt_ppl(r["eval_ppl"]) if r["eval_ppl"] else r["status"]
+            text = f"{text} (lr {r['lr']:g})" if r["lr"] is not None else text
+            cells.append(
+                f"**{text}**" + (" (edge)" if r["at_edge"] else "") if r["chosen"] else text
+            )
+        ratio = steps.get(0, {}).get("lr_other_ratio")
+        body.append([group, "–" if ratio is None else f"×{ratio:g}", *cells])
+    return md_table(["method", "ratio", "matrix LR ÷ step", "ratio grid's run", "× step"], body)
 
 
 def batch_rows(plan: Plan, results: dict[str, RunResult]) -> list[dict[str, Any]]:
@@ -66,6 +136,7 @@ def build(plan: Plan, results: dict[str, RunResult], sections: tuple[str, ...]) 
     tuned = view(plan)
     data: dict[str, Any] = {
         "ratio_grid": ratio_grid_report(plan, results),
+        "neighbours": neighbour_rows(plan, results),
         "tuned": tuned_pairs(plan, results),
     }
     claims = []
@@ -75,6 +146,9 @@ def build(plan: Plan, results: dict[str, RunResult], sections: tuple[str, ...]) 
     if "ablations" in sections:
         data["ablations"] = ablation_tables(tuned, results)
         claims += ablation_claims(data["ablations"])
+    if "theory" in sections and tuned.theory:
+        data["theory"] = theory_data(tuned, results)
+        claims += theory_claims(data["theory"].get("summary"))
     if "batch" in sections:
         data["batch"] = batch_rows(plan, results)
     data["claims"] = claims

@@ -44,6 +44,16 @@ warm-up and cosine decay) and picked 0.01 for full-rank AdamW, which then ended 
 after 400 steps where 0.001 reaches 142 and 0.003 lower still: the best LR of a short run is not
 that of the run it stands for. 0.0025 is added to the paper's points for the same reason.
 
+Those CPU-seconds belong to one host: on the machine of the per-group runs (Dec 4, another
+virtual machine: kernel fc-v1272 against fc-v782) a 400-step run takes ~64 CPU-s, the same for the
+Nov 30 code (100 steps of AdamW: 16.0 CPU-s at commit 64b1ca8, 16.3 now, identical perplexity):
+the host, not the code or the measurement (``getrusage`` of the worker; one thread). Each run's
+``worker`` entry records its host and CPU model since.
+
+The successors section (``successors``) adds, per successor, its own 4-point LR grid, 2 ratio
+points and 2 neighbours (40 runs), and the LR's neighbours (``lr_neighbour_factor`` 2) 14 runs
+for the table's seven groups; the per-group theory and 4×-longer runs 5 run-lengths more.
+
 The quick plan: 60 steps, rows AdamW, GaLore d/4, Low-Rank, LoRA, T ∈ {10, 50}, ranks d/8 and d/4,
 the theory run, no LR grid: 7 runs, 420 steps ≈ 250 CPU-s with evaluations, about 2–3 minutes on 2
 idle cores (6 minutes measured while other jobs loaded the machine). Its fixed LRs are the best of
@@ -61,14 +71,22 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from galorekit.names import ALL_METHODS, DEFAULT_LR, GALORE_DEFAULTS, is_galore, method_info
+from galorekit.names import (
+    ALL_METHODS,
+    DEFAULT_LR,
+    GALORE_DEFAULTS,
+    SUCCESSOR_METHODS,
+    is_galore,
+    method_info,
+)
 
 #: the sections of a plan, in report order (``--only`` picks among them)
-SECTIONS = ("table", "batch", "ablations", "theory")
+SECTIONS = ("table", "batch", "ablations", "theory", "successors")
 #: the paper's learning-rate grid (§5.1: tuned over this set)
 PAPER_LR_GRID = (0.01, 0.005, 0.001, 0.0005, 0.0001)
-#: measured CPU-seconds a step of the full plan's model and batch (module docstring)
-FULL_PLAN_CPU_S_PER_STEP = 0.48
+#: measured CPU-seconds a step of the full plan's model and batch (module docstring: 0.48 on
+#: the Nov 30 host; the same code takes 0.16 on the Dec 4 one, evaluations included)
+FULL_PLAN_CPU_S_PER_STEP = 0.16
 
 
 @dataclass(frozen=True)
@@ -137,12 +155,14 @@ class PlanConfig:
     # per-group protocol: the other parameters' LR (embeddings, head, norms) is tuned as a
     # multiple of the matrix LR over this grid (1 = the paper's protocol); (): not at all
     lr_other_ratios: tuple[float, ...] = (1.0, 4.0, 16.0)
-    # then the matrix LR × and ÷ this factor at the chosen ratio (None: the LR is not revisited;
-    # the full plan cannot afford these 14 runs on a shared 2-core machine)
-    lr_neighbour_factor: float | None = None
+    # then the matrix LR × and ÷ this factor at the chosen ratio (None: the LR is not revisited)
+    lr_neighbour_factor: float | None = 2.0
     # tokens-per-step sensitivity: GaLore and AdamW at these multiples of batch_size for the same
     # tokens (steps // factor), per-group-tuned LRs; (): none
     batch_factors: tuple[int, ...] = (4, 16)
+    # GaLore's successors, each tuned as the table's rows are (its own LR grid, ratio grid and
+    # neighbours) and compared with the table's GaLore d/4 and AdamW rows; (): no such section
+    successors: tuple[str, ...] = SUCCESSOR_METHODS
 
     def __post_init__(self) -> None:
         errors = []
@@ -178,6 +198,11 @@ class PlanConfig:
             # steps // factor steps: the same tokens when factor divides steps (it does at 400)
             if not (isinstance(factor, int) and 1 < factor <= self.steps):
                 errors.append(f"batch factor {factor!r} must be an integer in [2, steps]")
+        for method in self.successors:
+            if method not in SUCCESSOR_METHODS:
+                errors.append(
+                    f"unknown successor {method!r}; valid: {', '.join(SUCCESSOR_METHODS)}"
+                )
         if self.long_factor < 1:
             errors.append(f"long_factor must be ≥ 1, got {self.long_factor}")
         if errors:
@@ -246,7 +271,11 @@ def quick_plan_config(**overrides: Any) -> PlanConfig:
         long_rank_divisor=None,
         theory_points=12,
         lr_other_ratios=(),
+        lr_neighbour_factor=None,
         batch_factors=(),
+        # the successors are compared only under tuned LRs: a fixed-LR smoke run of them would
+        # double --quick's time and say nothing
+        successors=(),
     )
     return replace(base, **overrides)
 
@@ -383,7 +412,9 @@ class Plan:
     ``table`` / ``table_tuned``: [(row, key)] under the paper's protocol (one LR) / per-group
     LRs; ``gaps``, ``ranks`` (and their ``_tuned`` twins): [(T or divisor, key)]; ``long``:
     [(label, key)] (rank d/2 for 1× and the small rank for ``long_factor``×); ``batch``:
-    [(method, factor, key)] (tokens per step × factor, same tokens); ``theory``: its key.
+    [(method, factor, key)] (tokens per step × factor, same tokens); ``theory``: its key;
+    ``long_tuned``, ``theory_tuned``: their per-group twins; ``successors`` /
+    ``successors_tuned``: [(method, key)] under the paper's protocol / per-group LRs.
     """
 
     config: PlanConfig
@@ -401,6 +432,10 @@ class Plan:
     long: list[tuple[str, str]] = field(default_factory=list)
     batch: list[tuple[str, int, str]] = field(default_factory=list)
     theory: str | None = None
+    long_tuned: list[tuple[str, str]] = field(default_factory=list)
+    theory_tuned: str | None = None
+    successors: list[tuple[str, str]] = field(default_factory=list)
+    successors_tuned: list[tuple[str, str]] = field(default_factory=list)
 
     def rank(self, divisor: int | None) -> int | None:
         return None if divisor is None else max(1, self.hidden_size // divisor)
@@ -417,11 +452,40 @@ class Plan:
         if section == "batch":
             return [k for _, _, k in self.batch]
         if section == "ablations":
-            pairs = [*self.gaps, *self.ranks, *self.long, *self.ranks_tuned, *self.gaps_tuned]
+            pairs = [
+                *self.gaps,
+                *self.ranks,
+                *self.long,
+                *self.ranks_tuned,
+                *self.gaps_tuned,
+                *self.long_tuned,
+            ]
             return list(dict.fromkeys(k for _, k in pairs))
         if section == "theory":
-            return [self.theory] if self.theory else []
+            return [k for k in (self.theory, self.theory_tuned) if k]
+        if section == "successors":
+            if not self.successors:
+                return []
+            # the table's AdamW, GaLore d/4 and 8-bit GaLore rows are the reference (the same
+            # runs, reused)
+            pairs = [*self.reference_rows(self.table), *self.successors]
+            pairs += [*self.reference_rows(self.table_tuned), *self.successors_tuned]
+            return list(dict.fromkeys(k for _, k in pairs))
         raise ValueError(f"unknown section {section!r}; valid: {', '.join(SECTIONS)}")
+
+    @staticmethod
+    def reference_rows(table: list[tuple[TableRow, str]]) -> list[tuple[str, str]]:
+        """[(method, key)] of a table's full-rank AdamW, GaLore d/4 and 8-bit GaLore d/4 rows
+        (the successors' reference; 8-bit GaLore is Q-GaLore's control: its 8-bit moments
+        without the projector's quantization and lazy refresh)."""
+        wanted = {("adamw", None), ("galore_adamw", 4), ("galore_adamw8bit", 4)}
+        return [(r.method, k) for r, k in table if (r.method, r.rank_divisor) in wanted]
+
+    def group_rank(self, method: str) -> int | None:
+        """The rank of ``method``'s runs: d/4, or the method's own (APOLLO-Mini: 1)."""
+        if not method_info(method).uses_rank:
+            return None
+        return dict(method_info(method).group).get("rank", self.rank(4))
 
     def tuning_keys(self, group: str) -> list[str]:
         """The runs that tune ``group``: its LR grid, its ratio grid, its LR's neighbours."""
@@ -511,13 +575,17 @@ def build_plan(cfg: PlanConfig) -> Plan:
         )
     theory = make_run(cfg, "galore_adamw", steps, rank=galore_rank, kind="theory")
     plan.theory = plan._add(theory)
+    if cfg.tuned:  # the successors are compared only at tuned LRs (their own grids)
+        for method in cfg.successors:
+            spec = make_run(cfg, method, steps, rank=plan.group_rank(method))
+            plan.successors.append((method, plan._add(spec)))
     if cfg.per_group:
         _add_per_group(plan)
 
     if cfg.tuned:
         groups = dict.fromkeys(s.lr_group for s in plan.runs.values() if s.lr_group)
         for group in groups:
-            rank = galore_rank if method_info(group).uses_rank else None
+            rank = plan.group_rank(group)
             points = []
             for lr in cfg.lr_grid:
                 spec = make_run(cfg, group, cfg.grid_steps, rank=rank, lr=float(lr))
@@ -559,6 +627,17 @@ def _add_per_group(plan: Plan) -> None:
     for gap in cfg.ablation_gaps:
         spec = make_run(cfg, "galore_adamw", steps, rank=galore_rank, gap=gap, ratio=None)
         plan.gaps_tuned.append((gap, plan._add(spec)))
+    for label, key in plan.long:  # rank d/2 for 1× against the small rank for long_factor×
+        short_or_long = plan.runs[key]
+        spec = make_run(
+            cfg, "galore_adamw", short_or_long.steps, rank=short_or_long.rank, ratio=None
+        )
+        plan.long_tuned.append((label, plan._add(spec)))
+    theory = make_run(cfg, "galore_adamw", steps, rank=galore_rank, kind="theory", ratio=None)
+    plan.theory_tuned = plan._add(theory)
+    for method in cfg.successors:
+        spec = make_run(cfg, method, steps, rank=plan.group_rank(method), ratio=None)
+        plan.successors_tuned.append((method, plan._add(spec)))
     for method in ("adamw", "galore_adamw"):
         rank = galore_rank if method_info(method).uses_rank else None
         for factor in cfg.batch_factors:

@@ -15,14 +15,14 @@ import torch
 
 import galorekit
 from galorekit.atomic import atomic_write_json, atomic_write_text
-from galorekit.reproduce import per_group
+from galorekit.reproduce import per_group, successors
 from galorekit.reproduce import plots as P
 from galorekit.reproduce.ablations import ablation_tables, ablations_markdown
 from galorekit.reproduce.claims import ablation_claims, table_claims, theory_claims
 from galorekit.reproduce.plan import QUICK_NOTE, SECTIONS, Plan
 from galorekit.reproduce.results import RunResult, finite_json, load_results
 from galorekit.reproduce.table import fmt_ppl, md_table, row_label, table_markdown, table_rows
-from galorekit.reproduce.theory import LAYER_TYPES, summarize
+from galorekit.reproduce.theory import LAYER_TYPES, theory_data
 from galorekit.reproduce.tuning import TuningError, best_lr, grid_done, grid_report
 
 PLOTS_DIR = "plots"
@@ -93,21 +93,10 @@ def build_report(
         data["ablations"] = tables
         claims += ablation_claims(tables)
     if "theory" in sections and plan.theory:
-        result = results.get(plan.theory)
-        theory: dict[str, Any] = {"key": plan.theory, "status": "not run"}
-        if result is not None:
-            theory["status"] = result.status
-            theory["eval_ppl"] = result.eval_ppl
-            if result.theory:
-                theory["summary"] = summarize(result.theory)
-                theory["every"] = result.theory["every"]
-                theory["rank"] = result.theory["rank"]
-                theory["update_proj_gap"] = result.theory["update_proj_gap"]
-            twin = _table_twin(plan, results)
-            if twin is not None and twin.ok and result.ok:
-                theory["table_galore_ppl"] = twin.eval_ppl
-        data["theory"] = theory
-        claims += theory_claims(theory.get("summary"))
+        data["theory"] = theory_data(plan, results)
+        claims += theory_claims(data["theory"].get("summary"))
+    if "successors" in sections and plan.successors:
+        data["successors"] = successors.build(plan, results)
     data["claims"] = smoke_test_verdicts(claims) if plan.config.name == "quick" else claims
     if plan.config.per_group:
         data["per_group"] = per_group.build(plan, results, sections)
@@ -115,21 +104,6 @@ def build_report(
     keys += [k for group in plan.grid for k in plan.tuning_keys(group)]
     data["runs"] = {k: _run_summary(results[k]) for k in dict.fromkeys(keys) if k in results}
     return data
-
-
-def _table_twin(plan: Plan, results: dict[str, RunResult]) -> RunResult | None:
-    """The table's run with the theory run's settings (same training, uninstrumented)."""
-    spec = plan.runs[plan.theory] if plan.theory else None
-    for key, other in plan.runs.items():
-        if (
-            spec is not None
-            and other.kind == "pretrain"
-            and (other.method, other.rank, other.update_proj_gap, other.steps, other.lr_group)
-            == (spec.method, spec.rank, spec.update_proj_gap, spec.steps, spec.lr_group)
-            and other.lr == spec.lr
-        ):
-            return results.get(key)
-    return None
 
 
 # ---------------------------------------------------------------------------------- markdown
@@ -309,6 +283,13 @@ def render_markdown(plan: Plan, data: dict[str, Any], plots: list[Path], out: Pa
         ]
     if "theory" in data:
         parts += ["## Low-rank gradients, observed", _theory_markdown(data["theory"])]
+    if fair is not None and "theory" in fair:
+        parts += [
+            "## Low-rank gradients, observed — per-group-tuned LRs",
+            _theory_markdown(fair["theory"]),
+        ]
+    if "successors" in data:
+        parts += _successors_markdown(plan, data["successors"])
     if plots:
         parts += [
             "## Plots",
@@ -321,7 +302,9 @@ def _per_group_markdown(plan: Plan, fair: dict[str, Any]) -> list[str]:
     cfg = plan.config
     ratios = ", ".join(f"{r:g}" for r in cfg.lr_other_ratios)
     search = (
-        f"then the matrix LR × and ÷ {cfg.lr_neighbour_factor:g} at that ratio"
+        f"then the matrix LR × and ÷ {cfg.lr_neighbour_factor:g} at that ratio, keeping the "
+        "best of the three (every per-group run — rows, ablations, tokens per step, theory, "
+        "successors — trains at this final pair)"
         if cfg.lr_neighbour_factor
         else "the matrix LR is not searched again at that ratio"
     )
@@ -343,6 +326,14 @@ def _per_group_markdown(plan: Plan, fair: dict[str, Any]) -> list[str]:
             "bold: chosen.",
             per_group.ratio_grid_markdown(fair["ratio_grid"]),
         ]
+    if fair.get("neighbours"):
+        parts += [
+            "## The matrix LR searched again at the chosen ratio",
+            f"Validation perplexity at the ratio grid's winner and at its matrix LR × and ÷ "
+            f"{cfg.lr_neighbour_factor:g}; bold: the final pair (an edge winner is marked: the "
+            "search stops after one step).",
+            per_group.neighbours_markdown(fair["neighbours"]),
+        ]
     if fair.get("batch"):
         parts += [
             "## Tokens per step (per-group-tuned LRs)",
@@ -358,6 +349,34 @@ def _per_group_markdown(plan: Plan, fair: dict[str, Any]) -> list[str]:
             "## Ablations under per-group-tuned LRs (GaLore, rank d/4 unless stated)",
             ablations_markdown(fair["ablations"]),
         ]
+    return parts
+
+
+def _successors_markdown(plan: Plan, data: dict[str, Any]) -> list[str]:
+    cfg = plan.config
+    lrs = ", ".join(f"{lr:g}" for lr in cfg.lr_grid)
+    search = "its own matrix-LR grid {" + lrs + "}"
+    if plan.successors_tuned:
+        ratios = ", ".join(f"{r:g}" for r in cfg.lr_other_ratios)
+        search += f", then the other parameters' ratio over {{{ratios}}}"
+        if cfg.lr_neighbour_factor:
+            search += f", then the matrix LR × and ÷ {cfg.lr_neighbour_factor:g} at that ratio"
+    parts = [
+        "## GaLore's successors",
+        f"Each successor at rank d/4 = {plan.rank(4)} (APOLLO-Mini: rank 1, its own), "
+        f"T = {cfg.update_proj_gap}, its own α (APOLLO 1, APOLLO-Mini √128; the others "
+        f"GaLore's {cfg.scale:g}), tuned by exactly the search the table's rows get: {search}. "
+        "Q-GaLore, GoLore and 8-bit GaLore do not share GaLore's grid: each searches its own. "
+        "AdamW, GaLore d/4 and 8-bit GaLore d/4 (Q-GaLore's control) are the table's rows (the "
+        "same runs). Optimizer state: every "
+        "tensor held after a step (`galorekit.reproduce.states`, as `benchmarks/successors.py`); "
+        "attention/MLP: the memory model's part for the matrices GaLore projects (AdamW: the "
+        "same matrices at full rank). Papers: LLaMA 60M on C4 (Fira, APOLLO; GaLore's Table 2).",
+        "**The paper's protocol** (one LR per run: the ratio-1 runs of the search):",
+        successors.markdown(data["paper_protocol"]),
+    ]
+    if "per_group" in data:
+        parts += ["**Per-group-tuned LRs**:", successors.markdown(data["per_group"])]
     return parts
 
 

@@ -2,7 +2,9 @@
 
 - The output directory holds ``plan.json``; a directory holding another plan's results is refused
   (``PlanMismatchError``, naming the differing settings) unless ``overwrite``, which removes what
-  ``galore reproduce`` wrote there (``OUTPUT_NAMES``) and nothing else.
+  ``galore reproduce`` wrote there (``OUTPUT_NAMES``) and nothing else. A plan that only adds
+  runs (``extends``: new sections, successors, the LR's neighbours) is not another plan: it
+  continues from the cached runs.
 - A finished run's result is ``runs/<key>.json``; a run whose result is there (with the same
   identity) is never run again, so an interrupted reproduce continues where it stopped (a run that
   was cut short starts again from its beginning).
@@ -28,7 +30,7 @@ from typing import Any
 from galorekit.atomic import atomic_write_json, present_outputs, replace_outputs
 from galorekit.data import build_tokenizer, load_pretraining_data
 from galorekit.reproduce import worker
-from galorekit.reproduce.configs import Job, data_config
+from galorekit.reproduce.configs import SHARED_SETTINGS, Job, data_config
 from galorekit.reproduce.plan import Plan, RunSpec
 from galorekit.reproduce.results import (
     OUTPUT_NAMES,
@@ -104,12 +106,27 @@ def check_output_dir(plan: Plan, out: Path, *, overwrite: bool) -> list[str]:
         ) from None
     # a setting missing from the record (added to PlanConfig later) counts as None
     diffs = _differences(record.get("config") or {}, plan.config.to_dict())
-    if record.get("format") != PLAN_FORMAT or diffs:
+    if record.get("format") != PLAN_FORMAT or (diffs and not extends(record, plan)):
         raise PlanMismatchError(
             f"{out} holds the results of another plan ({'; '.join(diffs) or 'another format'}); "
             "pass --overwrite to replace them, or another --output-dir"
         )
     return present
+
+
+def extends(record: dict[str, Any], plan: Plan) -> bool:
+    """Whether ``plan`` only adds runs to the recorded plan: the same shared settings (every
+    run's identity) and table length, and every recorded run in it with the same spec. Its
+    cached results are then reused (each still checked against its identity)."""
+    old = record.get("config") or {}
+    new = plan.config.to_dict()
+    if any(old.get(k) != new.get(k) for k in (*SHARED_SETTINGS, "steps")):
+        return False
+    runs = record.get("runs")
+    if not isinstance(runs, dict):
+        return False
+    mine = {k: json.loads(json.dumps(s.to_dict())) for k, s in plan.runs.items()}
+    return all(mine.get(key) == spec for key, spec in runs.items())
 
 
 def prepare_output_dir(plan: Plan, out: Path, *, overwrite: bool) -> None:

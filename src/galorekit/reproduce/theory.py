@@ -44,6 +44,7 @@ from galorekit.models import build_model, default_target_modules
 from galorekit.names import method_info
 from galorekit.projection import Side, effective_rank
 from galorekit.reproduce.configs import Job, data_config, pretrain_config
+from galorekit.reproduce.plan import Plan
 from galorekit.reproduce.results import RunResult
 from galorekit.train.loop import Loop, StopFlag, due, lm_loss, resolve_device, seed_everything
 from galorekit.train.pretrain import evaluate_sums
@@ -257,3 +258,42 @@ def summarize(theory: dict[str, Any]) -> dict[str, Any]:
             "random_overlap": entries[0].get("random_overlap"),
         }
     return out
+
+
+def _table_twin(plan: Plan, results: dict[str, RunResult]) -> RunResult | None:
+    """The table's run with the theory run's settings (same training, uninstrumented; under the
+    same protocol: the ratio too)."""
+    spec = plan.runs[plan.theory] if plan.theory else None
+    for key, other in plan.runs.items():
+        if (
+            spec is not None
+            and other.kind == "pretrain"
+            and (other.method, other.rank, other.update_proj_gap, other.steps, other.lr_group)
+            == (spec.method, spec.rank, spec.update_proj_gap, spec.steps, spec.lr_group)
+            and (other.lr, other.ratio, other.lr_step) == (spec.lr, spec.ratio, spec.lr_step)
+        ):
+            return results.get(key)
+    return None
+
+
+def theory_data(plan: Plan, results: dict[str, RunResult]) -> dict[str, Any]:
+    """The report's entry for ``plan.theory``: status, perplexity, the per-type summary and the
+    table twin's perplexity."""
+    assert plan.theory is not None
+    result = results.get(plan.theory)
+    theory: dict[str, Any] = {"key": plan.theory, "status": "not run"}
+    if result is None:
+        return theory
+    theory["status"] = result.status
+    theory["eval_ppl"] = result.eval_ppl
+    theory["lr"] = result.lr
+    theory["lr_other_ratio"] = result.lr_other_ratio
+    if result.theory:
+        theory["summary"] = summarize(result.theory)
+        theory["every"] = result.theory["every"]
+        theory["rank"] = result.theory["rank"]
+        theory["update_proj_gap"] = result.theory["update_proj_gap"]
+    twin = _table_twin(plan, results)
+    if twin is not None and twin.ok and result.ok:
+        theory["table_galore_ppl"] = twin.eval_ppl
+    return theory

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import resource
 import shutil
 import signal
@@ -37,6 +38,15 @@ def init_worker() -> None:
     stops it at the end of a step) instead of killing the idle worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            lines = [line for line in info if line.startswith("model name")]
+        return lines[0].split(":", 1)[1].strip() if lines else platform.processor()
+    except OSError:  # not Linux
+        return platform.processor()
 
 
 def _cpu_seconds() -> float:
@@ -140,5 +150,12 @@ def execute(job: Job) -> dict[str, Any]:
     result.memory = memory_row(job, vocab)
     result.wall_seconds = time.perf_counter() - started
     result.cpu_seconds = _cpu_seconds() - cpu0
-    result.worker = {"pid": os.getpid(), "threads": torch.get_num_threads()}
+    # the host too: CPU seconds compare only on one machine (the Nov 30 grid runs took 0.48
+    # CPU-s a step on one host, the same code 0.16 on the Dec 4 one)
+    result.worker = {
+        "pid": os.getpid(),
+        "threads": torch.get_num_threads(),
+        "host": platform.platform(),
+        "cpu": _cpu_model(),
+    }
     return result.to_dict()
