@@ -232,3 +232,5 @@ def test_two_processes_compute_what_one_does_with_accumulation(tiny, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     losses = [[e["eval_loss"] for e in _events(out, "eval")] for out in (one, two)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert "×2 ddp" in (two / "summary.md").read_text()  # the summary says how it ran
+    assert "×" not in (one / "summary.md").read_text().split("accuracy")[0]

@@ -146,6 +146,7 @@ def test_sharded_checkpoint_resumes_bit_identically(runs, tmp_path):
                 if isinstance(value, torch.Tensor):
                     assert torch.equal(value, sb[pid][key]), (pid, key)
     assert "accuracy before" in (halted / "summary.md").read_text()
+    assert "×2 fsdp" in (halted / "summary.md").read_text()
 
 
 def test_layerwise_fsdp_equals_one_process(runs, tiny, tmp_path):

@@ -150,6 +150,8 @@ def summary(
 ) -> str:
     cfg = run.cfg
     method = cfg.method.method + (" (layer-wise)" if cfg.method.layerwise else "")
+    if run.ctx.enabled:  # as galore pretrain's summary: how many processes, which strategy
+        method += f" ×{run.ctx.world_size} {cfg.distributed}"
     table = summary_table(
         [
             {
