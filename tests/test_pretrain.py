@@ -123,7 +123,7 @@ def test_corrupt_checkpoint_is_a_clear_error(corpus, tmp_path, capsys):
     [
         (("--model", "llama_5b"), "llama_9m"),
         (("--dataset", "no_such_corpus_xyz"), "default"),
-        (("--total-batch-size", "6"), "multiple of batch_size"),
+        (("--total-batch-size", "6"), "multiple of --batch-size"),
         (("--method", "lora", "--layerwise"), "--layerwise"),
         (("--resume",), "no run to resume"),
     ],

@@ -11,6 +11,7 @@ texts are here (``_DATA_HELP``); ``MethodConfig``'s defaults and help texts are 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,53 @@ RENAMED = {
 }
 
 
+class DataParallelBatch:
+    """The batch arithmetic and construction check of a data-parallel training config
+    (``PretrainConfig``, ``SFTConfig``): ``batch_size`` per process, ``total_batch_size`` global
+    (None: one micro-batch a process), ``world_size`` from torchrun or ``nproc_per_node``."""
+
+    def _finish(self, what: str, errors: Callable[[Any], list[str]]) -> None:
+        """Resolve the world size, refuse ``errors(self)`` in one message, and hand the method
+        its accumulation (``__post_init__``)."""
+        # torch: when a configuration is built, not when --help imports this module
+        from galorekit.distributed.context import env_world_size, inside_torchrun
+
+        if self.world_size is None:
+            self.world_size = env_world_size() if inside_torchrun() else self.nproc_per_node
+        found = errors(self)
+        if found:
+            raise ValueError(f"invalid {what} config: " + "; ".join(found))
+        self.method.accumulation_steps = self.accumulation_steps
+
+    @property
+    def global_batch_size(self) -> int:
+        """Sequences per optimizer step over all processes."""
+        return self.total_batch_size or self.batch_size * (self.world_size or 1)
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.global_batch_size // (self.batch_size * (self.world_size or 1))
+
+    def batch_errors(self) -> list[str]:
+        """``total_batch_size`` must be whole micro-batches on every process."""
+        world = max(self.world_size or 1, 1)
+        per_step, total = self.batch_size * world, self.total_batch_size
+        if total is None or (total >= per_step and total % per_step == 0):
+            return []
+        if world == 1:
+            return [
+                f"--total-batch-size ({total}) must be a multiple of --batch-size "
+                f"({self.batch_size})"
+            ]
+        return [
+            f"--total-batch-size ({total}) must be a multiple of --batch-size × processes "
+            f"({self.batch_size} × {world} = {per_step}): each process runs whole "
+            "micro-batches of --batch-size"
+        ]
+
+
 @dataclass
-class PretrainConfig:
+class PretrainConfig(DataParallelBatch):
     """One pre-training run. ``galore pretrain --help`` documents each field."""
 
     model: str = option(
@@ -200,24 +246,7 @@ class PretrainConfig:
     )
 
     def __post_init__(self) -> None:
-        # torch: when a configuration is built, not when --help imports this module
-        from galorekit.distributed.context import env_world_size, inside_torchrun
-
-        if self.world_size is None:
-            self.world_size = env_world_size() if inside_torchrun() else self.nproc_per_node
-        errors = _errors(self)
-        if errors:
-            raise ValueError("invalid pre-training config: " + "; ".join(errors))
-        self.method.accumulation_steps = self.accumulation_steps
-
-    @property
-    def global_batch_size(self) -> int:
-        """Sequences per optimizer step over all processes."""
-        return self.total_batch_size or self.batch_size * (self.world_size or 1)
-
-    @property
-    def accumulation_steps(self) -> int:
-        return self.global_batch_size // (self.batch_size * (self.world_size or 1))
+        self._finish("pre-training", _errors)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -247,21 +276,7 @@ def _errors(cfg: PretrainConfig) -> list[str]:
             f"nproc_per_node and world_size must be ≥ 1, got {cfg.nproc_per_node} and "
             f"{cfg.world_size}"
         )
-    per_step = cfg.batch_size * max(cfg.world_size, 1)
-    if cfg.total_batch_size is not None and (
-        cfg.total_batch_size < per_step or cfg.total_batch_size % per_step
-    ):
-        if cfg.world_size == 1:
-            errors.append(
-                f"total_batch_size ({cfg.total_batch_size}) must be a multiple of batch_size "
-                f"({cfg.batch_size})"
-            )
-        else:
-            errors.append(
-                f"total_batch_size ({cfg.total_batch_size}) must be a multiple of batch_size "
-                f"× processes ({cfg.batch_size} × {cfg.world_size} = {per_step}): each "
-                "process runs whole micro-batches of batch_size"
-            )
+    errors += cfg.batch_errors()
     errors += _parallel_errors(cfg)
     if cfg.method.weight_rounding != "nearest" and cfg.precision != "bf16-true":
         errors.append(

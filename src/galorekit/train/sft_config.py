@@ -28,7 +28,7 @@ from galorekit.data.sft import SFTDataConfig
 from galorekit.methods.config import MethodConfig
 from galorekit.names import DISTRIBUTED_STRATEGIES, method_info
 from galorekit.train.logging import REPORT_TO_HELP, report_to_error
-from galorekit.train.pretrain_config import distributed_errors, method_flags
+from galorekit.train.pretrain_config import DataParallelBatch, distributed_errors, method_flags
 
 #: the offline default model (an alias of ``galorekit.models.pretrained.MODEL_ALIASES``; not
 #: imported from there: galorekit.models imports torch, and ``galore --help`` imports this module)
@@ -52,7 +52,7 @@ GROUPS = {
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(DataParallelBatch):
     """One supervised fine-tuning run. ``galore sft --help`` documents each field."""
 
     model: str = option(
@@ -162,24 +162,7 @@ class SFTConfig:
     report_to: str = option("tensorboard", REPORT_TO_HELP, group="output")
 
     def __post_init__(self) -> None:
-        # torch: when a configuration is built, not when --help imports this module
-        from galorekit.distributed.context import env_world_size, inside_torchrun
-
-        if self.world_size is None:
-            self.world_size = env_world_size() if inside_torchrun() else self.nproc_per_node
-        errors = _errors(self)
-        if errors:
-            raise ValueError("invalid sft config: " + "; ".join(errors))
-        self.method.accumulation_steps = self.accumulation_steps
-
-    @property
-    def global_batch_size(self) -> int:
-        """Sequences per optimizer step over all processes."""
-        return self.total_batch_size or self.batch_size * (self.world_size or 1)
-
-    @property
-    def accumulation_steps(self) -> int:
-        return self.global_batch_size // (self.batch_size * (self.world_size or 1))
+        self._finish("sft", _errors)
 
     @property
     def peak_lr(self) -> float:
@@ -204,12 +187,7 @@ def _errors(cfg: SFTConfig) -> list[str]:
         errors.append(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
     if not 0.0 <= cfg.min_lr_ratio <= 1.0:
         errors.append(f"--min-lr-ratio must be in [0, 1], got {cfg.min_lr_ratio}")
-    total, per_step = cfg.total_batch_size, cfg.batch_size * max(cfg.world_size or 1, 1)
-    if total is not None and (total < per_step or total % per_step):
-        errors.append(
-            f"--total-batch-size ({total}) must be a multiple of --batch-size × processes "
-            f"({cfg.batch_size} × {cfg.world_size} = {per_step})"
-        )
+    errors += cfg.batch_errors()
     if cfg.nproc_per_node < 1:
         errors.append(f"--nproc-per-node must be ≥ 1, got {cfg.nproc_per_node}")
     if cfg.data.max_seq_len < 2:
