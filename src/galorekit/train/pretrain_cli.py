@@ -40,22 +40,7 @@ from galorekit.train.run_dir import check_output_dir, default_output_dir
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     groups = add_flags(p, FLAGS, GROUPS)
-    groups["output"].add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        default=UNSET,
-        metavar="CHECKPOINT",
-        help="continue the run in --output-dir from its latest checkpoint (or from CHECKPOINT), "
-        "with the settings of its config.json unless given again",
-    )
-    groups["output"].add_argument(
-        "--config",
-        default=UNSET,
-        metavar="FILE",
-        help="settings from a .toml, .yaml or .json file (keys: the flags' names, e.g. lr = 0.01, "
-        "or a run's config.json); flags on the command line win",
-    )
+    add_run_file_flags(groups["output"], resume="unless given again", lr_example="0.01")
     add_renamed(p, RENAMED)
 
 
@@ -76,6 +61,52 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
             raise ValueError("--resume needs --output-dir: the directory of the run to continue")
         values = {**saved_values(out), **values, "resume": resume}
     return build_config({**values, **explicit})
+
+
+def add_run_file_flags(group: Any, *, resume: str, lr_example: str) -> None:
+    """``--resume [CHECKPOINT]`` and ``--config FILE`` of a training command (pretrain, sft);
+    ``resume`` says what happens to settings given again."""
+    group.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=UNSET,
+        metavar="CHECKPOINT",
+        help="continue the run in --output-dir from its latest checkpoint (or from CHECKPOINT), "
+        f"with the settings of its config.json {resume}",
+    )
+    group.add_argument(
+        "--config",
+        default=UNSET,
+        metavar="FILE",
+        help="settings from a .toml, .yaml or .json file (keys: the flags' names, e.g. lr = "
+        f"{lr_example}, or a run's config.json); flags on the command line win",
+    )
+
+
+def config_or_relaunch(
+    command: str,
+    args: argparse.Namespace,
+    config_from_args: Callable[[argparse.Namespace], Any],
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    default_output_dir: Callable[[Any], Path],
+) -> tuple[Any, int | None]:
+    """The configuration of ``args`` and, when ``--nproc-per-node`` > 1 outside torchrun, the
+    exit status of the job relaunched through torchrun (None: run it in this process)."""
+    from galorekit.distributed.context import env_world_size, inside_torchrun
+
+    nproc = getattr(args, "nproc_per_node", UNSET)
+    if inside_torchrun() and nproc not in (UNSET, env_world_size()):
+        raise ValueError(
+            f"--nproc-per-node {nproc} inside a torchrun job of {env_world_size()} processes: "
+            "drop the flag (torchrun decides the process count)"
+        )
+    if inside_torchrun():
+        args.nproc_per_node = UNSET
+    cfg = config_from_args(args)
+    if cfg.nproc_per_node > 1 and not inside_torchrun():
+        return cfg, relaunch(command, args, cfg, add_arguments, default_output_dir)
+    return cfg, None
 
 
 def relaunch(
@@ -111,21 +142,14 @@ def relaunch(
 
 def run(args: argparse.Namespace) -> int:
     # torch: imported when a job runs, not at --help time
-    from galorekit.distributed.context import env_world_size, inside_torchrun
     from galorekit.train.pretrain import RunFinished, pretrain
 
     try:
-        nproc = args.nproc_per_node
-        if inside_torchrun() and nproc not in (UNSET, env_world_size()):
-            raise ValueError(
-                f"--nproc-per-node {nproc} inside a torchrun job of "
-                f"{env_world_size()} processes: drop the flag (torchrun decides the process count)"
-            )
-        if inside_torchrun():
-            args.nproc_per_node = UNSET
-        cfg = config_from_args(args)
-        if cfg.nproc_per_node > 1 and not inside_torchrun():
-            return relaunch("pretrain", args, cfg, add_arguments, default_output_dir)
+        cfg, relaunched = config_or_relaunch(
+            "pretrain", args, config_from_args, add_arguments, default_output_dir
+        )
+        if relaunched is not None:
+            return relaunched
         result = pretrain(cfg)
     except RunFinished as done:
         print(f"galore pretrain: {done}", file=sys.stderr)

@@ -14,6 +14,7 @@ from typing import Any
 
 from galorekit.config import UNSET, add_flags, differences, file_values, given, read_config_file
 from galorekit.train.failures import failure
+from galorekit.train.pretrain_cli import add_run_file_flags, config_or_relaunch
 from galorekit.train.sft_config import FLAGS, GROUPS, SFTConfig, build_config
 
 #: keys of config.json that are records of the run, not settings
@@ -22,21 +23,10 @@ _RUN_RECORDS = ("run", "world_size")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     groups = add_flags(p, FLAGS, GROUPS)
-    groups["output"].add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        default=UNSET,
-        metavar="CHECKPOINT",
-        help="continue the run in --output-dir from its latest checkpoint (or from CHECKPOINT), "
-        "with the settings of its config.json (a setting that changes the training is refused)",
-    )
-    groups["output"].add_argument(
-        "--config",
-        default=UNSET,
-        metavar="FILE",
-        help="settings from a .toml, .yaml or .json file (keys: the flags' names, e.g. lr = 1e-4, "
-        "or a run's config.json); flags on the command line win",
+    add_run_file_flags(
+        groups["output"],
+        resume="(a setting that changes the training is refused)",
+        lr_example="1e-4",
     )
 
 
@@ -78,24 +68,15 @@ def config_from_args(args: argparse.Namespace) -> SFTConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from galorekit.distributed.context import env_world_size, inside_torchrun
     from galorekit.train.sft import sft  # torch, transformers: not at --help time
+    from galorekit.train.sft_config import default_output_dir
 
     try:
-        nproc = getattr(args, "nproc_per_node", UNSET)
-        if inside_torchrun() and nproc not in (UNSET, env_world_size()):
-            raise ValueError(
-                f"--nproc-per-node {nproc} inside a torchrun job of {env_world_size()} "
-                "processes: drop the flag (torchrun decides the process count)"
-            )
-        if inside_torchrun():
-            args.nproc_per_node = UNSET
-        cfg = config_from_args(args)
-        if cfg.nproc_per_node > 1 and not inside_torchrun():
-            from galorekit.train.pretrain_cli import relaunch
-            from galorekit.train.sft_config import default_output_dir
-
-            return relaunch("sft", args, cfg, add_arguments, default_output_dir)
+        cfg, relaunched = config_or_relaunch(
+            "sft", args, config_from_args, add_arguments, default_output_dir
+        )
+        if relaunched is not None:
+            return relaunched
         result = sft(cfg)
     except Exception as err:
         code, message = failure(err)
