@@ -408,6 +408,22 @@ def _load_reason(err: BaseException) -> str:
     return text.split(". ")[0] if "weights_only" in text else text or type(err).__name__
 
 
+def check_identity(
+    where: Path, ckpt: dict[str, Any], identity: dict[str, Any], keys: Sequence[str]
+) -> None:
+    """Refuse a checkpoint of another run: the ``keys`` of its ``identity`` must equal ours."""
+    saved = ckpt.get("identity", {})
+    mismatched = [
+        f"{k}: checkpoint {saved.get(k)!r} vs now {identity[k]!r}"
+        for k in keys
+        if saved.get(k) != identity[k]
+    ]
+    if mismatched:
+        raise CheckpointError(
+            f"checkpoint {where} belongs to another run: " + "; ".join(mismatched)
+        )
+
+
 def load_module_state(
     module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str
 ) -> None:

@@ -107,6 +107,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def restore_rank_rng(ckpt: dict[str, Any], rank: int, world_size: int) -> None:
+    """This rank's RNG state from a checkpoint's ``rng_ranks`` (one per rank, when the world
+    size is the one it was saved with), else rank 0's ``rng``."""
+    per_rank = ckpt.get("rng_ranks")
+    same_world = isinstance(per_rank, list) and len(per_rank) == world_size
+    set_rng_state(per_rank[rank] if same_world else ckpt["rng"])
+
+
 class StopFlag:
     """Set by SIGTERM / SIGINT: the loop finishes its step, checkpoints and exits 128 + signal."""
 

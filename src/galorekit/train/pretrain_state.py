@@ -16,6 +16,7 @@ from galorekit.optim.sharding import local
 from galorekit.train.checkpoint import (
     STATE_FILE,
     CheckpointError,
+    check_identity,
     checkpoint_name,
     checkpoint_step,
     find_latest_checkpoint,
@@ -27,7 +28,7 @@ from galorekit.train.checkpoint import (
     verify_file,
 )
 from galorekit.train.logging import write_run_config
-from galorekit.train.loop import NonFiniteError, rng_state, set_rng_state
+from galorekit.train.loop import NonFiniteError, restore_rank_rng, rng_state
 from galorekit.train.pretrain_config import (
     FLAGS,
     RESUME_KEYS,
@@ -125,15 +126,7 @@ def resume(run: _Run) -> tuple[int, dict[str, tuple[Any, Any]]]:
         if cfg.resume != "latest":
             raise
         raise CheckpointError(f"{err}; {intact_hint(run.out)}") from None
-    mismatched = [
-        f"{k}: checkpoint {ckpt['identity'].get(k)!r} vs now {run.identity[k]!r}"
-        for k in RESUME_KEYS
-        if ckpt.get("identity", {}).get(k) != run.identity[k]
-    ]
-    if mismatched:
-        raise CheckpointError(
-            f"checkpoint {where} belongs to another run: " + "; ".join(mismatched)
-        )
+    check_identity(where, ckpt, run.identity, RESUME_KEYS)
     changes = {}
     if isinstance(ckpt.get("config"), dict):  # checkpoints of galorekit ≥ this version
         changes = trajectory_changes(ckpt["config"], config_values(cfg))
@@ -155,9 +148,7 @@ def resume(run: _Run) -> tuple[int, dict[str, tuple[Any, Any]]]:
     run.loader.load_state_dict(ckpt["loader"])
     if run.relora is not None:
         run.relora.load_state_dict(ckpt["relora"])
-    per_rank = ckpt.get("rng_ranks")
-    same_world = isinstance(per_rank, list) and len(per_rank) == ctx.world_size
-    set_rng_state(per_rank[ctx.rank] if same_world else ckpt["rng"])
+    restore_rank_rng(ckpt, ctx.rank, ctx.world_size)
     step = int(ckpt["step"])
     if ctx.is_main:
         truncate_metrics(run.out / "metrics.jsonl", step)

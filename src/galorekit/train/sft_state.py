@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from galorekit.atomic import atomic_write_text
 from galorekit.distributed.context import barrier, gather_objects
 from galorekit.train.checkpoint import (
-    CheckpointError,
+    check_identity,
     checkpoint_name,
     load_checkpoint,
     load_module_state,
@@ -19,7 +19,7 @@ from galorekit.train.checkpoint import (
 )
 from galorekit.train.export import ExportDirs, full_state_dict
 from galorekit.train.logging import read_metrics, summary_table
-from galorekit.train.loop import peak_memory_bytes, rng_state, set_rng_state
+from galorekit.train.loop import peak_memory_bytes, restore_rank_rng, rng_state
 from galorekit.train.run_dir import truncate_metrics
 from galorekit.train.sft_config import RESUME_KEYS, SFTConfig, config_values
 from galorekit.train.sharded_checkpoint import (
@@ -113,15 +113,7 @@ def resume(run: _Run) -> int:
     check_sharding(where, run.fsdp)
     required = () if run.fsdp else ("model", "optimizer")
     ckpt = load_checkpoint(where, map_location=run.device, required_keys=required)
-    mismatched = [
-        f"{k}: checkpoint {ckpt['identity'].get(k)!r} vs now {run.identity[k]!r}"
-        for k in RESUME_KEYS
-        if ckpt.get("identity", {}).get(k) != run.identity[k]
-    ]
-    if mismatched:
-        raise CheckpointError(
-            f"checkpoint {where} belongs to another run: " + "; ".join(mismatched)
-        )
+    check_identity(where, ckpt, run.identity, RESUME_KEYS)
     if run.fsdp:
         load_sharded_parts(where, run.ctx, run.model, run.optimizer, map_location=run.device)
     else:
@@ -129,9 +121,7 @@ def resume(run: _Run) -> int:
         run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.batches.index = int(ckpt["batches"])
-    per_rank = ckpt.get("rng_ranks")
-    same_world = isinstance(per_rank, list) and len(per_rank) == run.ctx.world_size
-    set_rng_state(per_rank[run.ctx.rank] if same_world else ckpt["rng"])
+    restore_rank_rng(ckpt, run.ctx.rank, run.ctx.world_size)
     step = int(ckpt["step"])
     if run.ctx.is_main:
         truncate_metrics(run.out / "metrics.jsonl", step)
