@@ -7,15 +7,15 @@ transformers (the ``[train]`` extra, seconds to import) is imported by the funct
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from galorekit.data.classification import TaskSpec
 from galorekit.extras import needs_extra
+from galorekit.models.pretrained import quiet_transformers
 from galorekit.names import REMOTE_CODE_HINT
 from galorekit.train.finetune_config import MINILM_ALIASES, ConfigError
 from galorekit.train.logging import to_jsonable
@@ -95,23 +95,6 @@ def resolve_model(name: str, trust_remote_code: bool = False) -> str:
     return location
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    # Loading a checkpoint without a head logs a "newly initialized" table that is expected here.
-    with needs_extra("train"):
-        from transformers.utils import logging as hf_logging
-
-    before, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # "Loading weights"/"Writing shards" bars around ours
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(before)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def load_tokenizer(location: str) -> Any:
     """The model's tokenizer; one without a padding token (decoder-style) pads with EOS."""
     with needs_extra("train"):
@@ -149,7 +132,7 @@ def load_model(location: str, task: TaskSpec, tokenizer: Any) -> nn.Module:
         problem_type="regression" if task.is_regression else "single_label_classification",
         trust_remote_code=trusted(location),
     )
-    with _quiet_transformers():
+    with quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(
             location, config=config, trust_remote_code=trusted(location)
         )
@@ -181,5 +164,5 @@ def save_best(model: nn.Module, tokenizer: Any, path: Path, state: Mapping[str, 
     merged), ``state`` recorded in its ``BEST_STATE_FILE`` — the export every command writes."""
     from galorekit.train.export import export_hf
 
-    with _quiet_transformers():
+    with quiet_transformers():
         export_hf(model, path, tokenizer=tokenizer, overwrite=True, metadata=to_jsonable(state))

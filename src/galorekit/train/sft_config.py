@@ -27,8 +27,9 @@ from galorekit.config import (
 from galorekit.data.sft import SFTDataConfig
 from galorekit.methods.config import MethodConfig
 from galorekit.names import DISTRIBUTED_STRATEGIES, method_info
+from galorekit.train.batching import DataParallelBatch
 from galorekit.train.logging import REPORT_TO_HELP, report_to_error
-from galorekit.train.pretrain_config import DataParallelBatch, distributed_errors, method_flags
+from galorekit.train.pretrain_config import distributed_errors, method_flags
 
 #: the offline default model (an alias of ``galorekit.models.pretrained.MODEL_ALIASES``; not
 #: imported from there: galorekit.models imports torch, and ``galore --help`` imports this module)
