@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 POSITIVE = ("good", "great", "fine", "nice", "superb")
 NEGATIVE = ("bad", "awful", "poor", "dull", "weak")
@@ -76,13 +77,11 @@ def make_tokenizer(chat_template: bool = True):
     return fast
 
 
-def save_tiny_chat_model(path: Path, *, chat_template: bool = True, seed: int = 0) -> Path:
-    """A random-initialised 2-layer LLaMA (hidden 32) and its tokenizer, saved to ``path``."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(tokenizer: Any) -> Any:
+    """A 2-layer LLaMA (hidden 32) for ``tokenizer``: its padding and end tokens, tied head."""
+    from transformers import LlamaConfig
 
-    tokenizer = make_tokenizer(chat_template)
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -95,6 +94,15 @@ def save_tiny_chat_model(path: Path, *, chat_template: bool = True, seed: int = 
         bos_token_id=None,
         tie_word_embeddings=True,
     )
+
+
+def save_tiny_chat_model(path: Path, *, chat_template: bool = True, seed: int = 0) -> Path:
+    """A random-initialised 2-layer LLaMA (hidden 32) and its tokenizer, saved to ``path``."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tokenizer = make_tokenizer(chat_template)
+    config = tiny_llama_config(tokenizer)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

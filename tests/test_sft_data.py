@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from _sft_fixtures import chat_rows, make_tokenizer, write_jsonl
+from _sft_fixtures import chat_rows, make_tokenizer, tiny_llama_config, write_jsonl
 from galorekit.data.sft import (
     IGNORE,
     SFTDataConfig,
@@ -133,7 +133,7 @@ def test_files_splits_and_prompts(tmp_path, tok):
 
 
 def test_packing_keeps_examples_apart(tok):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from galorekit.train.sft_eval import collate
 
@@ -146,15 +146,7 @@ def test_packing_keeps_examples_apart(tok):
         t for e in examples for t in e.input_ids
     )
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
+    config = tiny_llama_config(tok)
     model = LlamaForCausalLM(config).eval()
     row = packed[0]
     with torch.no_grad():
