@@ -60,6 +60,18 @@ def model_of(out, tmp_path, step: int = STEPS) -> dict[str, torch.Tensor]:
     return torch.load(ckpt / "state.pt", weights_only=True)["model"]
 
 
+def assert_rank_optimizers_equal(a, b, world_size: int = 2) -> None:
+    """Every rank's optimizer file of checkpoints ``a`` and ``b`` holds the same tensors."""
+    for r in range(world_size):
+        name = f"optimizer-rank{r:05d}.pt"
+        sa = torch.load(a / name, weights_only=True)["state"]
+        sb = torch.load(b / name, weights_only=True)["state"]
+        for pid in sa:
+            for key, value in sa[pid].items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(value, sb[pid][key]), (r, pid, key)
+
+
 def assert_models_close(a, b, atol=2e-5):
     assert a.keys() == b.keys()
     for key in a:
@@ -126,14 +138,7 @@ def test_sharded_checkpoint_resumes_bit_identically_under_torchrun(runs, pretrai
     a, b = model_of(straight, tmp_path), model_of(halted, tmp_path)
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    for r in range(2):
-        name = f"optimizer-rank{r:05d}.pt"
-        sa = torch.load(checkpoint(straight) / name, weights_only=True)["state"]
-        sb = torch.load(checkpoint(halted) / name, weights_only=True)["state"]
-        for pid in sa:
-            for key, value in sa[pid].items():
-                if isinstance(value, torch.Tensor):
-                    assert torch.equal(value, sb[pid][key]), (pid, key)
+    assert_rank_optimizers_equal(checkpoint(straight), checkpoint(halted))
 
 
 def test_sharded_checkpoint_refuses_another_layout(runs, pretrain_corpus, tmp_path, capsys):
