@@ -256,7 +256,7 @@ def _pretrain_argv(out, *extra: str) -> list[str]:
     "extra,message",
     [
         (("--nproc-per-node", "10000"), "CPU core"),
-        (("--nproc-per-node", "2", "--total-batch-size", "12"), "batch_size × processes (4 × 2"),
+        (("--nproc-per-node", "2", "--total-batch-size", "12"), "--batch-size × processes (4 × 2"),
         (("--lowrank-comm",), "needs data parallelism"),
         (("--nproc-per-node", "2", "--lowrank-comm", "--method", "adamw"), "galore_* method"),
         (("--nproc-per-node", "2", "--lowrank-comm", "--layerwise"), "--layerwise"),
